@@ -1,0 +1,50 @@
+"""evstore: an embedded event store — a checksummed append-only log with LMDB indexes."""
+
+from evstore.errors import (
+    ConcurrencyError,
+    CorruptedError,
+    DuplicateEventId,
+    EvstoreError,
+    IndexAheadOfLog,
+    ReadOnlyStore,
+    StorageError,
+    StoreClosed,
+    StoreFailed,
+    StoreLocked,
+    TrackingConflict,
+    UnsupportedFormat,
+    WrongExpectedVersion,
+)
+from evstore.records import ANY, NO_STREAM, STREAM_EXISTS, AppendResult, NewEvent, RecordedEvent
+from evstore.subscription import Subscription
+from evstore.store import MAX_COMMIT_BYTES, MAX_EVENT_BYTES, MAX_NAME_BYTES, EventStore, open
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ANY",
+    "NO_STREAM",
+    "STREAM_EXISTS",
+    "MAX_COMMIT_BYTES",
+    "MAX_EVENT_BYTES",
+    "MAX_NAME_BYTES",
+    "AppendResult",
+    "ConcurrencyError",
+    "CorruptedError",
+    "DuplicateEventId",
+    "EventStore",
+    "EvstoreError",
+    "IndexAheadOfLog",
+    "NewEvent",
+    "ReadOnlyStore",
+    "RecordedEvent",
+    "StorageError",
+    "StoreClosed",
+    "StoreFailed",
+    "StoreLocked",
+    "Subscription",
+    "TrackingConflict",
+    "UnsupportedFormat",
+    "WrongExpectedVersion",
+    "open",
+]

@@ -1,0 +1,4 @@
+import sys
+from evstore.cli import main
+
+sys.exit(main())

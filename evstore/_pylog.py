@@ -1,0 +1,255 @@
+"""The log functions in pure Python: a twin of src_c/evlog.c with the same API and results as
+evstore._clog on every input, for where the C module is not built (EVSTORE_PURE=1) and as a
+reference for it. The order of the checks is documented at the top of evlog.c.
+
+It is slow where the C code is fast: the checksum runs at about 16 MB/s.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import struct
+from typing import Any
+
+from evstore._format import (
+    COMMIT_SIZE,
+    ECOMMIT,
+    ECRC,
+    EFRAME,
+    EFULL,
+    EINVAL,
+    EKIND,
+    ESEQ,
+    ETRUNC,
+    HEADER,
+    HEADER_SIZE,
+    KIND_COMMIT,
+    KIND_EVENT,
+    KIND_MAX,
+    U64,
+    LogFormatError,
+)
+from evstore._scan import U32, U64_MAX, ScanResult, check_buffer, check_uint, scan_filter, tiling_error
+
+IMPL = "python"
+
+
+def _crc_tables() -> tuple[list[int], ...]:
+    """Slice-by-4 tables: table k maps a byte to the CRC register after it and k zero bytes."""
+    t0 = []
+    for b in range(256):
+        for _ in range(8):
+            b = (b >> 1) ^ (0x82F63B78 if b & 1 else 0)
+        t0.append(b)
+    tables = [t0]
+    for _ in range(3):
+        tables.append([(c >> 8) ^ t0[c & 0xFF] for c in tables[-1]])
+    return tuple(tables)
+
+
+_T0, _T1, _T2, _T3 = _crc_tables()
+_CHUNK = 1 << 16  # bytes unpacked into words at a time, to bound the temporary tuple
+
+
+def _crc(mv: memoryview, crc: int) -> int:
+    # Four bytes a step (about 1.5 times as fast as a byte a step in CPython; wider is not faster).
+    t0, t1, t2, t3 = _T0, _T1, _T2, _T3
+    crc ^= 0xFFFFFFFF
+    whole = len(mv) & ~3
+    for start in range(0, whole, _CHUNK):
+        words = min(_CHUNK, whole - start) >> 2
+        for w in struct.unpack_from(f"<{words}I", mv, start):
+            x = crc ^ w
+            crc = t3[x & 0xFF] ^ t2[(x >> 8) & 0xFF] ^ t1[(x >> 16) & 0xFF] ^ t0[x >> 24]
+    for b in mv[whole:]:
+        crc = t0[(crc ^ b) & 0xFF] ^ (crc >> 8)
+    return crc ^ 0xFFFFFFFF
+
+
+def crc32c(data: Any, crc: int = 0) -> int:
+    """CRC-32C of the bytes-like `data`, continuing `crc` (0 to start)."""
+    check_uint("crc", crc, 32)
+    with memoryview(data) as m, m.cast("B") as mv:
+        return _crc(mv, crc)
+
+
+def seal(buf: bytearray) -> None:
+    """Fill in the checksum of every record of `buf`; LogFormatError(EFRAME) if they do not tile it."""
+    with memoryview(buf) as m, m.cast("B") as mv:
+        if mv.readonly:
+            raise BufferError("Object is not writable.")
+        bad = tiling_error(mv)
+        if bad >= 0:
+            raise LogFormatError(EFRAME, bad)
+        off = 0
+        while off < len(mv):
+            length = U32.unpack_from(mv, off + 4)[0]
+            U32.pack_into(mv, off, _crc(mv[off + 4 : off + length], 0))
+            off += length
+
+
+def write(fd: int, buf: Any, sync: bool) -> None:
+    """Write all of `buf` to `fd`, then fdatasync it if `sync`; OSError on failure."""
+    with memoryview(buf) as m, m.cast("B") as mv:
+        done = 0
+        while done < len(mv):
+            k = os.write(fd, mv[done:])  # retries EINTR itself
+            if k == 0:  # no progress and no error: fail rather than spin, as evl_write does
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            done += k
+    if sync:
+        if fd < 0:  # os.fdatasync raises ValueError for these; fdatasync(2) gives EBADF
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        os.fdatasync(fd)
+
+
+# Header fields by index: 0 crc, 1 length, 2 kind, 3 flags, 4 type_len, 5 stream_len, 6 reserved,
+# 7 position, 8 version, 9 recorded_at, 10 id, 11 schema, 12 meta_len.
+
+
+def _record(mv: memoryview, n: int, off: int) -> tuple[Any, ...]:
+    """The header of the record at `off` once it passes checks 1-6 of evlog.c, else LogFormatError."""
+    if n - off < 8:
+        raise LogFormatError(ETRUNC, off)
+    length = U32.unpack_from(mv, off + 4)[0]
+    if length < HEADER_SIZE:
+        raise LogFormatError(EFRAME, off)
+    if length > n - off:
+        raise LogFormatError(ETRUNC, off)
+    h = HEADER.unpack_from(mv, off)
+    if _crc(mv[off + 4 : off + length], 0) != h[0]:
+        raise LogFormatError(ECRC, off)
+    if h[4] + h[5] + h[12] > length - HEADER_SIZE:
+        raise LogFormatError(EFRAME, off)
+    if not 1 <= h[2] <= KIND_MAX:
+        raise LogFormatError(EKIND, off)
+    return h
+
+
+def _read_commit(
+    mv: memoryview, n: int, start: int, first: int, kinds: int, types: frozenset[bytes] | None,
+    offsets: list[int],
+) -> tuple[int, int, int]:
+    """Verify the commit at `start` and append the offsets of its selected records to `offsets`.
+    `first` is its first position, or 0 if not known. Returns (end, first position, events), or
+    raises LogFormatError at the failing record (read_commit and check_commit in evlog.c)."""
+    known = first != 0
+    events = records = 0
+    r = start
+    while True:
+        h = _record(mv, n, r)
+        kind = h[2]
+        if kind == KIND_EVENT:
+            if events == 0 and not known:
+                first = h[7]
+            elif h[7] != (first + events) & U64_MAX:
+                raise LogFormatError(ESEQ, r)
+            events += 1
+        if kinds >> kind & 1:
+            if kind != KIND_EVENT or types is None:
+                offsets.append(r)
+            else:
+                at = r + HEADER_SIZE + h[5]
+                if bytes(mv[at : at + h[4]]) in types:
+                    offsets.append(r)
+        if kind == KIND_COMMIT:
+            break
+        records += 1
+        r += h[1]
+    if h[1] != COMMIT_SIZE or h[4] or h[5] or h[12]:
+        raise LogFormatError(ECOMMIT, r)
+    if h[8] != events or h[11] != records or U64.unpack_from(mv, r + HEADER_SIZE)[0] != r - start:
+        raise LogFormatError(ECOMMIT, r)
+    if events:
+        if h[7] != first:
+            raise LogFormatError(ECOMMIT, r)
+    elif known:
+        if h[7] != first:
+            raise LogFormatError(ESEQ, r)
+    else:
+        first = h[7]
+    return r + COMMIT_SIZE, first, events
+
+
+def scan(
+    buf: Any,
+    off: int,
+    n: int,
+    *,
+    next_position: int,
+    kinds: int,
+    types: tuple[bytes, ...] | None = None,
+    max_out: int = 65536,
+    stop_position: int = 0,
+) -> ScanResult:
+    """Verify whole commits of buf[off:n] and report the offsets of the selected records (evl_scan)."""
+    kinds, names = scan_filter(kinds, types)
+    check_uint("next_position", next_position, 64)
+    check_uint("stop_position", stop_position, 64)
+    check_uint("max_out", max_out, 64)
+    type_set = frozenset(names) if names else None
+    with memoryview(buf) as m, m.cast("B") as mv:
+        check_buffer(off, n, len(mv))
+        if off > n:
+            return ScanResult(EINVAL, [], off, next_position, 0, 0, off)
+        offsets: list[int] = []
+        end = off
+        commits = events = 0
+        while end < n:
+            if stop_position and next_position > stop_position:
+                break
+            kept = len(offsets)
+            try:
+                c_end, first, c_events = _read_commit(mv, n, end, next_position, kinds, type_set, offsets)
+            except LogFormatError as e:
+                del offsets[kept:]
+                return ScanResult(e.code, offsets, end, next_position, commits, events, e.offset)
+            if stop_position and first > stop_position:
+                del offsets[kept:]
+                break
+            if len(offsets) > max_out:
+                del offsets[kept:]
+                if commits:
+                    break
+                return ScanResult(EFULL, offsets, end, next_position, commits, events, end)
+            end = c_end
+            commits += 1
+            events += c_events
+            next_position = (first + c_events) & U64_MAX
+        return ScanResult(0, offsets, end, next_position, commits, events, 0)
+
+
+def walk(buf: Any, off: int, count: int, n: int) -> list[int]:
+    """Verify `count` consecutive records from `off` and return their offsets (evl_walk)."""
+    check_uint("count", count, 64)
+    with memoryview(buf) as m, m.cast("B") as mv:
+        check_buffer(off, n, len(mv))
+        if off > n:
+            raise LogFormatError(EINVAL, off)
+        out = []
+        for _ in range(count):
+            out.append(off)
+            off += _record(mv, n, off)[1]
+        return out
+
+
+_COMMIT_TAG = struct.pack("<IB", COMMIT_SIZE, KIND_COMMIT)  # bytes 4..8 of every COMMIT record
+
+
+def find_commit(buf: Any, off: int, n: int) -> int:
+    """The offset of the first valid COMMIT record in buf[off:n], or -1 (evl_find_commit)."""
+    with memoryview(buf) as m, m.cast("B") as mv:
+        check_buffer(off, n, len(mv))
+        if off > n:
+            raise LogFormatError(EINVAL, off)
+        # bytes, bytearray and mmap can search in place; anything else is copied once.
+        find = buf.find if isinstance(buf, (bytes, bytearray, mmap.mmap)) else bytes(mv).find
+        j = find(_COMMIT_TAG, off + 4, n)
+        while j >= 0 and j - 4 <= n - COMMIT_SIZE:
+            r = j - 4
+            if _crc(mv[j : r + COMMIT_SIZE], 0) == U32.unpack_from(mv, r)[0]:
+                return r
+            j = find(_COMMIT_TAG, j + 1, n)
+        return -1

@@ -1,0 +1,209 @@
+"""The LMDB index: derived from the log, never fsynced on its own, rebuilt from the log when lost.
+
+Sub-databases (keys big-endian so that they sort; values little-endian):
+
+| db | key | value |
+|---|---|---|
+| `heads` | stream key (`s` + UTF-8, or `u` + 16 UUID bytes) | stream number, last version, hidden-up-to version, flags, state |
+| `extents` | stream number, first version | segment, offset, count, bytes: a run of one stream's consecutive events in one commit |
+| `commits` | first position | segment, offset, event count, bytes (commits with events only) |
+| `types` | type id, first position | segment, offset, count, bytes: a run of consecutive events of one type in one commit |
+| `typenames` | type name (UTF-8) | type id |
+| `ids` | event id (16 bytes) | position (caller-given ids only) |
+| `meta` | name | checkpoint (segment, offset, next position) and counters |
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterable
+from typing import Any
+
+import lmdb
+
+from evstore.errors import CorruptedError, EvstoreError
+
+EXTENT_KEY = struct.Struct(">QQ")
+EXTENT_VAL = struct.Struct("<QQII")  # segment, offset, count, bytes
+COMMIT_KEY = struct.Struct(">Q")
+TYPE_KEY = struct.Struct(">IQ")
+HEAD = struct.Struct("<QQQB")  # stream number, last version, hidden up to, flags (+ state bytes)
+CHECKPOINT = struct.Struct("<QQQ")
+U64 = struct.Struct("<Q")
+U32 = struct.Struct("<I")
+
+HEAD_CLOSED = 1
+HEAD_TOMBSTONE = 2
+
+DB_NAMES = (b"heads", b"extents", b"commits", b"types", b"typenames", b"ids", b"snapshots", b"tracking", b"meta")
+
+
+class Head:
+    """A stream's head: kept in memory by the writer, stored in `heads`."""
+
+    __slots__ = ("num", "version", "hidden", "flags", "state")
+
+    def __init__(self, num: int, version: int = 0, hidden: int = 0, flags: int = 0, state: str | None = None):
+        self.num = num
+        self.version = version
+        self.hidden = hidden
+        self.flags = flags
+        self.state = state
+
+    def pack(self) -> bytes:
+        tail = b"" if self.state is None else self.state.encode("utf-8")
+        return HEAD.pack(self.num, self.version, self.hidden, self.flags) + tail
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> Head:
+        num, version, hidden, flags = HEAD.unpack_from(raw)
+        state = bytes(raw[HEAD.size :]).decode("utf-8") if len(raw) > HEAD.size else None
+        return cls(num, version, hidden, flags, state)
+
+    def copy(self) -> Head:
+        return Head(self.num, self.version, self.hidden, self.flags, self.state)
+
+
+class IndexBatch:
+    """Index entries of one or more commits, written in one LMDB transaction."""
+
+    __slots__ = ("heads", "extents", "commits", "types", "typenames", "ids", "checkpoint", "counters", "extra")
+
+    def __init__(self) -> None:
+        self.heads: dict[bytes, bytes] = {}
+        self.extents: list[tuple[bytes, bytes]] = []
+        self.commits: list[tuple[bytes, bytes]] = []
+        self.types: list[tuple[bytes, bytes]] = []
+        self.typenames: list[tuple[bytes, bytes]] = []
+        self.ids: list[tuple[bytes, bytes]] = []
+        self.extra: list[tuple[bytes, bytes, bytes | None]] = []  # (db, key, value or None to delete)
+        self.checkpoint: bytes | None = None
+        self.counters: dict[bytes, bytes] = {}
+
+    def merge(self, other: IndexBatch) -> None:
+        self.heads.update(other.heads)
+        self.extents += other.extents
+        self.commits += other.commits
+        self.types += other.types
+        self.typenames += other.typenames
+        self.ids += other.ids
+        self.extra += other.extra
+        self.checkpoint = other.checkpoint or self.checkpoint
+        self.counters.update(other.counters)
+
+
+class Index:
+    """One LMDB environment with the sub-databases above."""
+
+    def __init__(self, path: str, *, readonly: bool, map_size: int) -> None:
+        self.path = path
+        self.readonly = readonly
+        if not readonly:
+            os.makedirs(path, mode=0o700, exist_ok=True)
+        try:
+            self.env = lmdb.open(
+                path, map_size=map_size, max_dbs=len(DB_NAMES) + 2, subdir=True, readonly=readonly,
+                sync=False, metasync=False, readahead=False, mode=0o600, create=not readonly,
+                max_readers=512, lock=True,
+            )
+            self.db = {name.decode(): self.env.open_db(name, create=not readonly) for name in DB_NAMES}
+        except lmdb.Error as e:
+            raise CorruptedError(path, 0, f"the index cannot be opened ({e}); it can be rebuilt from the log") from e
+
+    def begin(self, write: bool = False) -> lmdb.Transaction:
+        return self.env.begin(write=write)
+
+    def get_checkpoint(self, txn: lmdb.Transaction) -> tuple[int, int, int] | None:
+        raw = txn.get(b"checkpoint", db=self.db["meta"])
+        return None if raw is None else CHECKPOINT.unpack(raw)
+
+    def counter(self, txn: lmdb.Transaction, name: bytes) -> int:
+        raw = txn.get(name, db=self.db["meta"])
+        return 0 if raw is None else U64.unpack(raw)[0]
+
+    def write(self, batch: IndexBatch) -> None:
+        """Write a batch in one transaction, growing the map when it is full."""
+        while True:
+            try:
+                self._write(batch)
+                return
+            except lmdb.MapFullError:
+                self.grow()
+
+    def grow(self) -> None:
+        size = self.env.info()["map_size"]
+        try:
+            self.env.set_mapsize(size * 2)
+        except lmdb.Error as e:
+            raise EvstoreError(
+                f"the index map is full at {size} bytes and cannot grow ({e}); reopen with a larger map_size="
+            ) from e
+
+    def _write(self, b: IndexBatch) -> None:
+        db = self.db
+        with self.env.begin(write=True) as txn:
+            if b.typenames:
+                txn.cursor(db["typenames"]).putmulti(b.typenames)
+            if b.heads:
+                txn.cursor(db["heads"]).putmulti(list(b.heads.items()))
+            if b.extents:
+                txn.cursor(db["extents"]).putmulti(b.extents)
+            if b.commits:
+                txn.cursor(db["commits"]).putmulti(b.commits)
+            if b.types:
+                txn.cursor(db["types"]).putmulti(b.types)
+            if b.ids:
+                txn.cursor(db["ids"]).putmulti(b.ids)
+            for name, key, value in b.extra:
+                if value is None:
+                    txn.delete(key, db=db[name.decode()])
+                else:
+                    txn.put(key, value, db=db[name.decode()])
+            meta = db["meta"]
+            for k, v in b.counters.items():
+                txn.put(k, v, db=meta)
+            if b.checkpoint is not None:
+                txn.put(b"checkpoint", b.checkpoint, db=meta)
+
+    def clear(self) -> None:
+        """Drop every entry (before a rebuild from the log)."""
+        with self.env.begin(write=True) as txn:
+            for d in self.db.values():
+                txn.drop(d, delete=False)
+
+    def sync(self) -> None:
+        if not self.readonly:
+            self.env.sync(True)
+
+    def close(self) -> None:
+        self.env.close()
+
+    def iter_typenames(self, txn: lmdb.Transaction) -> Iterable[tuple[bytes, int]]:
+        for k, v in txn.cursor(self.db["typenames"]):
+            yield bytes(k), U32.unpack(v)[0]
+
+    def size(self) -> int:
+        return sum(os.path.getsize(os.path.join(self.path, f)) for f in os.listdir(self.path))
+
+
+def stream_key(stream: Any) -> bytes:
+    """Index key of a stream id (validated by the caller)."""
+    if isinstance(stream, str):
+        return b"s" + stream.encode("utf-8")
+    return b"u" + stream.bytes
+
+
+def max_tracking(index: Index, txn: lmdb.Transaction, name: bytes) -> int | None:
+    """The largest position tracked for upstream `name`, or None."""
+    cur = txn.cursor(index.db["tracking"])
+    prefix = name + b"\x00"
+    if cur.set_range(prefix + b"\xff" * 8):
+        if not cur.prev():
+            return None
+    elif not cur.last():
+        return None
+    k = bytes(cur.key())
+    if not k.startswith(prefix) or len(k) != len(prefix) + 8:
+        return None
+    return int.from_bytes(k[-8:], "big")

@@ -1,0 +1,1185 @@
+"""The EventStore: appends with optimistic concurrency and group commit, and reads of streams and the log."""
+
+from __future__ import annotations
+
+import errno as _errno
+import fcntl
+import io
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from types import ModuleType
+from typing import Any, NamedTuple
+
+from evstore import _impl
+from evstore._format import (
+    COMMIT_SIZE,
+    EFULL,
+    ETRUNC,
+    FLAG_CALLER_ID,
+    FLAG_UUID_STREAM,
+    FORMAT_VERSION,
+    HEADER,
+    HEADER_SIZE,
+    KIND_COMMIT,
+    KIND_EVENT,
+    KIND_TRACKING,
+    U64,
+    LogFormatError,
+)
+from evstore.errors import (
+    CorruptedError,
+    DuplicateEventId,
+    EvstoreError,
+    ReadOnlyStore,
+    StorageError,
+    StoreClosed,
+    StoreFailed,
+    StoreLocked,
+    TrackingConflict,
+    UnsupportedFormat,
+    WrongExpectedVersion,
+)
+from evstore.index import (
+    CHECKPOINT,
+    COMMIT_KEY,
+    EXTENT_KEY,
+    EXTENT_VAL,
+    HEAD_TOMBSTONE,
+    TYPE_KEY,
+    U32,
+    Head,
+    Index,
+    IndexBatch,
+    max_tracking,
+    stream_key,
+)
+from evstore.log import EVENT_KINDS, Commit, Log
+from evstore.subscription import Subscription
+from evstore.records import (
+    ANY,
+    NO_STREAM,
+    STREAM_EXISTS,
+    AppendResult,
+    NewEvent,
+    RecordedEvent,
+    Stream,
+    _Expected,
+    decode_stream,
+)
+
+MAX_NAME_BYTES = 400
+MAX_EVENT_BYTES = 16 << 20
+MAX_COMMIT_BYTES = 256 << 20
+MAX_VERSION = (1 << 63) - 1
+DEFAULT_SEGMENT_SIZE = 128 << 20
+DEFAULT_MAP_SIZE = 1 << 30
+DURABILITIES = ("fsync", "os")
+META_MAGIC = b"EVSTMETA"
+
+_new_record = tuple.__new__
+_pack_header = HEADER.pack
+_ZERO_ID = bytes(16)
+_UUID4_MASK = int.from_bytes(b"\xff" * 6 + b"\x0f\xff\x3f" + b"\xff" * 7, "big")
+_UUID4_BITS = int.from_bytes(b"\x00" * 6 + b"\x40\x00\x80" + b"\x00" * 7, "big")
+_id_masks: dict[int, tuple[int, int]] = {}
+
+
+def _random_ids(n: int) -> bytes:
+    """n random version-4 UUIDs, as 16n bytes, in a few C-speed operations."""
+    m = _id_masks.get(n)
+    if m is None:
+        m = (int.from_bytes(_UUID4_MASK.to_bytes(16, "big") * n, "big"),
+             int.from_bytes(_UUID4_BITS.to_bytes(16, "big") * n, "big"))
+        if n <= 1024:
+            _id_masks[n] = m
+    r = int.from_bytes(os.urandom(16 * n), "big")
+    return ((r & m[0]) | m[1]).to_bytes(16 * n, "big")
+
+
+# -- validation ------------------------------------------------------------------------------
+
+
+def _check_stream(stream: Any) -> tuple[bytes, int]:
+    """(stored bytes, flags) of a stream id; TypeError/ValueError when malformed."""
+    if isinstance(stream, str):
+        if not stream:
+            raise ValueError("a stream id must not be empty")
+        try:
+            raw = stream.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"stream id {stream!r} is not valid Unicode text: {e.reason}") from None
+        if len(raw) > MAX_NAME_BYTES:
+            raise ValueError(f"stream id is {len(raw)} bytes in UTF-8; the limit is {MAX_NAME_BYTES}")
+        return raw, 0
+    if isinstance(stream, uuid.UUID):
+        return stream.bytes, FLAG_UUID_STREAM
+    raise TypeError(f"a stream id must be a str or uuid.UUID, not {type(stream).__name__}")
+
+
+def _check_name(name: Any, what: str) -> bytes:
+    if not isinstance(name, str):
+        raise TypeError(f"{what} must be a str, not {type(name).__name__}")
+    if not name:
+        raise ValueError(f"{what} must not be empty")
+    try:
+        raw = name.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{what} {name!r} is not valid Unicode text: {e.reason}") from None
+    if len(raw) > MAX_NAME_BYTES:
+        raise ValueError(f"{what} is {len(raw)} bytes in UTF-8; the limit is {MAX_NAME_BYTES}")
+    return raw
+
+
+def _check_bytes(value: Any, what: str) -> bytes:
+    if type(value) is bytes:
+        return value
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(f"{what} must be bytes, not {type(value).__name__}")
+
+
+def _check_expected(expected: Any) -> Any:
+    if isinstance(expected, _Expected):
+        return expected
+    if type(expected) is not int:
+        raise TypeError(
+            "expected_version must be ANY, NO_STREAM, STREAM_EXISTS or an int, "
+            f"not {type(expected).__name__}"
+        )
+    if not 0 <= expected <= MAX_VERSION:
+        raise ValueError(f"expected_version {expected} is out of range 0..{MAX_VERSION}")
+    return expected
+
+
+def _check_position(value: Any, what: str, allow_none: bool = True) -> int | None:
+    if value is None and allow_none:
+        return None
+    if type(value) is not int:
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    if not 0 <= value <= MAX_VERSION:
+        raise ValueError(f"{what} {value} is out of range 0..{MAX_VERSION}")
+    return value
+
+
+_type_cache: dict[str, bytes] = {}
+
+
+def _encode_events(events: Any) -> list[tuple[bytes, bytes, bytes, bytes | None, int]]:
+    """Validate events; return (type bytes, data, metadata, id bytes or None, schema) for each."""
+    if isinstance(events, (NewEvent, str, bytes)) or not isinstance(events, Iterable):
+        raise TypeError("events must be a list of evstore.NewEvent")
+    out = []
+    for e in events:
+        if not isinstance(e, NewEvent):
+            raise TypeError(f"events must be evstore.NewEvent instances, not {type(e).__name__}")
+        tb = _type_cache.get(e.type) if type(e.type) is str else None
+        if tb is None:
+            tb = _check_name(e.type, "an event type")
+            if len(_type_cache) < 10_000:
+                _type_cache[e.type] = tb
+        data = e.data if type(e.data) is bytes else _check_bytes(e.data, "event data")
+        meta = e.metadata if type(e.metadata) is bytes else _check_bytes(e.metadata, "event metadata")
+        if len(data) + len(meta) + len(tb) > MAX_EVENT_BYTES:
+            raise ValueError(f"an event of {len(data) + len(meta)} bytes exceeds the limit of {MAX_EVENT_BYTES}")
+        if e.id is None:
+            idb = None
+        elif isinstance(e.id, uuid.UUID):
+            idb = e.id.bytes
+        else:
+            raise TypeError(f"an event id must be a uuid.UUID or None, not {type(e.id).__name__}")
+        schema = e.schema
+        if type(schema) is not int or not 0 <= schema < (1 << 32):
+            raise (TypeError if type(schema) is not int else ValueError)(
+                f"an event schema must be an int in 0..{(1 << 32) - 1}, not {schema!r}"
+            )
+        out.append((tb, data, meta, idb, schema))
+    if not out:
+        raise ValueError("an append needs at least one event")
+    return out
+
+
+class Extra(NamedTuple):
+    """A non-event record of a commit: tracking records, stream marks, snapshots."""
+
+    kind: int
+    sb: bytes
+    sflag: int
+    tb: bytes
+    version: int
+    data: bytes
+    schema: int
+
+
+class _Part:
+    """One stream's share of a commit, validated."""
+
+    __slots__ = ("stream", "key", "sb", "sflag", "events", "expected", "head")
+
+    def __init__(self, stream: Stream, events: Any, expected: Any) -> None:
+        self.sb, self.sflag = _check_stream(stream)
+        self.stream = stream
+        self.key = stream_key(stream)
+        self.events = _encode_events(events)
+        self.expected = _check_expected(expected)
+        self.head: Head | None = None
+
+
+# -- the shared, per-process state of one store -------------------------------------------------
+
+
+_registry: dict[str, _Core] = {}
+_registry_lock = threading.Lock()
+
+
+class _Core:
+    """Everything one open store shares between the handles of this process."""
+
+    def __init__(self, path: str, *, create: bool, readonly: bool, durability: str, segment_size: int,
+                 map_size: int, log_impl: str | None) -> None:
+        self.path = path
+        self.readonly = readonly
+        self.durability = durability
+        self.impl: ModuleType = _impl.load(log_impl)
+        self.refs = 0
+        self.closed = False
+        self.lock_fd = -1
+        self.failed: BaseException | None = None
+        self._prepare_dir(create)
+        try:
+            if not readonly:
+                self._take_lock()
+            self.meta = self._load_meta(segment_size)
+            self.log = Log(os.path.join(path, "log"), self.impl, segment_size=self.meta["segment_size"],
+                           writable=not readonly)
+            self.index = self._open_index(map_size)
+            self._init_state()
+        except BaseException:
+            self._release_lock()
+            raise
+        # writer state
+        self.wlock = threading.RLock()
+        self.sync_cond = threading.Condition(threading.Lock())
+        self.syncing = False
+        self.written_seq = 0
+        self.durable_seq = 0
+        self.pending: list[IndexBatch] = []
+        self.pending_ids: dict[bytes, int] = {}
+
+    # -- opening ---------------------------------------------------------------------------
+
+    def _prepare_dir(self, create: bool) -> None:
+        p = self.path
+        if os.path.exists(p) and not os.path.isdir(p):
+            raise EvstoreError(f"{p} is a file, not an evstore directory")
+        if not os.path.exists(p):
+            if not create or self.readonly:
+                raise EvstoreError(f"no store at {p} (open with create=True to make one)")
+            try:
+                os.makedirs(p, mode=0o700)
+            except OSError as e:
+                raise StorageError(p, e.errno, f"cannot create the store directory {p}: {e.strerror}") from e
+        has_meta = os.path.exists(os.path.join(p, "evstore.meta"))
+        has_log = os.path.isdir(os.path.join(p, "log"))
+        if not has_meta and not has_log and os.listdir(p) and set(os.listdir(p)) - {"LOCK", "index"}:
+            raise EvstoreError(f"{p} is a non-empty directory that is not an evstore store")
+        if not self.readonly:
+            try:
+                os.makedirs(os.path.join(p, "log"), mode=0o700, exist_ok=True)
+            except OSError as e:
+                raise StorageError(p, e.errno, f"cannot write in {p}: {e.strerror}") from e
+        elif not has_log:
+            raise EvstoreError(f"no store at {p}")
+
+    def _take_lock(self) -> None:
+        lock_path = os.path.join(self.path, "LOCK")
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as e:
+            raise StorageError(lock_path, e.errno, f"cannot open {lock_path}: {e.strerror}") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            try:
+                pid = int(os.pread(fd, 32, 0).split()[0])
+            except (ValueError, IndexError, OSError):
+                pid = None
+            os.close(fd)
+            if e.errno in (_errno.EAGAIN, _errno.EACCES, _errno.EWOULDBLOCK):
+                raise StoreLocked(self.path, pid) from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self.lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self.lock_fd >= 0:
+            os.close(self.lock_fd)  # closing the descriptor drops the flock
+            self.lock_fd = -1
+
+    def _load_meta(self, segment_size: int) -> dict[str, Any]:
+        path = os.path.join(self.path, "evstore.meta")
+        try:
+            with io.open(path, "rb") as f:
+                raw = f.read(65536)
+        except FileNotFoundError:
+            meta = {"format": FORMAT_VERSION, "segment_size": segment_size, "created_ns": time.time_ns()}
+            if not self.readonly:
+                self._write_meta(path, meta)
+            return meta
+        if raw[:8] != META_MAGIC or len(raw) < 12:
+            raise EvstoreError(f"{path} is not an evstore meta file")
+        body = raw[12:]
+        if self.impl.crc32c(body) != U32.unpack_from(raw, 8)[0]:
+            raise CorruptedError(path, 8, "meta checksum mismatch (delete evstore.meta to rebuild it from the log)")
+        try:
+            meta = json.loads(body)
+        except ValueError as e:
+            raise CorruptedError(path, 12, "meta is not readable") from e
+        if meta.get("format") != FORMAT_VERSION:
+            raise UnsupportedFormat(self.path, meta.get("format"), FORMAT_VERSION)
+        return dict(meta)
+
+    def _write_meta(self, path: str, meta: dict[str, Any]) -> None:
+        body = json.dumps(meta, sort_keys=True).encode()
+        tmp = path + ".new"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, META_MAGIC + U32.pack(self.impl.crc32c(body)) + body)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+
+    def _open_index(self, map_size: int) -> Index:
+        ipath = os.path.join(self.path, "index")
+        if self.readonly and not os.path.exists(os.path.join(ipath, "data.mdb")):
+            raise EvstoreError(f"{self.path} has no index yet; open it once for writing to rebuild it from the log")
+        try:
+            return Index(ipath, readonly=self.readonly, map_size=map_size)
+        except CorruptedError:
+            if self.readonly:
+                raise
+        # A lost or damaged index is rebuilt from the log.
+        self._remove_index(ipath)
+        return Index(ipath, readonly=False, map_size=map_size)
+
+    @staticmethod
+    def _remove_index(ipath: str) -> None:
+        if os.path.isdir(ipath):
+            for f in os.listdir(ipath):
+                os.unlink(os.path.join(ipath, f))
+
+    def _init_state(self) -> None:
+        with self.index.begin() as txn:
+            checkpoint = self.index.get_checkpoint(txn)
+            self.next_stream = self.index.counter(txn, b"next_stream") or 1
+            self.type_ids = {name: tid for name, tid in self.index.iter_typenames(txn)}
+        self.heads: dict[bytes, Head] = {}
+        self.tracking: dict[bytes, int] = {}
+        self.commit_cond = threading.Condition(threading.Lock())
+        self.catch_up(checkpoint)
+        with self.index.begin() as txn:
+            cp = self.index.get_checkpoint(txn)
+        self.next_position = cp[2] if cp else self.log.next_position
+
+    def catch_up(self, checkpoint: tuple[int, int, int] | None) -> int:
+        """Index every commit the log holds past `checkpoint`; returns how many."""
+        batch = IndexBatch()
+        n = 0
+        events = 0
+        for c in self.log.recover(checkpoint):
+            self._index_commit(batch, c)
+            n += 1
+            events += c.n_events
+            if events >= 50_000 and not self.readonly:
+                self.index.write(batch)
+                batch = IndexBatch()
+                events = 0
+        if n and not self.readonly:
+            self.index.write(batch)
+        if n and self.readonly:
+            self.heads = {}
+        return n
+
+    def _index_commit(self, batch: IndexBatch, c: Commit) -> None:
+        """Add the index entries of a commit found in the log (catch-up and rebuild)."""
+        buf = c.segment.buffer(c.end)
+        unpack = HEADER.unpack_from
+        rows = []
+        marks = []
+        for o in c.records[:-1]:
+            h = unpack(buf, o)
+            s = o + HEADER_SIZE
+            sb = bytes(buf[s : s + h[5]])
+            key = (b"u" if h[3] & FLAG_UUID_STREAM else b"s") + sb
+            if h[2] == KIND_EVENT:
+                tb = bytes(buf[s + h[5] : s + h[5] + h[4]])
+                rows.append((key, h[8], tb, bytes(h[10]) if h[3] & FLAG_CALLER_ID else None, h[7], o, h[1]))
+            else:
+                marks.append((h, key, buf, o))
+        self.index_rows(batch, c.segment.first, c.offset, c.end, c.first_position, c.n_events, rows)
+        for h, key, b, o in marks:
+            self.apply_record(batch, h, key, b, o)
+        batch.checkpoint = CHECKPOINT.pack(c.segment.first, c.end, c.first_position + c.n_events)
+
+    def apply_record(self, batch: IndexBatch, h: tuple[Any, ...], key: bytes, buf: Any, off: int) -> None:
+        """Index a non-event record found in the log (catch-up and rebuild)."""
+        s = off + HEADER_SIZE
+        sb = bytes(buf[s : s + h[5]])
+        tb = bytes(buf[s + h[5] : s + h[5] + h[4]])
+        d = s + h[5] + h[4] + h[12]
+        self.index_extra(batch, Extra(h[2], sb, h[3] & FLAG_UUID_STREAM, tb, h[8], bytes(buf[d : off + h[1]]), h[11]))
+
+    def index_extra(self, batch: IndexBatch, x: Extra) -> None:
+        """Index entries and in-memory state of one non-event record (live writes and catch-up alike)."""
+        if x.kind == KIND_TRACKING:
+            batch.extra.append((b"tracking", x.sb + b"\x00" + COMMIT_KEY.pack(x.version), b""))
+            if x.version > self.tracking_max(x.sb):
+                self.tracking[x.sb] = x.version
+
+    def tracking_max(self, name: bytes) -> int:
+        """The largest tracked position of upstream `name` (0 when none), for the writer."""
+        v = self.tracking.get(name)
+        if v is None:
+            with self.index.begin() as txn:
+                v = max_tracking(self.index, txn, name) or 0
+            self.tracking[name] = v
+        return v
+
+    def head_of(self, key: bytes, txn: Any = None) -> Head | None:
+        h = self.heads.get(key)
+        if h is None:
+            if txn is None:
+                with self.index.begin() as t:
+                    raw = t.get(key, db=self.index.db["heads"])
+            else:
+                raw = txn.get(key, db=self.index.db["heads"])
+            if raw is None:
+                return None
+            h = Head.unpack(raw)
+            self.heads[key] = h
+        return h
+
+    def type_id(self, tb: bytes, batch: IndexBatch) -> int:
+        tid = self.type_ids.get(tb)
+        if tid is None:
+            tid = len(self.type_ids) + 1
+            self.type_ids[tb] = tid
+            batch.typenames.append((tb, U32.pack(tid)))
+        return tid
+
+    def index_rows(self, batch: IndexBatch, seg: int, commit_off: int, commit_end: int, first_position: int,
+                   n_events: int, rows: list[tuple[bytes, int, bytes, bytes | None, int, int, int]]) -> None:
+        """Index entries of one commit's events: rows of (stream key, version, type, caller id, position,
+        offset, length), in log order. Updates the in-memory heads."""
+        if n_events:
+            batch.commits.append((COMMIT_KEY.pack(first_position),
+                                  EXTENT_VAL.pack(seg, commit_off, n_events, commit_end - commit_off)))
+        s_key = t_key = None
+        s_start = t_start = 0
+        s_first = 0
+        t_pos = 0
+        s_n = t_n = 0
+        s_bytes = t_bytes = 0
+        heads = self.heads
+        for key, version, tb, idb, pos, off, ln in rows:
+            if key != s_key:
+                if s_key is not None:
+                    batch.extents.append((EXTENT_KEY.pack(heads[s_key].num, s_first),
+                                          EXTENT_VAL.pack(seg, s_start, s_n, s_bytes)))
+                h = self.head_of(key)
+                if h is None:
+                    h = heads[key] = Head(self.next_stream)
+                    self.next_stream += 1
+                    batch.counters[b"next_stream"] = U64.pack(self.next_stream)
+                s_key, s_start, s_first, s_n, s_bytes = key, off, version, 0, 0
+            s_n += 1
+            s_bytes += ln
+            heads[key].version = version
+            batch.heads[key] = b""  # packed below, once per commit
+            if tb != t_key:
+                if t_key is not None:
+                    batch.types.append((TYPE_KEY.pack(self.type_id(t_key, batch), t_pos),
+                                        EXTENT_VAL.pack(seg, t_start, t_n, t_bytes)))
+                t_key, t_start, t_pos, t_n, t_bytes = tb, off, pos, 0, 0
+            t_n += 1
+            t_bytes += ln
+            if idb is not None:
+                batch.ids.append((idb, U64.pack(pos)))
+        if s_key is not None:
+            batch.extents.append((EXTENT_KEY.pack(heads[s_key].num, s_first),
+                                  EXTENT_VAL.pack(seg, s_start, s_n, s_bytes)))
+            batch.types.append((TYPE_KEY.pack(self.type_id(t_key, batch), t_pos),  # type: ignore[arg-type]
+                                EXTENT_VAL.pack(seg, t_start, t_n, t_bytes)))
+        for key in batch.heads:
+            if not batch.heads[key]:
+                batch.heads[key] = heads[key].pack()
+
+    # -- closing ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        if not self.readonly:
+            with self.wlock:
+                self._flush_pending()
+            try:
+                self.index.sync()
+            except Exception:  # pragma: no cover - the log still holds everything
+                pass
+        self.closed = True
+        self.index.close()
+        self.log.close()
+        self._release_lock()
+
+    def _flush_pending(self) -> None:
+        if self.pending and self.failed is None:
+            self.await_durable(self.written_seq)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def commit(self, parts: list[_Part], extras: Sequence[Extra] = ()) -> list[AppendResult]:
+        """Validate, write and (per durability) sync one commit of several streams' events."""
+        if self.failed is not None:
+            raise StoreFailed(f"the store stopped accepting writes after an I/O failure ({self.failed}); reopen it")
+        with self.wlock:
+            done = self._idempotent(parts)
+            if done is not None:
+                return done
+            for x in extras:
+                if x.kind == KIND_TRACKING and x.version <= self.tracking_max(x.sb):
+                    raise TrackingConflict(x.sb.decode(), x.version, self.tracking_max(x.sb))
+            for p in parts:
+                h = self.head_of(p.key)
+                p.head = h
+                actual = 0 if h is None else h.version
+                self.check_writable(p, h)
+                e = p.expected
+                if e is ANY:
+                    pass
+                elif e is NO_STREAM:
+                    if actual != 0:
+                        raise WrongExpectedVersion(p.stream, e, actual)
+                elif e is STREAM_EXISTS:
+                    if actual == 0:
+                        raise WrongExpectedVersion(p.stream, e, actual)
+                elif e != actual:
+                    raise WrongExpectedVersion(p.stream, e, actual)
+            if len({p.key for p in parts}) != len(parts):
+                raise ValueError("append_many names a stream twice; put its events in one entry")
+            results, seq = self._write(parts, extras)
+        self.await_durable(seq)
+        return results
+
+    def check_writable(self, part: _Part, head: Head | None) -> None:
+        """Refuse appends to streams that cannot take them (extended by stream lifecycles)."""
+        if head is not None and head.flags & HEAD_TOMBSTONE:
+            raise EvstoreError(f"stream {part.stream!r} is deleted")
+
+    def _idempotent(self, parts: list[_Part]) -> list[AppendResult] | None:
+        """The original results when every event id of this append is already committed in this shape."""
+        ids = [e[3] for p in parts for e in p.events if e[3] is not None]
+        if not ids:
+            return None
+        if len(set(ids)) != len(ids):
+            seen: set[bytes] = set()
+            for i in ids:
+                if i in seen:
+                    raise DuplicateEventId(uuid.UUID(bytes=i))
+                seen.add(i)
+        found = {}
+        with self.index.begin() as txn:
+            db = self.index.db["ids"]
+            for i in ids:
+                pos = self.pending_ids.get(i)
+                if pos is None:
+                    raw = txn.get(i, db=db)
+                    pos = None if raw is None else U64.unpack(raw)[0]
+                if pos is not None:
+                    found[i] = pos
+        if not found:
+            return None
+        results = []
+        if len(found) == len(ids) == sum(len(p.events) for p in parts):
+            for p in parts:
+                positions = [found[e[3]] for e in p.events]  # type: ignore[index]
+                first = positions[0]
+                if positions != list(range(first, first + len(positions))):
+                    break
+                rec = self.record_at(first)
+                if rec is None or stream_key(rec.stream) != p.key:
+                    break
+                v = rec.version
+                results.append(AppendResult(p.stream, v, v + len(positions) - 1, first, positions[-1]))
+            else:
+                return results
+        i, pos = next(iter(found.items()))
+        raise DuplicateEventId(uuid.UUID(bytes=i), pos)
+
+    def _write(self, parts: list[_Part], extras: Sequence[Extra]) -> tuple[list[AppendResult], int]:
+        ts = time.time_ns()
+        pos = self.next_position
+        first_pos = pos
+        chunks: list[bytes] = []
+        add = chunks.extend
+        results = []
+        rows = []
+        offset = 0
+        n_random = sum(1 for p in parts for e in p.events if e[3] is None)
+        rnd = _random_ids(n_random) if n_random else b""
+        r = 0
+        for p in parts:
+            sb, slen, key = p.sb, len(p.sb), p.key
+            ver = 0 if p.head is None else p.head.version
+            if ver + len(p.events) > MAX_VERSION:
+                raise ValueError(f"stream {p.stream!r} would pass the largest version {MAX_VERSION}")
+            v0 = ver + 1
+            first = pos
+            for tb, data, meta, idb, schema in p.events:
+                ver += 1
+                if idb is None:
+                    idb, flags = rnd[r : r + 16], p.sflag
+                    r += 16
+                    caller = None
+                else:
+                    flags = p.sflag | FLAG_CALLER_ID
+                    caller = idb
+                ln = HEADER_SIZE + slen + len(tb) + len(meta) + len(data)
+                add((_pack_header(0, ln, KIND_EVENT, flags, len(tb), slen, 0, pos, ver, ts, idb, schema,
+                                  len(meta)), sb, tb, meta, data))
+                rows.append((key, ver, tb, caller, pos, offset, ln))
+                offset += ln
+                pos += 1
+            results.append(AppendResult(p.stream, v0, ver, first, pos - 1))
+        n_events = pos - first_pos
+        records = len(rows)
+        for x in extras:
+            ln = HEADER_SIZE + len(x.sb) + len(x.tb) + len(x.data)
+            add((_pack_header(0, ln, x.kind, x.sflag, len(x.tb), len(x.sb), 0, pos, x.version, ts, _ZERO_ID,
+                              x.schema, 0), x.sb, x.tb, x.data))
+            offset += ln
+            records += 1
+        if offset > MAX_COMMIT_BYTES:
+            raise ValueError(f"a commit of {offset} bytes exceeds the limit of {MAX_COMMIT_BYTES}")
+        add((_pack_header(0, COMMIT_SIZE, KIND_COMMIT, 0, 0, 0, 0, first_pos, n_events, ts, _ZERO_ID, records, 0),
+             U64.pack(offset)))
+        buf = bytearray().join(chunks)
+        self.impl.seal(buf)
+        seg, off = self.log.append(buf, first_pos, n_events)
+        # The commit is in the log: from here on, state changes are installed.
+        batch = IndexBatch()
+        shifted = [(k, v, tb, c, ps, o + off, ln) for k, v, tb, c, ps, o, ln in rows]
+        self.index_rows(batch, seg.first, off, off + len(buf), first_pos, n_events, shifted)
+        for x in extras:
+            self.index_extra(batch, x)
+        batch.checkpoint = CHECKPOINT.pack(seg.first, off + len(buf), pos)
+        self.next_position = pos
+        for row in rows:
+            if row[3] is not None:
+                self.pending_ids[row[3]] = row[4]
+        self.pending.append(batch)
+        self.written_seq += 1
+        return results, self.written_seq
+
+    def await_durable(self, seq: int) -> None:
+        """Return once commit `seq` is durable (per the durability mode) and indexed.
+
+        Group commit: one thread syncs and indexes every commit written so far while the others wait;
+        commits written during that sync are served by the next one.
+        """
+        cond = self.sync_cond
+        with cond:
+            while self.durable_seq < seq:
+                if self.failed is not None:
+                    raise StoreFailed(f"the commit may not be durable: {self.failed}; reopen the store")
+                if self.syncing:
+                    cond.wait()
+                    continue
+                self.syncing = True
+                break
+            else:
+                return
+        err: BaseException | None = None
+        target = seq
+        try:
+            with self.wlock:
+                target = self.written_seq
+                batches, self.pending = self.pending, []
+                fd = self.log.sync_fd()
+                retired, self.log.retired_fds = self.log.retired_fds, []
+            if self.durability == "fsync" and fd >= 0:
+                os.fdatasync(fd)
+            for rfd in retired:
+                os.close(rfd)
+            if batches:
+                batch = batches[0]
+                for b in batches[1:]:
+                    batch.merge(b)
+                self.index.write(batch)
+                with self.wlock:
+                    for k, _v in batch.ids:
+                        self.pending_ids.pop(k, None)
+                with self.commit_cond:
+                    self.commit_cond.notify_all()
+        except BaseException as e:  # an fsync or index failure: stop accepting writes
+            err = e
+        with cond:
+            self.syncing = False
+            if err is None:
+                self.durable_seq = max(self.durable_seq, target)
+            else:
+                self.failed = err
+            cond.notify_all()
+        if err is not None:
+            raise StoreFailed(f"the commit may not be durable: {err}; reopen the store") from err
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def record_at(self, position: int) -> RecordedEvent | None:
+        """The event at a global position (indexed commits only), or None."""
+        with self.index.begin() as txn:
+            cur = txn.cursor(self.index.db["commits"])
+            if not cur.set_range(COMMIT_KEY.pack(position)) or COMMIT_KEY.unpack(cur.key())[0] > position:
+                if not cur.prev():
+                    return None
+            first = COMMIT_KEY.unpack(cur.key())[0]
+            seg, off, n, nbytes = EXTENT_VAL.unpack(cur.value())
+        if position >= first + n:
+            return None
+        buf = self.log.segment(seg).buffer(off + nbytes)
+        offsets = self.impl.walk(buf, off, position - first + 1, off + nbytes)
+        return _new_record(RecordedEvent, (buf, offsets[-1], None))
+
+
+# -- the public handle --------------------------------------------------------------------------
+
+
+class EventStore:
+    """An open store. Use as a context manager, or call `close()`.
+
+    Thread-safe: any number of threads may append and read through one handle.
+    """
+
+    def __init__(self, core: _Core, readonly: bool) -> None:
+        self._core: _Core | None = core
+        self.path = core.path
+        self.readonly = readonly
+
+    def __enter__(self) -> EventStore:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._core is None else ("read-only" if self.readonly else "open")
+        return f"<evstore.EventStore {self.path!r} {state}>"
+
+    @property
+    def closed(self) -> bool:
+        return self._core is None
+
+    def close(self) -> None:
+        """Close this handle; the store closes when the last handle in the process does. Idempotent."""
+        core = self._core
+        if core is None:
+            return
+        self._core = None
+        with _registry_lock:
+            core.refs -= 1
+            if core.refs == 0:
+                _registry.pop(core.path, None)
+                core.close()
+
+    def _c(self) -> _Core:
+        core = self._core
+        if core is None:
+            raise StoreClosed(self.path)
+        return core
+
+    def _w(self) -> _Core:
+        core = self._c()
+        if self.readonly:
+            raise ReadOnlyStore(f"{self.path} was opened with readonly=True")
+        return core
+
+    @property
+    def durability(self) -> str:
+        return self._c().durability
+
+    @property
+    def log_implementation(self) -> str:
+        """"c" or "python": which implementation of the log format this store uses."""
+        return str(self._c().impl.IMPL)
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def append(self, stream: Stream, events: Sequence[NewEvent], *, expected_version: Any = ANY) -> AppendResult:
+        """Append events to one stream in one atomic commit.
+
+        Raises `WrongExpectedVersion` when the stream's version is not `expected_version`, and
+        `DuplicateEventId` when an event id is already used by another append; a retry of a committed
+        append with the same event ids returns the original result. Nothing is written on any error.
+        With durability="fsync" the events are on disk when this returns.
+        """
+        core = self._w()
+        return core.commit([_Part(stream, events, expected_version)])[0]
+
+    def append_many(self, appends: Iterable[tuple[Stream, Sequence[NewEvent], Any]], *,
+                    tracking: tuple[str, int] | None = None) -> list[AppendResult]:
+        """Append to several streams in one atomic commit: every part is written, or none is.
+
+        Each item is `(stream, events, expected_version)`; the results are in the same order.
+        `tracking=(upstream, position)` records, in the same commit, how far this store has processed
+        another log (exactly-once processing); it raises `TrackingConflict` unless the position is
+        above every position recorded for that upstream. With tracking, `appends` may be empty.
+        """
+        core = self._w()
+        parts = []
+        for item in appends:
+            if not isinstance(item, tuple) or len(item) != 3:
+                raise TypeError("append_many takes (stream, events, expected_version) tuples")
+            parts.append(_Part(*item))
+        extras = []
+        if tracking is not None:
+            extras.append(_tracking_record(tracking))
+        if not parts and not extras:
+            raise ValueError("append_many needs at least one (stream, events, expected_version)")
+        return core.commit(parts, extras)
+
+    def max_tracking(self, upstream: str) -> int | None:
+        """The largest position recorded with `tracking=(upstream, ...)`, or None."""
+        core = self._c()
+        name = _tracking_name(upstream)
+        with core.index.begin() as txn:
+            return max_tracking(core.index, txn, name)
+
+    def has_tracking(self, upstream: str, position: int) -> bool:
+        """Whether a tracking record for exactly (`upstream`, `position`) was committed."""
+        core = self._c()
+        name = _tracking_name(upstream)
+        _check_position(position, "position", allow_none=False)
+        with core.index.begin() as txn:
+            return txn.get(name + b"\x00" + COMMIT_KEY.pack(position), db=core.index.db["tracking"]) is not None
+
+    def subscribe(self, *, gt: int = 0, types: Iterable[str] | None = None,
+                  timeout: float | None = None) -> Subscription:
+        """Events after position `gt` (of the given types), then new ones as they commit, from this
+        process or another; never skips or repeats one. See `Subscription`."""
+        core = self._c()
+        _check_position(gt, "gt", allow_none=False)
+        if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
+            raise ValueError("timeout must be None or a number of seconds >= 0")
+        return Subscription(self, core, gt, _type_filter(types), timeout)
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def stream_version(self, stream: Stream) -> int:
+        """The stream's last version (0 when it has no events)."""
+        core = self._c()
+        _check_stream(stream)
+        with core.index.begin() as txn:
+            raw = txn.get(stream_key(stream), db=core.index.db["heads"])
+        return 0 if raw is None else Head.unpack(raw).version
+
+    def head(self) -> int:
+        """The position of the last committed event (0 when the store is empty)."""
+        core = self._c()
+        with core.index.begin() as txn:
+            cp = core.index.get_checkpoint(txn)
+        return 0 if cp is None else cp[2] - 1
+
+    def read_stream(self, stream: Stream, *, gt: int | None = None, lte: int | None = None, desc: bool = False,
+                    limit: int | None = None) -> list[RecordedEvent]:
+        """The stream's events with `gt < version <= lte`, oldest first (newest first with desc=True),
+        at most `limit` of them. An absent stream reads as empty."""
+        core = self._c()
+        _check_stream(stream)
+        gt = _check_position(gt, "gt")
+        lte = _check_position(lte, "lte")
+        limit = _check_position(limit, "limit")
+        key = stream_key(stream)
+        index = core.index
+        with index.begin() as txn:
+            raw = txn.get(key, db=index.db["heads"])
+            if raw is None:
+                return []
+            head = Head.unpack(raw)
+            self._check_readable(stream, head)
+            lo = max(gt or 0, head.hidden) + 1
+            hi = head.version if lte is None else min(lte, head.version)
+            if lo > hi or limit == 0:
+                return []
+            extents = []
+            cur = txn.cursor(index.db["extents"])
+            num = head.num
+            if not cur.set_range(EXTENT_KEY.pack(num, lo)):
+                cur.last()
+            k = EXTENT_KEY.unpack(cur.key())
+            if k[0] != num or k[1] > lo:
+                cur.prev()
+            for kraw, vraw in cur.iternext():
+                n, v = EXTENT_KEY.unpack(kraw)
+                if n != num or v > hi:
+                    break
+                if n == num:
+                    extents.append((v, *EXTENT_VAL.unpack(vraw)))
+        out: list[RecordedEvent] = []
+        walk = core.impl.walk
+        segment = core.log.segment
+        for v, seg, off, count, nbytes in extents:
+            if v + count <= lo:
+                continue
+            buf = segment(seg).buffer(off + nbytes)
+            try:
+                offsets = walk(buf, off, count, off + nbytes)
+            except LogFormatError as e:
+                raise CorruptedError(segment(seg).path, e.offset, str(e)) from None
+            a = max(lo - v, 0)
+            b = min(hi - v + 1, count)
+            out.extend([_new_record(RecordedEvent, (buf, o, stream)) for o in offsets[a:b]])
+        if desc:
+            out.reverse()
+        if limit is not None:
+            del out[limit:]
+        return out
+
+    def _check_readable(self, stream: Stream, head: Head) -> None:
+        if head.flags & HEAD_TOMBSTONE:
+            raise EvstoreError(f"stream {stream!r} is deleted")
+
+    def read_all(self, *, gt: int = 0, lte: int | None = None, limit: int | None = None,
+                 types: Iterable[str] | None = None) -> Iterator[RecordedEvent]:
+        """Every event with `gt < position <= lte` in position order (of the given types, if any),
+        as of the moment of the call; at most `limit`. Streams the log: memory stays flat."""
+        core = self._c()
+        gt = _check_position(gt, "gt", allow_none=False)
+        lte = _check_position(lte, "lte")
+        limit = _check_position(limit, "limit")
+        return self._read_all(core, gt or 0, lte, limit, _type_filter(types))
+
+    def _read_all(self, core: _Core, gt: int, lte: int | None, limit: int | None,
+                  tfilter: tuple[bytes, ...] | None) -> Iterator[RecordedEvent]:
+        """Fix the snapshot (the head and where to start) now; the returned iterator scans lazily."""
+        if tfilter == ():
+            return iter(())
+        with core.index.begin() as txn:
+            cp = core.index.get_checkpoint(txn)
+            if cp is None:
+                return iter(())
+            stop = cp[2] - 1 if lte is None else min(lte, cp[2] - 1)
+            if gt >= stop:
+                return iter(())
+            if tfilter is not None:
+                runs = self._type_runs(core, txn, tfilter, gt, stop)
+                return self._read_runs(core, runs, gt, stop, limit)
+            cur = txn.cursor(core.index.db["commits"])
+            if not cur.set_range(COMMIT_KEY.pack(gt + 1)) or COMMIT_KEY.unpack(cur.key())[0] > gt + 1:
+                if not cur.prev():
+                    cur.first()
+            next_pos = COMMIT_KEY.unpack(cur.key())[0]
+            seg_first, off = EXTENT_VAL.unpack(cur.value())[:2]
+        return self._scan_from(core, seg_first, off, next_pos, gt, stop, limit, tfilter)
+
+    @staticmethod
+    def _type_runs(core: _Core, txn: Any, tfilter: tuple[bytes, ...], gt: int,
+                   stop: int) -> list[tuple[int, int, int, int]]:
+        """(first position, segment, offset, count) of the type runs holding positions gt+1..stop."""
+        runs = []
+        db = core.index.db["types"]
+        for tb in tfilter:
+            raw = txn.get(tb, db=core.index.db["typenames"])
+            if raw is None:
+                continue
+            tid = U32.unpack(raw)[0]
+            cur = txn.cursor(db)
+            if not cur.set_range(TYPE_KEY.pack(tid, gt + 1)):
+                cur.last()
+            t, p = TYPE_KEY.unpack(cur.key())
+            if t != tid or p > gt + 1:
+                if cur.prev():
+                    t, p = TYPE_KEY.unpack(cur.key())
+                    if t != tid or p + EXTENT_VAL.unpack(cur.value())[2] <= gt + 1:
+                        cur.next()
+                else:
+                    cur.first()
+            for k, v in cur:
+                t, p = TYPE_KEY.unpack(k)
+                if t != tid or p > stop:
+                    break
+                seg, off, count, _nbytes = EXTENT_VAL.unpack(v)
+                runs.append((p, seg, off, count))
+        runs.sort()
+        return runs
+
+    def _read_runs(self, core: _Core, runs: list[tuple[int, int, int, int]], gt: int, stop: int,
+                   limit: int | None) -> Iterator[RecordedEvent]:
+        left = -1 if limit is None else limit
+        walk = core.impl.walk
+        for p, seg_first, off, count in runs:
+            seg = core.log.segment(seg_first)
+            buf = seg.buffer(off + count * HEADER_SIZE)
+            try:
+                offsets = walk(buf, off, count, len(buf))
+            except LogFormatError as e:
+                if e.code == ETRUNC:
+                    buf = seg.buffer(os.path.getsize(seg.path))
+                    offsets = walk(buf, off, count, len(buf))
+                else:
+                    raise CorruptedError(seg.path, e.offset, str(e)) from None
+            a = max(gt + 1 - p, 0)
+            b = min(stop - p + 1, count)
+            for o in offsets[a:b]:
+                if left == 0:
+                    return
+                left -= 1
+                yield _new_record(RecordedEvent, (buf, o, None))
+
+    def _scan_from(self, core: _Core, seg_first: int, off: int, next_pos: int, gt: int, stop: int,
+                   limit: int | None, tfilter: tuple[bytes, ...] | None) -> Iterator[RecordedEvent]:
+        log = core.log
+        scan = core.impl.scan
+        unpack = HEADER.unpack_from
+        left = limit if limit is not None else -1
+        seg = log.segment(seg_first)
+        max_out = 4096
+        while True:
+            buf = seg.buffer(0)
+            if len(buf) < seg.end or (seg is log.segments[-1]):
+                buf = seg.buffer(os.path.getsize(seg.path))
+            n = len(buf)
+            while off < n and next_pos <= stop:
+                r = scan(buf, off, n, next_position=next_pos, kinds=EVENT_KINDS, types=tfilter, max_out=max_out,
+                         stop_position=stop)
+                offs = r.offsets
+                if r.code == EFULL:
+                    max_out *= 4
+                    continue
+                if offs:
+                    if unpack(buf, offs[0])[7] <= gt:
+                        offs = [o for o in offs if unpack(buf, o)[7] > gt]
+                    if offs and unpack(buf, offs[-1])[7] > stop:
+                        offs = [o for o in offs if unpack(buf, o)[7] <= stop]
+                    if left >= 0:
+                        del offs[left:]
+                        left -= len(offs)
+                    for o in offs:
+                        yield _new_record(RecordedEvent, (buf, o, None))
+                    if left == 0:
+                        return
+                off, next_pos = r.end, r.next_position
+                if r.code != 0:
+                    if next_pos > stop:
+                        return
+                    raise CorruptedError(seg.path, r.err_off, "bad record")
+                if r.commits == 0:
+                    break
+            if next_pos > stop:
+                return
+            i = log.segments.index(seg)
+            if i + 1 >= len(log.segments):
+                log.load_segments()
+                if i + 1 >= len(log.segments):
+                    raise CorruptedError(seg.path, off, f"the log ends before position {stop}")
+            seg = log.segments[i + 1]
+            off = 32
+
+    def event_at(self, position: int) -> RecordedEvent | None:
+        """The event at a global position, or None."""
+        core = self._c()
+        _check_position(position, "position", allow_none=False)
+        return core.record_at(position) if position > 0 else None
+
+    def streams(self, *, prefix: str = "") -> Iterator[tuple[Stream, int]]:
+        """(stream, version) of every stream, string ids in UTF-8 order (those starting with `prefix`),
+        then UUID ids when no prefix is given."""
+        core = self._c()
+        p = b"s" + prefix.encode("utf-8")
+        with core.index.begin() as txn:
+            cur = txn.cursor(core.index.db["heads"])
+            start = p if prefix else b""
+            if not cur.set_range(start):
+                return
+            rows = []
+            for k, v in cur:
+                if prefix and not k.startswith(p):
+                    break
+                rows.append((decode_stream(k[1:], FLAG_UUID_STREAM if k[:1] == b"u" else 0),
+                             Head.unpack(v).version))
+        yield from rows
+
+    def sync(self) -> None:
+        """Make everything written so far durable (useful with durability="os")."""
+        core = self._w()
+        fd = core.log.sync_fd()
+        if fd >= 0:
+            os.fsync(fd)
+        core.index.sync()
+
+
+def _type_filter(types: Iterable[str] | None) -> tuple[bytes, ...] | None:
+    if types is None:
+        return None
+    if isinstance(types, str):
+        raise TypeError("types must be a collection of type names, not a str")
+    return tuple(sorted({_check_name(t, "an event type") for t in types}))
+
+
+def _tracking_name(upstream: Any) -> bytes:
+    raw = _check_name(upstream, "a tracking upstream name")
+    if b"\x00" in raw:
+        raise ValueError("a tracking upstream name must not contain NUL")
+    return raw
+
+
+def _tracking_record(tracking: Any) -> Extra:
+    if not isinstance(tracking, tuple) or len(tracking) != 2:
+        raise TypeError("tracking must be an (upstream name, position) tuple")
+    name, position = tracking
+    _check_position(position, "tracking position", allow_none=False)
+    if position < 1:
+        raise ValueError("a tracking position must be >= 1")
+    return Extra(KIND_TRACKING, _tracking_name(name), 0, b"", position, b"", 0)
+
+
+def open(path: str | os.PathLike[str], *, create: bool = True, readonly: bool = False,
+         durability: str = "fsync", segment_size: int = DEFAULT_SEGMENT_SIZE, map_size: int = DEFAULT_MAP_SIZE,
+         log_impl: str | None = None) -> EventStore:
+    """Open (and by default create) the store in directory `path`.
+
+    One process may write a store at a time (`StoreLocked` otherwise); any number may open it with
+    readonly=True. Opening the same path twice in one process shares one open store. On open, a torn
+    tail left by a crash is cut off and the index catches up with the log.
+
+    `durability`: "fsync" (an append returns once its bytes are on disk) or "os" (handed to the OS:
+    survives a killed process, not a power cut). `log_impl`: "c" or "python" (default: C unless
+    EVSTORE_PURE=1).
+    """
+    p = os.fspath(path)
+    if not isinstance(p, str):
+        raise TypeError("path must be a str or os.PathLike[str]")
+    if "\x00" in p:
+        raise ValueError("path must not contain NUL bytes")
+    if durability not in DURABILITIES:
+        raise ValueError(f"durability must be one of {DURABILITIES}, not {durability!r}")
+    for name, v, lo in (("segment_size", segment_size, 4096), ("map_size", map_size, 1 << 20)):
+        if type(v) is not int:
+            raise TypeError(f"{name} must be an int")
+        if not lo <= v <= (1 << 40):
+            raise ValueError(f"{name} must be between {lo} and 2**40 bytes")
+    real = os.path.realpath(p)
+    with _registry_lock:
+        core = _registry.get(real)
+        if core is not None:
+            if core.readonly and not readonly:
+                raise EvstoreError(f"{real} is already open read-only in this process; close it first")
+        else:
+            core = _Core(real, create=create, readonly=readonly, durability=durability,
+                         segment_size=segment_size, map_size=map_size, log_impl=log_impl)
+            _registry[real] = core
+        core.refs += 1
+        return EventStore(core, readonly)

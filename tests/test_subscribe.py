@@ -1,0 +1,105 @@
+"""Tracking records in commits, and subscriptions that never skip or repeat an event."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+import time
+
+import pytest
+
+import evstore
+from evstore import NewEvent
+
+from conftest import PY, python_env
+
+
+def ev(t: str = "T") -> NewEvent:
+    return NewEvent(t, b"x")
+
+
+def test_tracking_is_written_with_the_events_and_must_advance(store: evstore.EventStore) -> None:
+    assert store.max_tracking("up") is None
+    store.append_many([("s", [ev()], evstore.NO_STREAM)], tracking=("up", 5))
+    assert store.max_tracking("up") == 5 and store.has_tracking("up", 5) and not store.has_tracking("up", 4)
+    store.append_many([], tracking=("up", 9))  # tracking alone
+    assert store.max_tracking("up") == 9 and store.head() == 1
+    before = store.head()
+    with pytest.raises(evstore.TrackingConflict) as info:
+        store.append_many([("s", [ev()], 1)], tracking=("up", 9))
+    assert (info.value.position, info.value.current) == (9, 9)
+    assert store.head() == before and store.stream_version("s") == 1  # the events were not written either
+    assert store.max_tracking("up2") is None and store.max_tracking("u") is None  # names do not bleed
+    store.append_many([], tracking=("up2", 1))
+    assert store.max_tracking("up") == 9
+    for bad, exc in [(("up", 0), ValueError), (("up", "1"), TypeError), (("a\x00b", 1), ValueError),
+                     ("up", TypeError), (("", 1), ValueError)]:
+        with pytest.raises(exc):
+            store.append_many([], tracking=bad)  # type: ignore[arg-type]
+
+
+def test_tracking_survives_reopen_and_index_rebuild(store_path: str, impl: str) -> None:
+    with evstore.open(store_path, log_impl=impl) as s:
+        s.append_many([("s", [ev()], 0)], tracking=("up", 3))
+        s.append_many([], tracking=("up", 7))
+    shutil.rmtree(os.path.join(store_path, "index"))
+    with evstore.open(store_path, log_impl=impl) as s:
+        assert s.max_tracking("up") == 7 and s.has_tracking("up", 3)
+        with pytest.raises(evstore.TrackingConflict):
+            s.append_many([], tracking=("up", 7))
+
+
+def test_subscription_catches_up_then_follows_new_commits(store: evstore.EventStore) -> None:
+    for i in range(5):
+        store.append("s", [ev("A"), ev("B")])
+    got: list[int] = []
+    with store.subscribe(gt=3, timeout=5) as sub:
+        def writer() -> None:
+            for _ in range(30):
+                store.append("t", [ev("A")])
+        t = threading.Thread(target=writer)
+        t.start()
+        for e in sub:
+            got.append(e.position)
+            if e.position == 40:
+                break
+        t.join()
+    assert got == list(range(4, 41))
+
+
+def test_subscription_type_filter_and_timeout(store: evstore.EventStore) -> None:
+    for i in range(1500):  # more than one internal batch
+        store.append("s", [ev("A" if i % 3 else "B")])
+    sub = store.subscribe(types=["B"], timeout=0.2)
+    t0 = time.monotonic()
+    positions = [e.position for e in sub]
+    assert positions == [i + 1 for i in range(1500) if i % 3 == 0]
+    assert time.monotonic() - t0 >= 0.2
+
+
+def test_subscription_stop_from_another_thread(store: evstore.EventStore) -> None:
+    sub = store.subscribe()
+    threading.Timer(0.2, sub.stop).start()
+    assert list(sub) == []
+
+
+def test_subscription_sees_commits_of_a_writer_process(store_path: str, impl: str) -> None:
+    with evstore.open(store_path, log_impl=impl) as s:
+        s.append("s", [ev()])
+    with evstore.open(store_path, readonly=True, log_impl=impl) as reader:
+        code = (
+            "import evstore\n"
+            f"with evstore.open({store_path!r}, log_impl={impl!r}, segment_size=4096) as s:\n"
+            "    for i in range(200):\n"
+            "        s.append('w', [evstore.NewEvent('T', bytes(100))])\n"
+        )
+        proc = subprocess.Popen([PY, "-c", code], env=python_env())
+        positions = []
+        for e in reader.subscribe(timeout=10):
+            positions.append(e.position)
+            if e.position == 201:
+                break
+        assert proc.wait(timeout=60) == 0
+    assert positions == list(range(1, 202))
