@@ -1,0 +1,173 @@
+"""evstore.eventsourcing beyond the library's cases: settings, the version mapping (checked against
+the library's in-memory recorder), and the fast path's use of the store."""
+
+from __future__ import annotations
+
+import os
+from uuid import uuid4
+
+from eventsourcing.persistence import InfrastructureFactory, IntegrityError, StoredEvent, Tracking
+from eventsourcing.popo import POPOAggregateRecorder
+from eventsourcing.utils import Environment
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from es_helpers import MODULE, TempStoreMixin
+
+from evstore.eventsourcing import EvstoreApplicationRecorder, EvstoreSettingError
+
+
+def ev(oid: object, v: int, topic: str = "t") -> StoredEvent:
+    return StoredEvent(originator_id=oid, originator_version=v, topic=topic, state=b"s%d" % v)  # type: ignore[arg-type]
+
+
+class TestSettings(TempStoreMixin):
+    def test_missing_path_names_the_setting(self) -> None:
+        with self.assertRaises(EvstoreSettingError) as cm:
+            InfrastructureFactory.construct(Environment("App", {"PERSISTENCE_MODULE": MODULE}))
+        self.assertIn("EVSTORE_PATH", str(cm.exception))
+
+    def test_bad_names_are_refused(self) -> None:
+        for name in ("..", ".", "a/b", "/abs", "a\x00b", "a\\b", ""):
+            f = InfrastructureFactory.construct(self.es_env(name))
+            self.factories.append(f)
+            with self.assertRaises(EvstoreSettingError, msg=repr(name)):
+                f.application_recorder()
+        self.assertEqual(os.listdir(self.evstore_root), [])
+
+    def test_bad_durability_and_sizes(self) -> None:
+        with self.assertRaises(EvstoreSettingError):
+            InfrastructureFactory.construct(self.es_env("A", EVSTORE_DURABILITY="never"))
+        with self.assertRaises(EvstoreSettingError):
+            InfrastructureFactory.construct(self.es_env("A", EVSTORE_MAP_SIZE="lots"))
+        f = InfrastructureFactory.construct(self.es_env("A", EVSTORE_SEGMENT_SIZE="1000"))
+        self.factories.append(f)
+        with self.assertRaises(EvstoreSettingError):
+            f.application_recorder()
+
+    def test_layout_and_prefixed_settings(self) -> None:
+        other = os.path.join(self.evstore_root, "other")
+        f = InfrastructureFactory.construct(self.es_env("Shop", SHOP_EVSTORE_PATH=other))
+        self.factories.append(f)
+        f.application_recorder()
+        f.aggregate_recorder("snapshots")
+        self.assertEqual(sorted(os.listdir(os.path.join(other, "Shop"))), ["events", "snapshots"])
+
+    def test_close_releases_the_store(self) -> None:
+        f = InfrastructureFactory.construct(self.es_env("A"))
+        r = f.application_recorder()
+        assert isinstance(r, EvstoreApplicationRecorder)
+        r.insert_events([ev(uuid4(), 1)])
+        f.close()
+        self.assertTrue(r.store.closed)
+
+
+class TestVersionMapping(TempStoreMixin):
+    def recorder(self) -> EvstoreApplicationRecorder:
+        r = self.es_factory().application_recorder()
+        assert isinstance(r, EvstoreApplicationRecorder)
+        return r
+
+    def test_ids_round_trip(self) -> None:
+        r = self.recorder()
+        u, s = uuid4(), str(uuid4())
+        r.insert_events([ev(u, 0), ev(s, 5), ev(u, 1)])
+        self.assertEqual([type(e.originator_id) for e in r.select_events(u)], [type(u)] * 2)
+        self.assertEqual([e.originator_id for e in r.select_events(s)], [s])
+        notes = r.select_notifications(None, 10)
+        self.assertEqual([(n.originator_id, n.originator_version) for n in notes], [(u, 0), (u, 1), (s, 5)])
+
+    def test_stale_duplicate_and_unordered_versions(self) -> None:
+        r = self.recorder()
+        u = uuid4()
+        r.insert_events([ev(u, 3), ev(u, 4)])
+        for bad in ([ev(u, 4)], [ev(u, 2)], [ev(u, 6), ev(u, 5)], [ev(u, 5), ev(u, 5)]):
+            with self.assertRaises(IntegrityError):
+                r.insert_events(bad)
+        self.assertEqual([e.originator_version for e in r.select_events(u)], [3, 4])
+        # Another recorder on the same store has a stale cache: the expected-version check catches it.
+        r2 = self.recorder()
+        self.assertEqual([e.originator_version for e in r2.select_events(u)], [3, 4])
+        r.insert_events([ev(u, 5)])
+        with self.assertRaises(IntegrityError):
+            r2.insert_events([ev(u, 5)])
+        r2.insert_events([ev(u, 9)])
+        self.assertEqual([e.originator_version for e in r.select_events(u)], [3, 4, 5, 9])
+
+    def test_tracking_is_atomic_with_events(self) -> None:
+        r = self.es_factory().process_recorder()
+        u = uuid4()
+        r.insert_events([ev(u, 1)], tracking=Tracking("up", 5))
+        with self.assertRaises(IntegrityError):  # version conflict: tracking not written either
+            r.insert_events([ev(u, 1)], tracking=Tracking("up", 6))
+        self.assertEqual(r.max_tracking_id("up"), 5)
+        with self.assertRaises(IntegrityError):  # tracking conflict: events not written either
+            r.insert_events([ev(u, 2)], tracking=Tracking("up", 5))
+        self.assertEqual(len(r.select_events(u)), 1)
+
+    def test_contiguous_select_reads_only_the_range(self) -> None:
+        r = self.recorder()
+        u = uuid4()
+        r.insert_events([ev(u, v) for v in range(1000)])
+        calls: list[dict[str, object]] = []
+        orig = r.store.read_stream
+
+        def spy(stream: object, **kw: object) -> object:
+            res = orig(stream, **kw)  # type: ignore[arg-type]
+            calls.append({**kw, "n": len(res)})
+            return res
+
+        r.store.read_stream = spy  # type: ignore[method-assign]
+        got = r.select_events(u, gt=500, lte=510)
+        self.assertEqual([e.originator_version for e in got], list(range(501, 511)))
+        self.assertEqual(len(calls), 1)
+        self.assertEqual(calls[0]["n"], 10)
+        calls.clear()
+        got = r.select_events(u, lte=700, desc=True, limit=1)
+        self.assertEqual([e.originator_version for e in got], [700])
+        self.assertEqual([c["n"] for c in calls], [1])
+
+    def test_select_edges(self) -> None:
+        r = self.recorder()
+        oracle = POPOAggregateRecorder()
+        for versions in ([0, 1, 2], [1, 2, 3, 4], [0, 2, 3, 7], [5]):
+            oid = uuid4()
+            for rec in (r, oracle):
+                rec.insert_events([ev(oid, v) for v in versions])
+            for gt in (None, -1, 0, 1, 2, 3, 6, 60):
+                for lte in (None, -1, 0, 1, 2, 3, 6, 60):
+                    for desc in (False, True):
+                        for limit in (None, 1, 2, 10):
+                            want = oracle.select_events(oid, gt=gt, lte=lte, desc=desc, limit=limit)
+                            for rr in (r, self.recorder()):
+                                got = rr.select_events(oid, gt=gt, lte=lte, desc=desc, limit=limit)
+                                self.assertEqual(list(got), list(want), (versions, gt, lte, desc, limit))
+
+    @settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(
+        start=st.integers(0, 3),
+        steps=st.lists(st.integers(1, 3), min_size=1, max_size=25),
+        batches=st.integers(1, 5),
+        queries=st.lists(
+            st.tuples(st.one_of(st.none(), st.integers(-1, 60)), st.one_of(st.none(), st.integers(-1, 60)),
+                      st.booleans(), st.one_of(st.none(), st.integers(1, 5))),
+            min_size=1, max_size=8),
+    )
+    def test_select_matches_the_in_memory_recorder(self, start: int, steps: list[int], batches: int,
+                                                   queries: list[tuple[int | None, int | None, bool, int | None]]) -> None:
+        r = self.recorder()
+        oracle = POPOAggregateRecorder()
+        oid = uuid4() if start % 2 else str(uuid4())
+        versions = [start]
+        for s in steps[1:]:
+            versions.append(versions[-1] + s)
+        events = [ev(oid, v) for v in versions]
+        size = max(1, len(events) // batches)
+        for i in range(0, len(events), size):
+            r.insert_events(events[i : i + size])
+            oracle.insert_events(events[i : i + size])
+        for recorder in (r, self.recorder()):  # a warm and a cold cache
+            for gt, lte, desc, limit in queries:
+                want = oracle.select_events(oid, gt=gt, lte=lte, desc=desc, limit=limit)
+                got = recorder.select_events(oid, gt=gt, lte=lte, desc=desc, limit=limit)
+                self.assertEqual(list(got), list(want), (gt, lte, desc, limit, versions))
