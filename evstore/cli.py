@@ -1,18 +1,191 @@
-"""The `evstore` command line."""
+"""The `evstore` command line: inspect, verify, repair, copy and exercise stores.
+
+Output formats are stable: `--format jsonl` prints one JSON object per event with the keys
+position, stream, stream_kind, version, type, id, schema, recorded_at_ns, and data/metadata (as JSON
+when the bytes are JSON, else data_b64/metadata_b64). Errors print one line on stderr and exit 1;
+Ctrl-C exits 130 without damaging the store.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import evstore
+from evstore import tools
 
 
-def _demo(args: argparse.Namespace) -> int:
+@contextlib.contextmanager
+def _progress(total: int | None, unit: str, desc: str) -> Iterator[tools.Progress]:
+    """A one-line progress report with rate and ETA on a terminal; nothing when stderr is piped."""
+    if not sys.stderr.isatty():
+        yield lambda n: None
+        return
+    t0 = time.monotonic()
+    state = {"done": 0, "shown": 0.0}
+
+    def show(final: bool = False) -> None:
+        dt = max(time.monotonic() - t0, 1e-9)
+        rate = state["done"] / dt
+        line = f"\r{desc}: {state['done']:,} {unit} ({rate:,.0f} {unit}/s"
+        if total and rate and not final:
+            line += f", ETA {max(total - state['done'], 0) / rate:.0f} s"
+        sys.stderr.write(line + ")" + ("\n" if final else ""))
+        sys.stderr.flush()
+
+    def update(n: int) -> None:
+        state["done"] += n
+        now = time.monotonic()
+        if now - state["shown"] >= 0.2:
+            state["shown"] = now
+            show()
+
+    yield update
+    show(final=True)
+
+
+def _print_events(events: Any, fmt: str) -> int:
+    n = 0
+    if fmt == "json":
+        print(json.dumps([tools.event_json(e, exact=False) for e in events], indent=2))
+        return 0
+    for e in events:
+        if fmt == "jsonl":
+            print(json.dumps(tools.event_json(e, exact=False), separators=(",", ":")), flush=True)
+        else:
+            data = e.data
+            try:
+                text = json.dumps(json.loads(data)) if data else ""
+            except ValueError:
+                import base64
+
+                text = "b64:" + base64.b64encode(data).decode()
+            if len(text) > 60:
+                text = text[:57] + "..."
+            print(f"{e.position:>10} {str(e.stream):<24} {e.version:>8} {e.type:<20} {text}", flush=True)
+        n += 1
+    return n
+
+
+def _open_ro(path: str) -> evstore.EventStore:
+    return evstore.open(path, readonly=True, create=False)
+
+
+def cmd_info(a: argparse.Namespace) -> int:
+    d = tools.info(a.path)
+    if a.json:
+        print(json.dumps(d, indent=2))
+        return 0
+    print(f"store         {d['path']}")
+    print(f"format        {d['format']}")
+    print(f"head          {d['head']:,} (index at {d['index_head']}, lag {d['index_lag']})")
+    print(f"streams       {d['streams']}")
+    print(f"log bytes     {d['log_bytes']:,} in {len(d['segments'])} segment(s)")
+    print(f"index bytes   {d['index_bytes']:,}")
+    for s in d["segments"]:
+        print(f"  {s['name']}  first position {s['first_position']:,}  {s['bytes']:,} bytes")
+    if "corruption" in d:
+        print(f"CORRUPTION    {d['corruption']}")
+        return 1
+    return 0
+
+
+def cmd_streams(a: argparse.Namespace) -> int:
+    with _open_ro(a.path) as s:
+        for stream, version in s.streams(prefix=a.prefix):
+            print(f"{stream}\t{version}")
+    return 0
+
+
+def cmd_read(a: argparse.Namespace) -> int:
+    with _open_ro(a.path) as s:
+        stream: Any = a.stream
+        if a.uuid:
+            import uuid
+
+            stream = uuid.UUID(a.stream)
+        gt = None if a.from_ is None else max(a.from_ - 1, 0)
+        events = s.read_stream(stream, gt=gt, lte=a.to, desc=a.desc, limit=a.limit)
+        _print_events(events, a.format)
+    return 0
+
+
+def cmd_tail(a: argparse.Namespace) -> int:
+    types = [a.type] if a.type else None
+    with _open_ro(a.path) as s:
+        start = max(s.head() - a.lines, 0)
+        if not a.follow:
+            _print_events(s.read_all(gt=start, types=types), a.format)
+            return 0
+        with s.subscribe(gt=start, types=types) as sub:
+            for e in sub:
+                _print_events([e], a.format)
+    return 0
+
+
+def cmd_verify(a: argparse.Namespace) -> int:
+    total = sum(os.path.getsize(os.path.join(a.path, "log", f)) for f in os.listdir(os.path.join(a.path, "log"))) \
+        if os.path.isdir(os.path.join(a.path, "log")) else None
+    with _progress(total, "B", "verify") as bar:
+        rep = tools.verify(a.path, bar)
+    rate = rep.bytes / rep.seconds / 1e9 if rep.seconds else 0.0
+    print(f"{rep.segments} segment(s), {rep.commits:,} commits, {rep.events:,} events, "
+          f"{rep.bytes:,} bytes checked in {rep.seconds:.3f} s ({rate:.2f} GB/s)")
+    for p in rep.problems:
+        kind = "torn tail (cut off on the next open for writing)" if p.torn_tail else "CORRUPT"
+        print(f"{kind}: {p.path} at offset {p.offset}: {p.reason}")
+    if not rep.ok:
+        print("run `evstore recover PATH` to salvage every intact commit before the damage", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_reindex(a: argparse.Namespace) -> int:
+    t = time.perf_counter()
+    head = tools.reindex(a.path)
+    print(f"index rebuilt from the log: head {head:,} in {time.perf_counter() - t:.2f} s")
+    return 0
+
+
+def cmd_recover(a: argparse.Namespace) -> int:
+    rep = tools.recover(a.path)
+    print(f"head before: {rep.head_before}, after: {rep.head_after}")
+    if rep.damaged:
+        print(f"dropped {rep.dropped_bytes:,} bytes after the damage; the damaged files are kept in {rep.moved_to}:")
+        for p in rep.damaged:
+            print(f"  {p}")
+    else:
+        print("no damaged segment; the index was rebuilt from the log")
+    return 0
+
+
+def cmd_backup(a: argparse.Namespace) -> int:
+    with _progress(None, "B", "backup") as bar:
+        head = tools.backup(a.path, a.dest, bar)
+    print(f"backed up {head:,} events to {a.dest}")
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    with _progress(None, "ev", "export") as bar:
+        if a.output in (None, "-"):
+            n = tools.export(a.path, sys.stdout, gt=a.gt, progress=bar)
+        else:
+            target = tools.check_target(a.output, "export file")
+            with open(target, "x", encoding="utf-8") as f:
+                n = tools.export(a.path, f, gt=a.gt, progress=bar)
+    print(f"exported {n:,} events", file=sys.stderr)
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
     """Create a temporary store, write and read an order's lifecycle, and time a short run."""
     with tempfile.TemporaryDirectory(prefix="evstore-demo-") as tmp:
         path = os.path.join(tmp, "orders.evs")
@@ -27,36 +200,107 @@ def _demo(args: argparse.Namespace) -> int:
             print(f"store at {path} ({store.log_implementation} log)")
             for e in store.read_stream("order-1"):
                 print(f"  {e.stream} v{e.version} @{e.position} {e.type} {e.data.decode()}")
-            n, batch = args.events, 100
+            n, batch = a.events, 100
             payload = b'{"amount": 12, "note": "' + b"x" * 180 + b'"}'
             events = [evstore.NewEvent("ItemAdded", payload) for _ in range(batch)]
             t = time.perf_counter()
-            for i in range(n // batch):
+            for _ in range(max(n // batch, 1)):
                 store.append("cart-1", events)
             dt_w = time.perf_counter() - t
             t = time.perf_counter()
             got = store.read_stream("cart-1")
             dt_r = time.perf_counter() - t
-            print(f"appended {len(got):,} events in commits of {batch} (fsync each): "
-                  f"{len(got) / dt_w:,.0f} events/s")
+            print(f"appended {len(got):,} events in commits of {batch} (fsync each): {len(got) / dt_w:,.0f} events/s")
             print(f"read the {len(got):,}-event stream back: {len(got) / dt_r:,.0f} events/s")
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="evstore", description="Inspect, verify and exercise evstore stores.")
-    sub = parser.add_subparsers(dest="command", required=True)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="evstore", description="Inspect, verify, repair and exercise evstore stores.")
+    parser.add_argument("--version", action="version", version=f"evstore {evstore.__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("info", help="format, counts, sizes, head, segments and index lag")
+    p.add_argument("path")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("streams", help="list streams and their versions")
+    p.add_argument("path")
+    p.add_argument("--prefix", default="", help="only streams whose id starts with this")
+    p.set_defaults(func=cmd_streams)
+
+    fmt = {"choices": ["table", "json", "jsonl"], "default": "table", "help": "output format (default table)"}
+    p = sub.add_parser("read", help="print a stream's events")
+    p.add_argument("path")
+    p.add_argument("stream")
+    p.add_argument("--uuid", action="store_true", help="the stream id is a UUID")
+    p.add_argument("--from", dest="from_", type=int, help="first version to print")
+    p.add_argument("--to", type=int, help="last version to print")
+    p.add_argument("--desc", action="store_true", help="newest first")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--format", **fmt)  # type: ignore[arg-type]
+    p.set_defaults(func=cmd_read)
+
+    p = sub.add_parser("tail", help="print the last events of the log; --follow waits for new ones")
+    p.add_argument("path")
+    p.add_argument("-n", "--lines", type=int, default=10, help="how many of the last events (default 10)")
+    p.add_argument("-f", "--follow", action="store_true")
+    p.add_argument("--type", help="only events of this type")
+    p.add_argument("--format", **fmt)  # type: ignore[arg-type]
+    p.set_defaults(func=cmd_tail)
+
+    p = sub.add_parser("verify", help="check every checksum and commit of the log")
+    p.add_argument("path")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("reindex", help="rebuild the index from the log")
+    p.add_argument("path")
+    p.set_defaults(func=cmd_reindex)
+
+    p = sub.add_parser("recover", help="salvage every intact commit before a corruption")
+    p.add_argument("path")
+    p.set_defaults(func=cmd_recover)
+
+    p = sub.add_parser("backup", help="a consistent copy of a store, online")
+    p.add_argument("path")
+    p.add_argument("dest")
+    p.set_defaults(func=cmd_backup)
+
+    p = sub.add_parser("export", help="every event as JSON lines (byte-exact, base64 payloads)")
+    p.add_argument("path")
+    p.add_argument("--gt", type=int, default=0, help="only events after this position")
+    p.add_argument("-o", "--output", help="file to create (default: standard output)")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("demo", help="write and read a temporary store, with a short timing")
     p.add_argument("--events", type=int, default=20_000, help="events for the timing (default 20000)")
-    p.set_defaults(func=_demo)
-    args = parser.parse_args(argv)
+    p.set_defaults(func=cmd_demo)
+
+    try:
+        from evstore import bench
+        bench.add_parser(sub)
+    except ImportError:
+        pass
+    try:
+        from evstore import lifecycle
+        lifecycle.add_draw_parser(sub)
+    except (ImportError, AttributeError):
+        pass
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except evstore.EvstoreError as e:
+    except BrokenPipeError:  # `evstore read ... | head`
+        return 0
+    except (evstore.EvstoreError, OSError, ValueError) as e:
         print(f"evstore: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("evstore: interrupted", file=sys.stderr)
+        print("evstore: interrupted; the store is unchanged past its last commit", file=sys.stderr)
         return 130
 
 

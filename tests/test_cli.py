@@ -1,0 +1,197 @@
+"""The `evstore` console script, driven in subprocesses: exit codes, output, piped and terminal modes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+import evstore
+from evstore import NewEvent
+
+from conftest import python_env
+
+SCRIPT = os.path.join(os.path.dirname(sys.executable), "evstore")
+
+
+def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    exe = [SCRIPT] if os.path.exists(SCRIPT) else [sys.executable, "-m", "evstore"]
+    return subprocess.run([*exe, *args], env=python_env(), capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def filled(tmp_path: object) -> str:
+    path = os.path.join(str(tmp_path), "s.evs")
+    with evstore.open(path, segment_size=4096) as s:
+        for i in range(50):
+            s.append(f"order-{i % 5}", [NewEvent("Placed" if i < 5 else "Paid", json.dumps({"i": i}).encode())])
+        s.append(uuid.UUID(int=1), [NewEvent("Bin", b"\xff\x00binary", metadata=b'{"m": 1}')])
+    return path
+
+
+def test_console_script_is_installed() -> None:
+    assert os.path.exists(SCRIPT), "pip install -e . installs the evstore console script"
+    out = run("--help")
+    assert out.returncode == 0 and "verify" in out.stdout and "backup" in out.stdout
+
+
+@pytest.mark.parametrize("cmd", ["info", "streams", "read", "tail", "verify", "reindex", "recover", "backup",
+                                 "export", "demo", "bench", "lifecycle"])
+def test_every_command_has_help(cmd: str) -> None:
+    out = run(cmd, "--help")
+    assert out.returncode == 0 and "usage: evstore" in out.stdout
+
+
+def test_info_and_streams(filled: str) -> None:
+    out = run("info", filled, "--json")
+    assert out.returncode == 0, out.stderr
+    d = json.loads(out.stdout)
+    assert d["head"] == 51 and d["index_lag"] == 0 and d["format"] == 1 and d["streams"] == 6
+    assert len(d["segments"]) > 1 and d["log_bytes"] == sum(s["bytes"] for s in d["segments"])
+    out = run("streams", filled, "--prefix", "order-")
+    assert out.returncode == 0
+    assert out.stdout.splitlines() == [f"order-{i}\t10" for i in range(5)]
+
+
+def test_read_formats(filled: str) -> None:
+    out = run("read", filled, "order-2", "--from", "3", "--to", "5", "--format", "jsonl")
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["version"] for r in rows] == [3, 4, 5] and rows[0]["data"] == {"i": 12}
+    assert rows[0]["stream"] == "order-2" and rows[0]["stream_kind"] == "str"
+    out = run("read", filled, str(uuid.UUID(int=1)), "--uuid", "--format", "json")
+    (row,) = json.loads(out.stdout)
+    assert base64.b64decode(row["data_b64"]) == b"\xff\x00binary" and row["metadata"] == {"m": 1}
+    out = run("read", filled, "order-1", "--desc", "--limit", "2")
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2 and " 10 " in lines[0] and '{"i": 46}' in lines[0]
+
+
+def test_tail_and_type_filter(filled: str) -> None:
+    out = run("tail", filled, "-n", "3", "--format", "jsonl")
+    assert [json.loads(x)["position"] for x in out.stdout.splitlines()] == [49, 50, 51]
+    out = run("tail", filled, "-n", "51", "--type", "Placed", "--format", "jsonl")
+    assert [json.loads(x)["position"] for x in out.stdout.splitlines()] == [1, 2, 3, 4, 5]
+
+
+def test_tail_follow_prints_new_commits(filled: str) -> None:
+    exe = [SCRIPT] if os.path.exists(SCRIPT) else [sys.executable, "-m", "evstore"]
+    proc = subprocess.Popen([*exe, "tail", filled, "-n", "0", "-f", "--format", "jsonl"], env=python_env(),
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)
+        with evstore.open(filled) as s:
+            s.append("late", [NewEvent("Late", b"{}")])
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert json.loads(line)["type"] == "Late"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_verify_clean_and_corrupt(filled: str) -> None:
+    out = run("verify", filled)
+    assert out.returncode == 0 and "51 events" in out.stdout
+    seg = os.path.join(filled, "log", sorted(os.listdir(os.path.join(filled, "log")))[0])
+    data = bytearray(open(seg, "rb").read())
+    data[100] ^= 1
+    open(seg, "wb").write(bytes(data))
+    out = run("verify", filled)
+    assert out.returncode == 1 and "CORRUPT" in out.stdout and "evstore recover" in out.stderr
+
+
+def test_recover_salvages_commits_before_the_damage(filled: str) -> None:
+    segs = sorted(os.listdir(os.path.join(filled, "log")))
+    seg = os.path.join(filled, "log", segs[1])
+    data = bytearray(open(seg, "rb").read())
+    data[len(data) // 2] ^= 0x10
+    open(seg, "wb").write(bytes(data))
+    out = run("recover", filled)
+    assert out.returncode == 0, out.stderr
+    assert "dropped" in out.stdout and "damaged-" in out.stdout
+    assert run("verify", filled).returncode == 0
+    with evstore.open(filled) as s:
+        head = s.head()
+        assert 0 < head < 51
+        assert [e.position for e in s.read_all()] == list(range(1, head + 1))
+        s.append("order-0", [NewEvent("Paid", b"{}")])  # and it takes appends again
+
+
+def test_reindex_and_backup(filled: str, tmp_path: object) -> None:
+    out = run("reindex", filled)
+    assert out.returncode == 0 and "head 51" in out.stdout
+    dest = os.path.join(str(tmp_path), "copy.evs")
+    out = run("backup", filled, dest)
+    assert out.returncode == 0, out.stderr
+    with evstore.open(dest, readonly=True) as b, evstore.open(filled, readonly=True) as a:
+        assert [x.raw() for x in b.read_all()] == [x.raw() for x in a.read_all()]
+    out = run("backup", filled, dest)  # never over an existing copy
+    assert out.returncode == 1 and "already exists" in out.stderr
+
+
+def test_export_is_byte_exact(filled: str, tmp_path: object) -> None:
+    out = run("export", filled, "--gt", "49")
+    rows = [json.loads(x) for x in out.stdout.splitlines()]
+    assert [r["position"] for r in rows] == [50, 51]
+    assert base64.b64decode(rows[1]["data_b64"]) == b"\xff\x00binary"
+    target = os.path.join(str(tmp_path), "events.jsonl")
+    assert run("export", filled, "-o", target).returncode == 0
+    assert len(open(target).read().splitlines()) == 51
+
+
+def test_errors_are_one_line_without_traceback(tmp_path: object) -> None:
+    out = run("info", os.path.join(str(tmp_path), "absent"))
+    assert out.returncode == 1 and out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+    assert out.stderr.startswith("evstore: ")
+    out = run("read", os.path.join(str(tmp_path), "absent"), "s")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+
+
+def test_writer_held_store_cannot_be_reindexed(filled: str) -> None:
+    with evstore.open(filled):
+        out = run("reindex", filled)
+    assert out.returncode == 1 and "open for writing" in out.stderr
+
+
+def test_verify_on_a_terminal_shows_progress_and_piped_stays_quiet(filled: str) -> None:
+    exe = [SCRIPT] if os.path.exists(SCRIPT) else [sys.executable, "-m", "evstore"]
+    piped = run("verify", filled)
+    assert piped.stderr == ""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([*exe, "verify", filled], env=python_env(), stdin=slave, stdout=slave, stderr=slave)
+    os.close(slave)
+    chunks = b""
+    while True:
+        r, _, _ = select.select([master], [], [], 30)
+        if not r:
+            break
+        try:
+            data = os.read(master, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks += data
+    assert proc.wait(timeout=30) == 0
+    os.close(master)
+    assert b"verify" in chunks and b"51 events" in chunks
+
+
+def test_demo_runs() -> None:
+    out = run("demo", "--events", "1000")
+    assert out.returncode == 0, out.stderr
+    assert "events/s" in out.stdout and "a stale writer was refused" in out.stdout
+
+
+def test_python_dash_m_works(filled: str) -> None:
+    out = subprocess.run([sys.executable, "-m", "evstore", "info", filled], env=python_env(), capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and "head" in out.stdout
