@@ -185,6 +185,22 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_copy(a: argparse.Namespace) -> int:
+    from evstore.migrate import copy_to_module
+
+    with _progress(None, "ev", "copy") as bar:
+        n, last = copy_to_module(a.path, a.to_module, batch=a.batch, progress=bar)
+    print(f"copied {n:,} events to {a.to_module}; the target holds every event up to position {last:,}")
+    return 0
+
+
+def cmd_consumers(a: argparse.Namespace) -> int:
+    rows = tools.consumers(a.path)
+    for name, position, lag in rows:
+        print(f"{name}\t{position}\tlag {lag}")
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     """Create a temporary store, write and read an order's lifecycle, and time a short run."""
     with tempfile.TemporaryDirectory(prefix="evstore-demo-") as tmp:
@@ -272,6 +288,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gt", type=int, default=0, help="only events after this position")
     p.add_argument("-o", "--output", help="file to create (default: standard output)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("copy", help="copy every event into an eventsourcing persistence module (resumable)")
+    p.add_argument("path")
+    p.add_argument("--to-module", required=True, help="e.g. eventsourcing.postgres, configured by environment")
+    p.add_argument("--batch", type=int, default=1000, help="events per target transaction (default 1000)")
+    p.set_defaults(func=cmd_copy)
+
+    p = sub.add_parser("consumers", help="list checkpointed consumers and their lag")
+    p.add_argument("path")
+    p.set_defaults(func=cmd_consumers)
 
     p = sub.add_parser("demo", help="write and read a temporary store, with a short timing")
     p.add_argument("--events", type=int, default=20_000, help="events for the timing (default 20000)")

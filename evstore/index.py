@@ -10,6 +10,8 @@ Sub-databases (keys big-endian so that they sort; values little-endian):
 | `types` | type id, first position | segment, offset, count, bytes: a run of consecutive events of one type in one commit |
 | `typenames` | type name (UTF-8) | type id |
 | `ids` | event id (16 bytes) | position (caller-given ids only) |
+| `snapshots` | stream number, version | segment, offset of the SNAPSHOT record |
+| `tracking` | upstream name, NUL, position | empty |
 | `meta` | name | checkpoint (segment, offset, next position) and counters |
 """
 
@@ -30,6 +32,7 @@ COMMIT_KEY = struct.Struct(">Q")
 TYPE_KEY = struct.Struct(">IQ")
 HEAD = struct.Struct("<QQQB")  # stream number, last version, hidden up to, flags (+ state bytes)
 CHECKPOINT = struct.Struct("<QQQ")
+SNAPSHOT_VAL = struct.Struct("<QQ")  # segment, offset
 U64 = struct.Struct("<Q")
 U32 = struct.Struct("<I")
 
@@ -108,8 +111,11 @@ class Index:
                 max_readers=512, lock=True,
             )
             self.db = {name.decode(): self.env.open_db(name, create=not readonly) for name in DB_NAMES}
-        except lmdb.Error as e:
+        except (lmdb.CorruptedError, lmdb.InvalidError, lmdb.VersionMismatchError, lmdb.PageNotFoundError,
+                lmdb.BadValsizeError) as e:
             raise CorruptedError(path, 0, f"the index cannot be opened ({e}); it can be rebuilt from the log") from e
+        except lmdb.Error as e:  # not damage (e.g. already open, no permission): never rebuild over it
+            raise EvstoreError(f"the index {path} cannot be opened: {e}") from e
 
     def begin(self, write: bool = False) -> lmdb.Transaction:
         return self.env.begin(write=write)

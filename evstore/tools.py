@@ -16,7 +16,6 @@ import evstore
 from evstore import _impl
 from evstore._format import ERROR_TEXT, SEGMENT_HEADER_SIZE
 from evstore.errors import CorruptedError, EvstoreError, StoreLocked
-from evstore.index import Index
 from evstore.log import Log
 from evstore.records import RecordedEvent
 
@@ -130,18 +129,14 @@ def info(path: str) -> dict[str, Any]:
         if os.path.isdir(ipath) else 0
     index_head = None
     streams = None
+    checkpoint = None
     if os.path.exists(os.path.join(ipath, "data.mdb")):
-        idx = Index(ipath, readonly=True, map_size=1 << 20)
-        try:
+        with evstore.open(real, readonly=True, create=False) as s:
+            idx = s._c().index
             with idx.begin() as txn:
-                cp = idx.get_checkpoint(txn)
-                index_head = 0 if cp is None else cp[2] - 1
+                checkpoint = idx.get_checkpoint(txn)
+                index_head = 0 if checkpoint is None else checkpoint[2] - 1
                 streams = txn.stat(idx.db["heads"])["entries"]
-                checkpoint = cp
-        finally:
-            idx.close()
-    else:
-        checkpoint = None
     log_head = index_head or 0
     try:
         for c in log.recover(checkpoint):
@@ -263,13 +258,10 @@ def backup(path: str, dest: str, progress: Progress = _no_progress) -> int:
     """
     real = _store_dir(path)
     target = check_target(dest, "backup destination")
-    ipath = os.path.join(real, "index")
-    idx = Index(ipath, readonly=True, map_size=1 << 20)
-    try:
+    with evstore.open(real, readonly=True, create=False) as s:
+        idx = s._c().index
         with idx.begin() as txn:
             cp = idx.get_checkpoint(txn)
-    finally:
-        idx.close()
     if cp is None:
         raise EvstoreError(f"{path} has no indexed commits to back up")
     seg_first, end, _next = cp
@@ -337,4 +329,25 @@ def export(path: str, out: IO[str], *, gt: int = 0, progress: Progress = _no_pro
     return n
 
 
-__all__ = ["verify", "info", "reindex", "recover", "backup", "export", "event_json", "check_target"]
+def consumers(path: str) -> list[tuple[str, int, int]]:
+    """(name, position, lag) of every checkpointed consumer (see evstore.consumer)."""
+    from evstore.consumer import CONSUMER_PREFIX
+
+    prefix = CONSUMER_PREFIX.encode()
+    best: dict[str, int] = {}
+    with evstore.open(_store_dir(path), readonly=True, create=False) as s:
+        head = s.head()
+        idx = s._c().index
+        with idx.begin() as txn:
+            cur = txn.cursor(idx.db["tracking"])
+            if cur.set_range(prefix):
+                for k in cur.iternext(values=False):
+                    k = bytes(k)
+                    if not k.startswith(prefix):
+                        break
+                    name, pos = k[len(prefix) : -9].decode(), int.from_bytes(k[-8:], "big")
+                    best[name] = max(best.get(name, 0), pos)
+    return [(n, p, head - p) for n, p in sorted(best.items())]
+
+
+__all__ = ["consumers", "verify", "info", "reindex", "recover", "backup", "export", "event_json", "check_target"]

@@ -1,0 +1,60 @@
+"""Copy a store into any `eventsourcing` persistence module: the road to a server database.
+
+Each event becomes a `StoredEvent(originator_id=stream, originator_version=version, topic=type,
+state=data)` in the target's process recorder, in position order, in batches. Each batch carries a
+tracking record (`evstore-copy:<name>`, last position copied) in the same target transaction, so an
+interrupted copy resumes exactly where it stopped: nothing is copied twice or skipped. Event metadata,
+ids and timestamps have no place in eventsourcing's stored events and are not copied.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+
+import evstore
+
+COPY_TRACKING = "evstore-copy"
+
+
+def copy_to_module(path: str, module: str, *, env: Mapping[str, str] | None = None, name: str = COPY_TRACKING,
+                   batch: int = 1000, progress: Callable[[int], None] | None = None,
+                   stop_after: int | None = None) -> tuple[int, int]:
+    """Copy every event not yet copied; returns (events copied now, last position copied).
+
+    `env` configures the target as the library reads it (default: this process's environment) with
+    PERSISTENCE_MODULE set to `module`. `stop_after` (events) interrupts the copy early, for tests.
+    """
+    from eventsourcing.persistence import InfrastructureFactory, StoredEvent, Tracking
+    from eventsourcing.utils import Environment
+
+    settings = dict(os.environ if env is None else env)
+    settings["PERSISTENCE_MODULE"] = module
+    factory = InfrastructureFactory.construct(Environment(env=settings))
+    try:
+        recorder = factory.process_recorder()
+        done = recorder.max_tracking_id(name) or 0
+        copied = 0
+        with evstore.open(path, readonly=True, create=False) as store:
+            pending: list[StoredEvent] = []
+            last = done
+            for e in store.read_all(gt=done):
+                pending.append(StoredEvent(originator_id=e.stream, originator_version=e.version, topic=e.type,
+                                           state=e.data))
+                last = e.position
+                if len(pending) >= batch or (stop_after is not None and copied + len(pending) >= stop_after):
+                    recorder.insert_events(pending, tracking=Tracking(application_name=name, notification_id=last))
+                    copied += len(pending)
+                    if progress:
+                        progress(len(pending))
+                    pending = []
+                    if stop_after is not None and copied >= stop_after:
+                        return copied, last
+            if pending:
+                recorder.insert_events(pending, tracking=Tracking(application_name=name, notification_id=last))
+                copied += len(pending)
+                if progress:
+                    progress(len(pending))
+        return copied, last if copied else done
+    finally:
+        factory.close()
