@@ -173,6 +173,8 @@ class Log:
         else:
             start_seg, start_off, next_pos = checkpoint
             if start_seg not in self.by_first:
+                self.load_segments()  # a writer in another process may have rolled since we listed
+            if start_seg not in self.by_first:
                 path = os.path.join(self.dir, segment_name(start_seg))
                 raise IndexAheadOfLog(path, start_off, "the segment the index was last written to is missing")
         for i, seg in enumerate(self.segments):

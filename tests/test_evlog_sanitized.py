@@ -87,7 +87,8 @@ def describe(buf: bytes) -> str:
 
 @pytest.mark.skipif(GCC is None, reason="gcc is not installed")
 @pytest.mark.parametrize("crc", ["hardware", "table"])
-def test_evlog_under_sanitizers(tmp_path: Path, crc: str) -> None:
+@pytest.mark.parametrize("iterations", [20_000, pytest.param(2_000_000, marks=pytest.mark.slow)])
+def test_evlog_under_sanitizers(tmp_path: Path, crc: str, iterations: int) -> None:
     exe = tmp_path / "evlog_fuzz"
     build = [GCC, "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g", "-O1", "-Wall", "-Wextra",
              "-Werror", "-std=c11", *(["-DEVL_NO_HWCRC"] if crc == "table" else []), f"-I{SRC}",
@@ -101,8 +102,8 @@ def test_evlog_under_sanitizers(tmp_path: Path, crc: str) -> None:
     # The library allocates nothing, so leak checking would only test the harness.
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0:halt_on_error=1",
                UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1")
-    run = subprocess.run([str(exe), "-i", "20000", "-s", "1", *(str(tmp_path / name) for name in files)],
-                         capture_output=True, text=True, env=env, timeout=600)
+    run = subprocess.run([str(exe), "-i", str(iterations), "-s", "1", *(str(tmp_path / name) for name in files)],
+                         capture_output=True, text=True, env=env, timeout=3600)
     assert run.returncode == 0, run.stderr[-5000:]
     assert "Sanitizer" not in run.stderr and "runtime error" not in run.stderr, run.stderr[-5000:]
     assert run.stdout.splitlines() == [describe(data) for data in files.values()]
