@@ -265,3 +265,10 @@ def test_killed_writer_loses_no_acknowledged_commit(store_path: str, impl: str) 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_killed_writer_torture(tmp_path: object, impl: str, seed: int) -> None:
     run_crash_loop(os.path.join(str(tmp_path), "s"), impl, kills=150, seed=seed)
+
+
+@pytest.mark.parametrize("path", ["/proc/evstore-cannot-create", "/dev/null/under-a-file"])
+def test_unwritable_path_gets_a_storage_error(path: str, impl: str) -> None:
+    with pytest.raises(evstore.StorageError) as info:
+        evstore.open(path, log_impl=impl)
+    assert info.value.errno is not None and path in str(info.value)
