@@ -6,16 +6,23 @@ from evstore.errors import (
     DuplicateEventId,
     EvstoreError,
     IndexAheadOfLog,
+    InvalidLifecycle,
+    InvalidTransition,
+    InvalidUpcaster,
     ReadOnlyStore,
     StorageError,
     StoreClosed,
     StoreFailed,
     StoreLocked,
+    StreamClosed,
+    StreamDeleted,
     TrackingConflict,
     UnsupportedFormat,
     WrongExpectedVersion,
 )
-from evstore.records import ANY, NO_STREAM, STREAM_EXISTS, AppendResult, NewEvent, RecordedEvent
+from evstore.lifecycle import Lifecycle, LifecycleViolation
+from evstore.records import ANY, NO_STREAM, STREAM_EXISTS, AppendResult, NewEvent, RecordedEvent, StreamInfo
+from evstore.snapshots import Loaded, Snapshot
 from evstore.subscription import Subscription
 from evstore.store import MAX_COMMIT_BYTES, MAX_EVENT_BYTES, MAX_NAME_BYTES, EventStore, open
 
@@ -35,13 +42,23 @@ __all__ = [
     "EventStore",
     "EvstoreError",
     "IndexAheadOfLog",
+    "InvalidLifecycle",
+    "InvalidTransition",
+    "InvalidUpcaster",
+    "Lifecycle",
+    "LifecycleViolation",
+    "Loaded",
     "NewEvent",
     "ReadOnlyStore",
     "RecordedEvent",
+    "Snapshot",
     "StorageError",
     "StoreClosed",
     "StoreFailed",
     "StoreLocked",
+    "StreamClosed",
+    "StreamDeleted",
+    "StreamInfo",
     "Subscription",
     "TrackingConflict",
     "UnsupportedFormat",

@@ -113,3 +113,65 @@ class TrackingConflict(EvstoreError):
         self.name = name
         self.position = position
         self.current = current
+
+
+class StreamClosed(EvstoreError):
+    """The stream was closed with `close_stream`: it can be read, but not appended to."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(f"stream {stream!r} is closed: it can be read but takes no more events")
+        self.stream = stream
+
+
+class StreamDeleted(EvstoreError):
+    """The stream was deleted with `delete_stream(..., tombstone=True)`: its name can never be used again."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(f"stream {stream!r} is deleted (tombstoned): it can be neither read nor written again")
+        self.stream = stream
+
+
+class InvalidLifecycle(EvstoreError, ValueError):
+    """A lifecycle declaration is inconsistent; `problems` lists each thing to fix."""
+
+    def __init__(self, name: str, problems: list[str]) -> None:
+        super().__init__(f"lifecycle {name!r} is invalid: " + "; ".join(problems))
+        self.name = name
+        self.problems = problems
+
+
+class InvalidTransition(EvstoreError):
+    """An appended event has no transition from the stream's current lifecycle state; nothing was written.
+
+    `allowed` holds the event types that the state does accept (empty for a final state).
+    """
+
+    def __init__(self, stream: Any, state: str | None, event_type: str, allowed: tuple[str, ...],
+                 lifecycle: str = "") -> None:
+        what = f"lifecycle {lifecycle!r}" if lifecycle else "its lifecycle"
+        if allowed:
+            hint = "allowed here: " + ", ".join(repr(t) for t in allowed)
+        else:
+            hint = "the state takes no events (a final state)"
+        super().__init__(
+            f"stream {stream!r} is in state {state!r} of {what}: event {event_type!r} is not a valid "
+            f"transition ({hint}); nothing was written"
+        )
+        self.stream = stream
+        self.state = state
+        self.event_type = event_type
+        self.allowed = allowed
+        self.lifecycle = lifecycle
+
+
+class InvalidUpcaster(EvstoreError, ValueError):
+    """An upcaster registration would leave a gap (or a duplicate) in an event type's schema chain."""
+
+    def __init__(self, event_type: str, from_schema: int, registered: tuple[int, ...], reason: str) -> None:
+        super().__init__(
+            f"upcaster for {event_type!r} from schema {from_schema}: {reason} "
+            f"(registered from-schemas: {list(registered)})"
+        )
+        self.event_type = event_type
+        self.from_schema = from_schema
+        self.registered = registered

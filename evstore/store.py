@@ -10,7 +10,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import ModuleType
 from typing import Any, NamedTuple
 
@@ -26,6 +26,8 @@ from evstore._format import (
     HEADER_SIZE,
     KIND_COMMIT,
     KIND_EVENT,
+    KIND_MARK,
+    KIND_SNAPSHOT,
     KIND_TRACKING,
     U64,
     LogFormatError,
@@ -34,11 +36,14 @@ from evstore.errors import (
     CorruptedError,
     DuplicateEventId,
     EvstoreError,
+    InvalidTransition,
     ReadOnlyStore,
     StorageError,
     StoreClosed,
     StoreFailed,
     StoreLocked,
+    StreamClosed,
+    StreamDeleted,
     TrackingConflict,
     UnsupportedFormat,
     WrongExpectedVersion,
@@ -48,7 +53,9 @@ from evstore.index import (
     COMMIT_KEY,
     EXTENT_KEY,
     EXTENT_VAL,
+    HEAD_CLOSED,
     HEAD_TOMBSTONE,
+    SNAPSHOT_VAL,
     TYPE_KEY,
     U32,
     Head,
@@ -57,7 +64,10 @@ from evstore.index import (
     max_tracking,
     stream_key,
 )
+from evstore.lifecycle import Binding, Lifecycle, LifecycleViolation, make_binder
 from evstore.log import EVENT_KINDS, Commit, Log
+from evstore.snapshots import Loaded, Snapshot, decode_snapshot
+from evstore.upcasting import Upcasters
 from evstore.subscription import Subscription
 from evstore.records import (
     ANY,
@@ -67,6 +77,7 @@ from evstore.records import (
     NewEvent,
     RecordedEvent,
     Stream,
+    StreamInfo,
     _Expected,
     decode_stream,
 )
@@ -217,15 +228,36 @@ class Extra(NamedTuple):
 class _Part:
     """One stream's share of a commit, validated."""
 
-    __slots__ = ("stream", "key", "sb", "sflag", "events", "expected", "head")
+    __slots__ = ("stream", "key", "sb", "sflag", "events", "expected", "head", "expected_state")
 
-    def __init__(self, stream: Stream, events: Any, expected: Any) -> None:
+    def __init__(self, stream: Stream, events: Any, expected: Any, expected_state: Any = None) -> None:
         self.sb, self.sflag = _check_stream(stream)
         self.stream = stream
         self.key = stream_key(stream)
         self.events = _encode_events(events)
         self.expected = _check_expected(expected)
         self.head: Head | None = None
+        self.expected_state: frozenset[str] | None = (
+            None if expected_state is None else _check_expected_state(expected_state))
+
+
+def _check_expected_state(value: Any) -> frozenset[str]:
+    """A frozenset of state names from a state name or a collection of them."""
+    states = frozenset((value,)) if isinstance(value, str) else frozenset(value)
+    if not states or not all(isinstance(s, str) and s for s in states):
+        raise TypeError("expected_state must be a state name or a non-empty set of state names")
+    return states
+
+
+class _NeedFlush(Exception):
+    """Raised under the writer lock when a check needs commits that are written but not yet indexed."""
+
+
+_MARK_STATE = b"$state"
+_MARK_CLOSED = b"$closed"
+_MARK_DELETED = b"$deleted"
+_MARK_TOMBSTONE = b"$tombstone"
+_NO_ROW: dict[bytes, str] = {}
 
 
 # -- the shared, per-process state of one store -------------------------------------------------
@@ -423,23 +455,57 @@ class _Core:
                 marks.append((h, key, buf, o))
         self.index_rows(batch, c.segment.first, c.offset, c.end, c.first_position, c.n_events, rows)
         for h, key, b, o in marks:
-            self.apply_record(batch, h, key, b, o)
+            self.apply_record(batch, h, key, b, o, c.segment.first)
         batch.checkpoint = CHECKPOINT.pack(c.segment.first, c.end, c.first_position + c.n_events)
 
-    def apply_record(self, batch: IndexBatch, h: tuple[Any, ...], key: bytes, buf: Any, off: int) -> None:
-        """Index a non-event record found in the log (catch-up and rebuild)."""
+    def apply_record(self, batch: IndexBatch, h: tuple[Any, ...], key: bytes, buf: Any, off: int,
+                     seg: int = 0) -> None:
+        """Index a non-event record found in the log (catch-up and rebuild); `seg` names its segment."""
         s = off + HEADER_SIZE
         sb = bytes(buf[s : s + h[5]])
         tb = bytes(buf[s + h[5] : s + h[5] + h[4]])
         d = s + h[5] + h[4] + h[12]
-        self.index_extra(batch, Extra(h[2], sb, h[3] & FLAG_UUID_STREAM, tb, h[8], bytes(buf[d : off + h[1]]), h[11]))
+        self.index_extra(batch, Extra(h[2], sb, h[3] & FLAG_UUID_STREAM, tb, h[8], bytes(buf[d : off + h[1]]), h[11]),
+                         seg, off)
 
-    def index_extra(self, batch: IndexBatch, x: Extra) -> None:
-        """Index entries and in-memory state of one non-event record (live writes and catch-up alike)."""
-        if x.kind == KIND_TRACKING:
+    def index_extra(self, batch: IndexBatch, x: Extra, seg: int = 0, off: int = 0) -> None:
+        """Index entries and in-memory state of one non-event record (live writes and catch-up alike).
+
+        `seg`, `off` locate the record in the log (snapshots are indexed by where they are)."""
+        kind = x.kind
+        if kind == KIND_TRACKING:
             batch.extra.append((b"tracking", x.sb + b"\x00" + COMMIT_KEY.pack(x.version), b""))
             if x.version > self.tracking_max(x.sb):
                 self.tracking[x.sb] = x.version
+        elif kind == KIND_MARK:
+            key = (b"u" if x.sflag & FLAG_UUID_STREAM else b"s") + x.sb
+            h = self._head_for_mark(batch, key)
+            name = x.tb
+            if name == _MARK_STATE:
+                h.state = x.data.decode("utf-8") or None
+            elif name == _MARK_CLOSED:
+                h.flags |= HEAD_CLOSED
+            elif name == _MARK_DELETED:
+                h.hidden = max(h.hidden, x.version)
+                h.state = None  # the lifecycle starts again with the stream's visible history
+            elif name == _MARK_TOMBSTONE:
+                h.flags |= HEAD_TOMBSTONE
+                h.hidden = max(h.hidden, x.version)
+                h.state = None
+            batch.heads[key] = h.pack()
+        elif kind == KIND_SNAPSHOT:
+            key = (b"u" if x.sflag & FLAG_UUID_STREAM else b"s") + x.sb
+            h = self._head_for_mark(batch, key)
+            batch.extra.append((b"snapshots", EXTENT_KEY.pack(h.num, x.version), SNAPSHOT_VAL.pack(seg, off)))
+
+    def _head_for_mark(self, batch: IndexBatch, key: bytes) -> Head:
+        """The head of stream `key`, created (with a new stream number) when the stream is new."""
+        h = self.head_of(key)
+        if h is None:
+            h = self.heads[key] = Head(self.next_stream)
+            self.next_stream += 1
+            batch.counters[b"next_stream"] = U64.pack(self.next_stream)
+        return h
 
     def tracking_max(self, name: bytes) -> int:
         """The largest tracked position of upstream `name` (0 when none), for the writer."""
@@ -542,8 +608,24 @@ class _Core:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def commit(self, parts: list[_Part], extras: Sequence[Extra] = ()) -> list[AppendResult]:
-        """Validate, write and (per durability) sync one commit of several streams' events."""
+    def commit(self, parts: list[_Part], extras: Sequence[Extra] = (),
+               binder: Callable[[Any], Lifecycle | None] | None = None) -> list[AppendResult]:
+        """Validate, write and (per durability) sync one commit of several streams' events.
+
+        `binder` gives each stream's lifecycle (None: no lifecycles): every event is checked against
+        it and a `$state` mark is added to the commit when a stream's state changes."""
+        try:
+            return self._commit(parts, extras, binder)
+        except _NeedFlush:
+            self.await_durable(self.written_seq)  # index what is written, then check again
+        try:
+            return self._commit(parts, extras, binder)
+        except _NeedFlush:
+            raise EvstoreError("a stream's history could not be read back from the index to derive its "
+                               "lifecycle state") from None
+
+    def _commit(self, parts: list[_Part], extras: Sequence[Extra],
+                binder: Callable[[Any], Lifecycle | None] | None) -> list[AppendResult]:
         if self.failed is not None:
             raise StoreFailed(f"the store stopped accepting writes after an I/O failure ({self.failed}); reopen it")
         with self.wlock:
@@ -569,6 +651,10 @@ class _Core:
                         raise WrongExpectedVersion(p.stream, e, actual)
                 elif e != actual:
                     raise WrongExpectedVersion(p.stream, e, actual)
+                if binder is not None or p.expected_state is not None:
+                    mark = self._check_state(p, h, binder)
+                    if mark is not None:
+                        extras = [*extras, mark]
             if len({p.key for p in parts}) != len(parts):
                 raise ValueError("append_many names a stream twice; put its events in one entry")
             results, seq = self._write(parts, extras)
@@ -576,9 +662,75 @@ class _Core:
         return results
 
     def check_writable(self, part: _Part, head: Head | None) -> None:
-        """Refuse appends to streams that cannot take them (extended by stream lifecycles)."""
-        if head is not None and head.flags & HEAD_TOMBSTONE:
-            raise EvstoreError(f"stream {part.stream!r} is deleted")
+        """Refuse appends to streams that cannot take them: tombstoned or closed streams."""
+        if head is not None and head.flags:
+            if head.flags & HEAD_TOMBSTONE:
+                raise StreamDeleted(part.stream)
+            if head.flags & HEAD_CLOSED:
+                raise StreamClosed(part.stream)
+
+    def _check_state(self, p: _Part, h: Head | None,
+                     binder: Callable[[Any], Lifecycle | None] | None) -> Extra | None:
+        """Check expected_state and the lifecycle of one part; the `$state` mark to write, if any."""
+        lc = binder(p.stream) if binder is not None else None
+        state = None if h is None else h.state
+        if lc is not None and state is None:
+            state = self.derive_state(p.stream, p.key, h, lc)
+        es = p.expected_state
+        if es is not None and state not in es:
+            raise WrongExpectedVersion(p.stream, next(iter(es)) if len(es) == 1 else set(es), state, "state")
+        if lc is None:
+            return None
+        rows = lc._rows
+        cur: str = state  # type: ignore[assignment]
+        row = rows.get(cur, _NO_ROW)
+        for e in p.events:
+            nxt = row.get(e[0])  # the one dict lookup per event
+            if nxt is None:
+                raise InvalidTransition(p.stream, cur, e[0].decode("utf-8"), lc.allowed(cur), lc.name)
+            if nxt is not cur:
+                cur = nxt
+                row = rows.get(cur, _NO_ROW)
+        if h is not None and cur == h.state:
+            return None
+        return Extra(KIND_MARK, p.sb, p.sflag, _MARK_STATE, (0 if h is None else h.version) + len(p.events),
+                     cur.encode("utf-8"), 0)
+
+    def derive_state(self, stream: Stream, key: bytes, h: Head | None, lc: Lifecycle) -> str:
+        """The state that a stream's visible history leads to in `lc` (for streams with no recorded state).
+
+        Raises `InvalidTransition` when the history does not fit the lifecycle, and `_NeedFlush` (under
+        the writer lock) when the stream has written events that are not indexed yet."""
+        if h is None or h.version <= h.hidden:
+            return lc.initial
+        with self.index.begin() as txn:
+            extents = self.extents(txn, h.num, h.hidden + 1, h.version)
+        records = self.walk_extents(extents, h.hidden + 1, h.version, stream)
+        if not records or records[-1].version != h.version:
+            raise _NeedFlush()
+        state = lc.initial
+        table = lc.transitions
+        for r in records:
+            nxt = table.get((state, r.type))
+            if nxt is None:
+                raise InvalidTransition(stream, state, r.type, lc.allowed(state), lc.name)
+            state = nxt
+        return state
+
+    def write_marks(self, key: bytes, make: Callable[[Head | None], list[Extra]]) -> int:
+        """Write, in a commit of their own, the records `make(head)` returns (none: nothing is written).
+
+        `make` runs under the writer lock with the stream's current head and may raise to refuse.
+        Returns the number of records written."""
+        if self.failed is not None:
+            raise StoreFailed(f"the store stopped accepting writes after an I/O failure ({self.failed}); reopen it")
+        with self.wlock:
+            extras = make(self.head_of(key))
+            if not extras:
+                return 0
+            _, seq = self._write([], extras)
+        self.await_durable(seq)
+        return len(extras)
 
     def _idempotent(self, parts: list[_Part]) -> list[AppendResult] | None:
         """The original results when every event id of this append is already committed in this shape."""
@@ -657,7 +809,9 @@ class _Core:
             results.append(AppendResult(p.stream, v0, ver, first, pos - 1))
         n_events = pos - first_pos
         records = len(rows)
+        x_offs = []
         for x in extras:
+            x_offs.append(offset)
             ln = HEADER_SIZE + len(x.sb) + len(x.tb) + len(x.data)
             add((_pack_header(0, ln, x.kind, x.sflag, len(x.tb), len(x.sb), 0, pos, x.version, ts, _ZERO_ID,
                               x.schema, 0), x.sb, x.tb, x.data))
@@ -674,8 +828,8 @@ class _Core:
         batch = IndexBatch()
         shifted = [(k, v, tb, c, ps, o + off, ln) for k, v, tb, c, ps, o, ln in rows]
         self.index_rows(batch, seg.first, off, off + len(buf), first_pos, n_events, shifted)
-        for x in extras:
-            self.index_extra(batch, x)
+        for x, xo in zip(extras, x_offs):
+            self.index_extra(batch, x, seg.first, off + xo)
         batch.checkpoint = CHECKPOINT.pack(seg.first, off + len(buf), pos)
         self.next_position = pos
         for row in rows:
@@ -739,6 +893,42 @@ class _Core:
 
     # -- reading ---------------------------------------------------------------------------
 
+    def extents(self, txn: Any, num: int, lo: int, hi: int) -> list[tuple[int, int, int, int, int]]:
+        """(first version, segment, offset, count, bytes) of stream `num`'s extents covering lo..hi."""
+        extents = []
+        cur = txn.cursor(self.index.db["extents"])
+        if not cur.set_range(EXTENT_KEY.pack(num, lo)):
+            cur.last()
+        k = EXTENT_KEY.unpack(cur.key())
+        if k[0] != num or k[1] > lo:
+            cur.prev()
+        for kraw, vraw in cur.iternext():
+            n, v = EXTENT_KEY.unpack(kraw)
+            if n != num or v > hi:
+                break
+            if n == num:
+                extents.append((v, *EXTENT_VAL.unpack(vraw)))
+        return extents
+
+    def walk_extents(self, extents: list[tuple[int, int, int, int, int]], lo: int, hi: int,
+                     stream: Stream) -> list[RecordedEvent]:
+        """The records of versions lo..hi held by `extents` (verified by the log implementation)."""
+        out: list[RecordedEvent] = []
+        walk = self.impl.walk
+        segment = self.log.segment
+        for v, seg, off, count, nbytes in extents:
+            if v + count <= lo:
+                continue
+            buf = segment(seg).buffer(off + nbytes)
+            try:
+                offsets = walk(buf, off, count, off + nbytes)
+            except LogFormatError as e:
+                raise CorruptedError(segment(seg).path, e.offset, str(e)) from None
+            a = max(lo - v, 0)
+            b = min(hi - v + 1, count)
+            out.extend([_new_record(RecordedEvent, (buf, o, stream)) for o in offsets[a:b]])
+        return out
+
     def record_at(self, position: int) -> RecordedEvent | None:
         """The event at a global position (indexed commits only), or None."""
         with self.index.begin() as txn:
@@ -764,10 +954,13 @@ class EventStore:
     Thread-safe: any number of threads may append and read through one handle.
     """
 
-    def __init__(self, core: _Core, readonly: bool) -> None:
+    def __init__(self, core: _Core, readonly: bool,
+                 binder: Callable[[Any], Lifecycle | None] | None = None) -> None:
         self._core: _Core | None = core
         self.path = core.path
         self.readonly = readonly
+        self._binder = binder
+        self._up: Upcasters | None = None
 
     def __enter__(self) -> EventStore:
         return self
@@ -818,16 +1011,19 @@ class EventStore:
 
     # -- writing ---------------------------------------------------------------------------
 
-    def append(self, stream: Stream, events: Sequence[NewEvent], *, expected_version: Any = ANY) -> AppendResult:
+    def append(self, stream: Stream, events: Sequence[NewEvent], *, expected_version: Any = ANY,
+               expected_state: str | Iterable[str] | None = None) -> AppendResult:
         """Append events to one stream in one atomic commit.
 
-        Raises `WrongExpectedVersion` when the stream's version is not `expected_version`, and
-        `DuplicateEventId` when an event id is already used by another append; a retry of a committed
-        append with the same event ids returns the original result. Nothing is written on any error.
-        With durability="fsync" the events are on disk when this returns.
+        Raises `WrongExpectedVersion` when the stream's version is not `expected_version` (or its
+        lifecycle state is not `expected_state`, a state name or a set of them), `InvalidTransition`
+        when an event is not allowed by the stream's lifecycle, `StreamClosed`/`StreamDeleted` for closed
+        and tombstoned streams, and `DuplicateEventId` when an event id is already used by another
+        append; a retry of a committed append with the same event ids returns the original result.
+        Nothing is written on any error. With durability="fsync" the events are on disk when this returns.
         """
         core = self._w()
-        return core.commit([_Part(stream, events, expected_version)])[0]
+        return core.commit([_Part(stream, events, expected_version, expected_state)], (), self._binder)[0]
 
     def append_many(self, appends: Iterable[tuple[Stream, Sequence[NewEvent], Any]], *,
                     tracking: tuple[str, int] | None = None) -> list[AppendResult]:
@@ -849,7 +1045,7 @@ class EventStore:
             extras.append(_tracking_record(tracking))
         if not parts and not extras:
             raise ValueError("append_many needs at least one (stream, events, expected_version)")
-        return core.commit(parts, extras)
+        return core.commit(parts, extras, self._binder)
 
     def max_tracking(self, upstream: str) -> int | None:
         """The largest position recorded with `tracking=(upstream, ...)`, or None."""
@@ -914,43 +1110,19 @@ class EventStore:
             hi = head.version if lte is None else min(lte, head.version)
             if lo > hi or limit == 0:
                 return []
-            extents = []
-            cur = txn.cursor(index.db["extents"])
-            num = head.num
-            if not cur.set_range(EXTENT_KEY.pack(num, lo)):
-                cur.last()
-            k = EXTENT_KEY.unpack(cur.key())
-            if k[0] != num or k[1] > lo:
-                cur.prev()
-            for kraw, vraw in cur.iternext():
-                n, v = EXTENT_KEY.unpack(kraw)
-                if n != num or v > hi:
-                    break
-                if n == num:
-                    extents.append((v, *EXTENT_VAL.unpack(vraw)))
-        out: list[RecordedEvent] = []
-        walk = core.impl.walk
-        segment = core.log.segment
-        for v, seg, off, count, nbytes in extents:
-            if v + count <= lo:
-                continue
-            buf = segment(seg).buffer(off + nbytes)
-            try:
-                offsets = walk(buf, off, count, off + nbytes)
-            except LogFormatError as e:
-                raise CorruptedError(segment(seg).path, e.offset, str(e)) from None
-            a = max(lo - v, 0)
-            b = min(hi - v + 1, count)
-            out.extend([_new_record(RecordedEvent, (buf, o, stream)) for o in offsets[a:b]])
+            extents = core.extents(txn, head.num, lo, hi)
+        out = core.walk_extents(extents, lo, hi, stream)
         if desc:
             out.reverse()
         if limit is not None:
             del out[limit:]
+        if self._up is not None:
+            out = self._up.apply_list(out)
         return out
 
     def _check_readable(self, stream: Stream, head: Head) -> None:
         if head.flags & HEAD_TOMBSTONE:
-            raise EvstoreError(f"stream {stream!r} is deleted")
+            raise StreamDeleted(stream)
 
     def read_all(self, *, gt: int = 0, lte: int | None = None, limit: int | None = None,
                  types: Iterable[str] | None = None) -> Iterator[RecordedEvent]:
@@ -976,6 +1148,8 @@ class EventStore:
                 return iter(())
             if tfilter is not None:
                 runs = self._type_runs(core, txn, tfilter, gt, stop)
+                if self._up is not None:
+                    return self._up.apply_iter(self._read_runs(core, runs, gt, stop, limit))
                 return self._read_runs(core, runs, gt, stop, limit)
             cur = txn.cursor(core.index.db["commits"])
             if not cur.set_range(COMMIT_KEY.pack(gt + 1)) or COMMIT_KEY.unpack(cur.key())[0] > gt + 1:
@@ -983,6 +1157,8 @@ class EventStore:
                     cur.first()
             next_pos = COMMIT_KEY.unpack(cur.key())[0]
             seg_first, off = EXTENT_VAL.unpack(cur.value())[:2]
+        if self._up is not None:
+            return self._up.apply_iter(self._scan_from(core, seg_first, off, next_pos, gt, stop, limit, tfilter))
         return self._scan_from(core, seg_first, off, next_pos, gt, stop, limit, tfilter)
 
     @staticmethod
@@ -1092,7 +1268,10 @@ class EventStore:
         """The event at a global position, or None."""
         core = self._c()
         _check_position(position, "position", allow_none=False)
-        return core.record_at(position) if position > 0 else None
+        r = core.record_at(position) if position > 0 else None
+        if r is not None and self._up is not None:
+            r = self._up.upcast(r)
+        return r
 
     def streams(self, *, prefix: str = "") -> Iterator[tuple[Stream, int]]:
         """(stream, version) of every stream, string ids in UTF-8 order (those starting with `prefix`),
@@ -1111,6 +1290,264 @@ class EventStore:
                 rows.append((decode_stream(k[1:], FLAG_UUID_STREAM if k[:1] == b"u" else 0),
                              Head.unpack(v).version))
         yield from rows
+
+    # -- stream states: lifecycles and marks ------------------------------------------------
+
+    def _head(self, core: _Core, stream: Stream) -> Head | None:
+        _check_stream(stream)
+        with core.index.begin() as txn:
+            raw = txn.get(stream_key(stream), db=core.index.db["heads"])
+        return None if raw is None else Head.unpack(raw)
+
+    def lifecycle_of(self, stream: Stream) -> Lifecycle | None:
+        """The lifecycle this handle binds to `stream` (from `open(lifecycles=...)`), or None."""
+        _check_stream(stream)
+        return None if self._binder is None else self._binder(stream)
+
+    def stream_state(self, stream: Stream) -> str | None:
+        """The stream's lifecycle state: the recorded one, else (for a stream bound to a lifecycle) the
+        state its visible history leads to (the initial state for a new stream), else None."""
+        core = self._c()
+        h = self._head(core, stream)
+        if h is not None and h.state is not None:
+            return h.state
+        lc = self.lifecycle_of(stream)
+        if lc is None:
+            return None
+        if h is None or h.version <= h.hidden:
+            return lc.initial
+        return lc.replay(e.type for e in self.read_stream(stream))
+
+    def stream_info(self, stream: Stream) -> StreamInfo | None:
+        """What the index holds on the stream's head (version, marks, recorded state), or None."""
+        core = self._c()
+        h = self._head(core, stream)
+        if h is None:
+            return None
+        return StreamInfo(stream, h.version, bool(h.flags & HEAD_CLOSED), h.hidden > 0 or bool(h.flags & HEAD_TOMBSTONE),
+                          bool(h.flags & HEAD_TOMBSTONE), h.state)
+
+    def close_stream(self, stream: Stream) -> None:
+        """Close the stream: it stays readable, and further appends raise `StreamClosed`.
+
+        Written to the log as a `$closed` mark in a commit of its own (closing a closed stream writes
+        nothing). A stream with no events can be closed too. Raises `StreamDeleted` when tombstoned."""
+        core = self._w()
+        sb, sflag = _check_stream(stream)
+
+        def make(h: Head | None) -> list[Extra]:
+            if h is not None and h.flags & HEAD_TOMBSTONE:
+                raise StreamDeleted(stream)
+            if h is not None and h.flags & HEAD_CLOSED:
+                return []
+            return [Extra(KIND_MARK, sb, sflag, _MARK_CLOSED, 0 if h is None else h.version, b"", 0)]
+        core.write_marks(stream_key(stream), make)
+
+    def delete_stream(self, stream: Stream, *, tombstone: bool = False) -> None:
+        """Delete the stream, softly (default) or for ever (`tombstone=True`).
+
+        Soft: `read_stream` returns nothing up to the current version, `stream_version` still returns
+        it, and an append continues after it (its lifecycle starts again at the initial state).
+        `read_all` still yields the old events. Tombstone: `read_stream` and `append` raise
+        `StreamDeleted` and the name can never be used again. Either is a mark in a commit of its own,
+        so it survives crashes and index rebuilds. Soft-deleting a stream with nothing visible writes
+        nothing; any operation on a tombstoned stream raises `StreamDeleted`."""
+        core = self._w()
+        sb, sflag = _check_stream(stream)
+
+        def make(h: Head | None) -> list[Extra]:
+            if h is not None and h.flags & HEAD_TOMBSTONE:
+                raise StreamDeleted(stream)
+            version = 0 if h is None else h.version
+            if tombstone:
+                return [Extra(KIND_MARK, sb, sflag, _MARK_TOMBSTONE, version, b"", 0)]
+            if h is None or (version <= h.hidden and h.state is None):
+                return []
+            return [Extra(KIND_MARK, sb, sflag, _MARK_DELETED, version, b"", 0)]
+        core.write_marks(stream_key(stream), make)
+
+    def check_lifecycles(self) -> list[LifecycleViolation]:
+        """Replay the event types of every stream bound to a lifecycle and list each event it refuses.
+
+        For lifecycles introduced after data exists. A refused event is skipped (the state stays) so
+        that later violations are found too. Only the visible history is checked (after a soft delete)."""
+        self._c()
+        if self._binder is None:
+            return []
+        out: list[LifecycleViolation] = []
+        for stream, _version in self.streams():
+            lc = self._binder(stream)
+            if lc is None:
+                continue
+            try:
+                events = self.read_stream(stream)
+            except StreamDeleted:
+                continue
+            state = lc.initial
+            table = lc.transitions
+            for e in events:
+                t = e.type
+                nxt = table.get((state, t))
+                if nxt is None:
+                    out.append(LifecycleViolation(stream, lc.name, e.version, e.position, state, t, lc.allowed(state)))
+                else:
+                    state = nxt
+        return out
+
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def save_snapshot(self, stream: Stream, version: int, data: bytes, *, type: str, schema: int = 1) -> None:
+        """Save `data` as the stream's state at `version` (1 .. the stream's version).
+
+        Stored as a SNAPSHOT record in a commit of its own and indexed, so it survives a rebuild of the
+        index. `type` and `schema` describe the data; `load` uses only snapshots of its schema."""
+        core = self._w()
+        sb, sflag = _check_stream(stream)
+        tb = _check_name(type, "a snapshot type")
+        raw = _check_bytes(data, "snapshot data")
+        _check_position(version, "version", allow_none=False)
+        if isinstance(schema, bool) or not isinstance(schema, int) or not 0 <= schema < (1 << 32):
+            raise ValueError(f"a snapshot schema must be an int in 0..{(1 << 32) - 1}, not {schema!r}")
+        if len(raw) + len(tb) > MAX_EVENT_BYTES:
+            raise ValueError(f"a snapshot of {len(raw)} bytes exceeds the limit of {MAX_EVENT_BYTES}")
+
+        def make(h: Head | None) -> list[Extra]:
+            if h is not None and h.flags & HEAD_TOMBSTONE:
+                raise StreamDeleted(stream)
+            current = 0 if h is None else h.version
+            if not 1 <= version <= current:
+                raise ValueError(f"a snapshot of {stream!r} must be at a version in 1..{current}, not {version}")
+            return [Extra(KIND_SNAPSHOT, sb, sflag, tb, version, raw, schema)]
+        core.write_marks(stream_key(stream), make)
+
+    def _snapshots(self, core: _Core, stream: Stream, h: Head, lte: int | None) -> Iterator[Snapshot]:
+        """The stream's indexed snapshots at or below `lte` and above its delete watermark, newest first."""
+        hi = h.version if lte is None else min(lte, h.version)
+        if hi <= h.hidden:
+            return
+        with core.index.begin() as txn:
+            cur = txn.cursor(core.index.db["snapshots"])
+            locs = []
+            if cur.set_range(EXTENT_KEY.pack(h.num, hi + 1)):
+                ok = cur.prev()
+            else:
+                ok = cur.last()
+            while ok:
+                num, v = EXTENT_KEY.unpack(cur.key())
+                if num != h.num or v <= h.hidden:
+                    break
+                locs.append(SNAPSHOT_VAL.unpack(cur.value()))
+                ok = cur.prev()
+        for seg_first, off in locs:
+            seg = core.log.segment(seg_first)
+            buf = seg.buffer(off + HEADER_SIZE)
+            ln = HEADER.unpack_from(buf, off)[1]
+            buf = seg.buffer(off + ln)
+            try:
+                core.impl.walk(buf, off, 1, off + ln)
+            except LogFormatError as e:
+                raise CorruptedError(seg.path, e.offset, str(e)) from None
+            yield decode_snapshot(buf, off, stream)
+
+    def load_snapshot(self, stream: Stream, *, lte: int | None = None) -> Snapshot | None:
+        """The latest snapshot of the stream at or below version `lte`, or None.
+
+        Snapshots at or below a soft delete are not returned; a tombstoned stream raises `StreamDeleted`."""
+        core = self._c()
+        lte = _check_position(lte, "lte")
+        h = self._head(core, stream)
+        if h is None:
+            return None
+        self._check_readable(stream, h)
+        return next(self._snapshots(core, stream, h, lte), None)
+
+    def prune_snapshots(self, stream: Stream | None = None, *, keep: int = 1) -> int:
+        """Drop the index entries of all but the newest `keep` snapshots of `stream` (of every stream
+        when None); returns how many were dropped. The log keeps their bytes: a rebuild of the index
+        from the log brings them back."""
+        core = self._w()
+        if type(keep) is not int or keep < 0:
+            raise ValueError("keep must be an int >= 0")
+        num = None
+        if stream is not None:
+            h = self._head(core, stream)
+            if h is None:
+                return 0
+            num = h.num
+        batch = IndexBatch()
+        with core.index.begin() as txn:
+            cur = txn.cursor(core.index.db["snapshots"])
+            ok = cur.set_range(EXTENT_KEY.pack(num, 0)) if num is not None else cur.first()
+            per: dict[int, list[bytes]] = {}
+            while ok:
+                k = bytes(cur.key())
+                n = EXTENT_KEY.unpack(k)[0]
+                if num is not None and n != num:
+                    break
+                per.setdefault(n, []).append(k)
+                ok = cur.next()
+        for keys in per.values():
+            for k in keys[: max(len(keys) - keep, 0)]:
+                batch.extra.append((b"snapshots", k, None))
+        if batch.extra:
+            with core.wlock:
+                core.index.write(batch)
+        return len(batch.extra)
+
+    def load(self, stream: Stream, *, apply: Callable[[Any, RecordedEvent], Any], initial: Any,
+             decode_snapshot: Callable[[Snapshot], Any] | None = None, schema: int = 1,
+             snapshot_every: int | None = None, encode_snapshot: Callable[[Any], bytes] | None = None,
+             snapshot_type: str = "snapshot") -> Loaded[Any]:
+        """Fold the stream into a state: `state = apply(state, event)` over its (upcast) events.
+
+        Starts from `decode_snapshot(snapshot)` of the latest snapshot of `schema` (older schemas are
+        ignored; no decoder: no snapshot is used) or from `initial`. With `snapshot_every=N` and
+        `encode_snapshot`, saves a new snapshot (`encode_snapshot(state)`, of `snapshot_type` and
+        `schema`) when more than N events were replayed (not on a read-only handle). The returned
+        `version` is what the next append expects."""
+        core = self._c()
+        if snapshot_every is not None and (type(snapshot_every) is not int or snapshot_every < 0
+                                           or encode_snapshot is None):
+            raise ValueError("snapshot_every needs an int >= 0 and an encode_snapshot function")
+        h = self._head(core, stream)
+        if h is None:
+            return Loaded(initial, 0)
+        self._check_readable(stream, h)
+        state = initial
+        start = h.hidden
+        if decode_snapshot is not None:
+            for snap in self._snapshots(core, stream, h, None):
+                if snap.schema == schema:
+                    state = decode_snapshot(snap)
+                    start = snap.version
+                    break
+        n = 0
+        for e in self.read_stream(stream, gt=start, lte=h.version):
+            state = apply(state, e)
+            n += 1
+        if (snapshot_every is not None and n > snapshot_every and not self.readonly
+                and encode_snapshot is not None and h.version > 0):
+            try:
+                self.save_snapshot(stream, h.version, encode_snapshot(state), type=snapshot_type, schema=schema)
+            except (StreamDeleted, StreamClosed):  # pragma: no cover - raced with a delete
+                pass
+        return Loaded(state, h.version)
+
+    # -- upcasting ---------------------------------------------------------------------------
+
+    def register_upcaster(self, event_type: str, from_schema: int,
+                          fn: Callable[[RecordedEvent], tuple[str, bytes, bytes]]) -> None:
+        """Read events of `event_type` with schema `from_schema` as `fn(event) -> (type, data, metadata)`
+        of schema from_schema + 1, on every read path of this handle (read_stream, read_all, event_at,
+        load, subscriptions). Steps chain; the stored bytes never change.
+
+        A type's chain must be contiguous: a new step goes right above the highest (or below the lowest)
+        registered from_schema; anything else raises `InvalidUpcaster`. `types=` filters of read_all and
+        subscribe match the stored type."""
+        self._c()
+        up = self._up or Upcasters()
+        up.register(event_type, from_schema, fn)
+        self._up = up
 
     def sync(self) -> None:
         """Make everything written so far durable (useful with durability="os")."""
@@ -1148,7 +1585,7 @@ def _tracking_record(tracking: Any) -> Extra:
 
 def open(path: str | os.PathLike[str], *, create: bool = True, readonly: bool = False,
          durability: str = "fsync", segment_size: int = DEFAULT_SEGMENT_SIZE, map_size: int = DEFAULT_MAP_SIZE,
-         log_impl: str | None = None) -> EventStore:
+         log_impl: str | None = None, lifecycles: Binding | None = None) -> EventStore:
     """Open (and by default create) the store in directory `path`.
 
     One process may write a store at a time (`StoreLocked` otherwise); any number may open it with
@@ -1157,8 +1594,11 @@ def open(path: str | os.PathLike[str], *, create: bool = True, readonly: bool = 
 
     `durability`: "fsync" (an append returns once its bytes are on disk) or "os" (handed to the OS:
     survives a killed process, not a power cut). `log_impl`: "c" or "python" (default: C unless
-    EVSTORE_PURE=1).
+    EVSTORE_PURE=1). `lifecycles`: a {category: Lifecycle} mapping (a stream's category is its id up
+    to the first "-") or a function stream -> Lifecycle | None; appends through this handle are
+    checked against them (see `Lifecycle`).
     """
+    binder = make_binder(lifecycles)
     p = os.fspath(path)
     if not isinstance(p, str):
         raise TypeError("path must be a str or os.PathLike[str]")
@@ -1182,4 +1622,4 @@ def open(path: str | os.PathLike[str], *, create: bool = True, readonly: bool = 
                          segment_size=segment_size, map_size=map_size, log_impl=log_impl)
             _registry[real] = core
         core.refs += 1
-        return EventStore(core, readonly)
+        return EventStore(core, readonly, binder)

@@ -195,3 +195,31 @@ def test_python_dash_m_works(filled: str) -> None:
     out = subprocess.run([sys.executable, "-m", "evstore", "info", filled], env=python_env(), capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0 and "head" in out.stdout
+
+
+LIFECYCLES = '''
+import evstore
+ORDER = evstore.Lifecycle("order", initial="new",
+                          transitions={("new", "Placed"): "open", ("open", "Paid"): "paid"}, final={"paid"})
+BINDINGS = {"order": ORDER}
+'''
+
+
+def test_lifecycle_draw_and_verify_lifecycles(filled: str, tmp_path: object) -> None:
+    mod = os.path.join(str(tmp_path), "shop_lc.py")
+    with open(mod, "w") as f:
+        f.write(LIFECYCLES)
+    exe = [SCRIPT] if os.path.exists(SCRIPT) else [sys.executable, "-m", "evstore"]
+    env = python_env()
+    env["PYTHONPATH"] = str(tmp_path) + os.pathsep + env["PYTHONPATH"]
+    out = subprocess.run([*exe, "lifecycle", "draw", "shop_lc:ORDER", "--format", "dot"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "digraph" in out.stdout and "Placed" in out.stdout
+    # every order stream got Placed then Paid events beyond 'paid' (a final state): violations
+    out = subprocess.run([*exe, "verify", filled, "--lifecycles", "shop_lc:BINDINGS"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1, out.stderr
+    assert "lifecycle violation: order-0 v3" in out.stdout and "violation(s)" in out.stdout
+    out = subprocess.run([*exe, "verify", filled, "--lifecycles", "shop_lc:MISSING"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and out.stderr.startswith("evstore: ") and "Traceback" not in out.stderr
