@@ -200,6 +200,13 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(a: argparse.Namespace) -> int:
+    with open(a.file, encoding="utf-8") as f, _progress(None, "ev", "import") as bar:
+        n = tools.import_events(a.path, f, merge=a.merge, progress=bar)
+    print(f"imported {n:,} events")
+    return 0
+
+
 def cmd_copy(a: argparse.Namespace) -> int:
     from evstore.migrate import copy_to_module
 
@@ -306,6 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gt", type=int, default=0, help="only events after this position")
     p.add_argument("-o", "--output", help="file to create (default: standard output)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="append the events of an export file (checked whole first)")
+    p.add_argument("path")
+    p.add_argument("file")
+    p.add_argument("--merge", action="store_true", help="allow importing into a non-empty store")
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("copy", help="copy every event into an eventsourcing persistence module (resumable)")
     p.add_argument("path")

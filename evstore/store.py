@@ -609,23 +609,24 @@ class _Core:
     # -- writing ---------------------------------------------------------------------------
 
     def commit(self, parts: list[_Part], extras: Sequence[Extra] = (),
-               binder: Callable[[Any], Lifecycle | None] | None = None) -> list[AppendResult]:
+               binder: Callable[[Any], Lifecycle | None] | None = None, ts: int | None = None) -> list[AppendResult]:
         """Validate, write and (per durability) sync one commit of several streams' events.
 
         `binder` gives each stream's lifecycle (None: no lifecycles): every event is checked against
-        it and a `$state` mark is added to the commit when a stream's state changes."""
+        it and a `$state` mark is added to the commit when a stream's state changes. `ts` overrides
+        the commit time (imports keep the original times)."""
         try:
-            return self._commit(parts, extras, binder)
+            return self._commit(parts, extras, binder, ts)
         except _NeedFlush:
             self.await_durable(self.written_seq)  # index what is written, then check again
         try:
-            return self._commit(parts, extras, binder)
+            return self._commit(parts, extras, binder, ts)
         except _NeedFlush:
             raise EvstoreError("a stream's history could not be read back from the index to derive its "
                                "lifecycle state") from None
 
     def _commit(self, parts: list[_Part], extras: Sequence[Extra],
-                binder: Callable[[Any], Lifecycle | None] | None) -> list[AppendResult]:
+                binder: Callable[[Any], Lifecycle | None] | None, ts: int | None) -> list[AppendResult]:
         if self.failed is not None:
             raise StoreFailed(f"the store stopped accepting writes after an I/O failure ({self.failed}); reopen it")
         with self.wlock:
@@ -657,7 +658,7 @@ class _Core:
                         extras = [*extras, mark]
             if len({p.key for p in parts}) != len(parts):
                 raise ValueError("append_many names a stream twice; put its events in one entry")
-            results, seq = self._write(parts, extras)
+            results, seq = self._write(parts, extras, ts)
         self.await_durable(seq)
         return results
 
@@ -772,8 +773,10 @@ class _Core:
         i, pos = next(iter(found.items()))
         raise DuplicateEventId(uuid.UUID(bytes=i), pos)
 
-    def _write(self, parts: list[_Part], extras: Sequence[Extra]) -> tuple[list[AppendResult], int]:
-        ts = time.time_ns()
+    def _write(self, parts: list[_Part], extras: Sequence[Extra],
+               ts: int | None = None) -> tuple[list[AppendResult], int]:
+        if ts is None:
+            ts = time.time_ns()
         pos = self.next_position
         first_pos = pos
         chunks: list[bytes] = []
@@ -1062,6 +1065,21 @@ class EventStore:
         with core.index.begin() as txn:
             return txn.get(name + b"\x00" + COMMIT_KEY.pack(position), db=core.index.db["tracking"]) is not None
 
+    def consume(self, name: str, handler: Callable[..., None], *, types: Iterable[str] | None = None,
+                timeout: float | None = None, limit: int | None = None, checkpoint_every: int = 100) -> Any:
+        """Run `handler(event, ctx)` for each event after consumer `name`'s position, following new
+        commits; what the handler appends with `ctx.append(...)` commits together with the consumer's
+        new position (exactly once within the store). See `evstore.consumer.consume`."""
+        from evstore.consumer import consume
+
+        return consume(self, name, handler, types=types, timeout=timeout, limit=limit,
+                       checkpoint_every=checkpoint_every)
+
+    def _import_commit(self, parts: list[tuple[Stream, Sequence[NewEvent], Any]], recorded_at_ns: int) -> list[AppendResult]:
+        """One commit of imported events keeping their original commit time (for `evstore import`)."""
+        core = self._w()
+        return core.commit([_Part(*p) for p in parts], (), self._binder, recorded_at_ns)
+
     def subscribe(self, *, gt: int = 0, types: Iterable[str] | None = None,
                   timeout: float | None = None) -> Subscription:
         """Events after position `gt` (of the given types), then new ones as they commit, from this
@@ -1110,6 +1128,11 @@ class EventStore:
             hi = head.version if lte is None else min(lte, head.version)
             if lo > hi or limit == 0:
                 return []
+            if limit is not None:  # versions are contiguous: fetch only the records asked for
+                if desc:
+                    lo = max(lo, hi - limit + 1)
+                else:
+                    hi = min(hi, lo + limit - 1)
             extents = core.extents(txn, head.num, lo, hi)
         out = core.walk_extents(extents, lo, hi, stream)
         if desc:

@@ -223,3 +223,51 @@ def test_lifecycle_draw_and_verify_lifecycles(filled: str, tmp_path: object) -> 
     out = subprocess.run([*exe, "verify", filled, "--lifecycles", "shop_lc:MISSING"], env=env,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and out.stderr.startswith("evstore: ") and "Traceback" not in out.stderr
+
+
+def test_export_import_round_trip_is_byte_exact(filled: str, tmp_path: object) -> None:
+    dump = os.path.join(str(tmp_path), "dump.jsonl")
+    assert run("export", filled, "-o", dump).returncode == 0
+    copy = os.path.join(str(tmp_path), "copy.evs")
+    out = run("import", copy, dump)
+    assert out.returncode == 0, out.stderr
+    assert "imported 51 events" in out.stdout
+    again = run("export", copy)
+    assert again.stdout == open(dump).read()
+    out = run("import", copy, dump)  # not into a non-empty store unless told
+    assert out.returncode == 1 and "--merge" in out.stderr
+    out = run("import", copy, dump, "--merge")  # same ids: an idempotent no-op
+    with evstore.open(copy, readonly=True) as s:
+        assert s.head() == 51
+
+
+@pytest.mark.parametrize("bad, where", [
+    ('{"position": 1}', "line 2"),
+    ("not json", "line 2"),
+    ('[1, 2]', "line 2"),
+])
+def test_import_reports_the_bad_line_and_imports_nothing(filled: str, tmp_path: object, bad: str,
+                                                         where: str) -> None:
+    dump = os.path.join(str(tmp_path), "dump.jsonl")
+    run("export", filled, "-o", dump)
+    lines = open(dump).read().splitlines()
+    hostile = os.path.join(str(tmp_path), "hostile.jsonl")
+    with open(hostile, "w") as f:
+        f.write("\n".join([lines[0], bad, *lines[1:]]) + "\n")
+    target = os.path.join(str(tmp_path), "t.evs")
+    out = run("import", target, hostile)
+    assert out.returncode == 1 and where in out.stderr and "nothing was imported" in out.stderr
+    assert not os.path.exists(target)  # the file is checked whole before the store is even opened
+
+
+def test_import_refuses_hostile_fields(filled: str, tmp_path: object) -> None:
+    dump = os.path.join(str(tmp_path), "dump.jsonl")
+    run("export", filled, "-o", dump)
+    row = json.loads(open(dump).readline())
+    for field, value in [("type", ""), ("stream", "x" * 1000), ("data_b64", "%%%"), ("id", "nope"),
+                         ("schema", -1), ("stream_kind", "int"), ("version", True)]:
+        bad = dict(row, **{field: value})
+        path = os.path.join(str(tmp_path), f"bad-{field}.jsonl")
+        open(path, "w").write(json.dumps(bad) + "\n")
+        out = run("import", os.path.join(str(tmp_path), f"t-{field}.evs"), path)
+        assert out.returncode == 1 and "line 1" in out.stderr, (field, out.stderr)

@@ -79,3 +79,10 @@ def test_consumer_is_exactly_once_across_crashes(store_path: str, impl: str) -> 
         copied = [int(e.data) for e in s.read_stream("out")]
     ins = list(range(1, n + 1))
     assert copied == ins  # every input copied once, in order, none twice
+
+
+def test_store_consume_method(store: evstore.EventStore) -> None:
+    store.append("in", [NewEvent("T", b"1"), NewEvent("T", b"2")])
+    stats = store.consume("m", lambda e, ctx: ctx.append("out", [NewEvent("C", e.data)]) if e.stream == "in" else None,
+                          timeout=0.1)
+    assert stats.handled == 4 and [e.data for e in store.read_stream("out")] == [b"1", b"2"]

@@ -327,3 +327,12 @@ def test_racing_writers_on_one_stream_get_exactly_one_winner_per_version(store_p
             t.join()
         assert sorted(wins) == list(range(1, len(wins) + 1))
         assert s.stream_version("hot") == len(wins)
+
+
+def test_read_stream_desc_limit_reads_only_the_newest(store: evstore.EventStore) -> None:
+    for i in range(50):
+        store.append("s", [ev(data=str(i * 10 + j).encode()) for j in range(10)])
+    newest = store.read_stream("s", desc=True, limit=3)
+    assert [e.version for e in newest] == [500, 499, 498]
+    assert [e.version for e in store.read_stream("s", gt=100, limit=2)] == [101, 102]
+    assert [e.version for e in store.read_stream("s", lte=5, desc=True, limit=10)] == [5, 4, 3, 2, 1]
