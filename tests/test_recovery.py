@@ -200,7 +200,7 @@ def test_dead_writer_releases_the_lock(store_path: str, impl: str) -> None:
     proc = subprocess.Popen([PY, os.path.join(HERE, "crash_writer.py"), store_path, "1", impl],
                             env=python_env(), stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
-    assert json.loads(proc.stdout.readline()) == {"ready": True}
+    assert json.loads(proc.stdout.readline()) == {"kind": "ready"}
     with pytest.raises(evstore.StoreLocked):
         evstore.open(store_path, log_impl=impl)
     proc.kill()
@@ -209,9 +209,12 @@ def test_dead_writer_releases_the_lock(store_path: str, impl: str) -> None:
         assert s.head() >= 0
 
 
-def check_after_crash(path: str, impl: str, acked: list[list[list[object]]]) -> int:
-    """Reopen and check: acknowledged commits present byte for byte, no partial commit, gapless."""
-    with evstore.open(path, log_impl=impl) as s:
+def check_after_crash(path: str, impl: str, acked: list[dict[str, object]]) -> int:
+    """Reopen and check: acknowledged commits present byte for byte, no partial commit, gapless,
+    acknowledged snapshots, tracking and deletes present, lifecycle states consistent, verify clean."""
+    from crash_writer import ORDER
+
+    with evstore.open(path, log_impl=impl, lifecycles={"order": ORDER}) as s:
         events = list(s.read_all())
         assert [e.position for e in events] == list(range(1, len(events) + 1))
         by_commit: dict[int, list[evstore.RecordedEvent]] = defaultdict(list)
@@ -227,13 +230,36 @@ def check_after_crash(path: str, impl: str, acked: list[list[list[object]]]) -> 
         for commit, evs in by_commit.items():
             n = int(evs[0].data.split(b":")[2])
             assert len(evs) == n, f"commit {commit} is partial: {len(evs)} of {n} events"
-        for parts in acked:
-            for stream, last_version, last_position in parts:
-                e = s.event_at(last_position)  # type: ignore[arg-type]
-                assert e is not None and (e.stream, e.version) == (stream, last_version)
+        for a in acked:
+            if a["kind"] == "append":
+                for stream, last_version, last_position in a["parts"]:  # type: ignore[union-attr]
+                    e = s.event_at(last_position)  # type: ignore[arg-type]
+                    assert e is not None and (e.stream, e.version) == (stream, last_version)
+                if a["tracking"]:
+                    assert (s.max_tracking("up") or 0) >= a["tracking"]  # type: ignore[operator]
+                    assert s.has_tracking("up", a["tracking"])  # type: ignore[arg-type]
+            elif a["kind"] == "snapshot":
+                later = [b for b in acked if b["kind"] == "snapshot" and b["stream"] == a["stream"]
+                         and b["version"] == a["version"]]
+                if later[-1] is not a:
+                    continue  # a later snapshot at the same version replaced it
+                snap = s.load_snapshot(a["stream"], lte=a["version"])  # type: ignore[arg-type]
+                deleted_later = any(b["kind"] == "delete" and b["stream"] == a["stream"] for b in acked)
+                if not deleted_later:
+                    assert snap is not None and snap.version == a["version"]
+                    assert snap.data == payload(a["commit"], 0, 1, a["size"])  # type: ignore[arg-type]
+            elif a["kind"] == "delete":
+                assert s.stream_version(a["stream"]) >= a["version"]  # type: ignore[arg-type,operator]
+        assert s.check_lifecycles() == []
+        for k in range(4):
+            st = s.stream_state(f"order-{k}")
+            assert st in ("new", "open", "paid")
         tail = s.append("after-crash", [NewEvent("T", b"")])
         assert tail.first_position == len(events) + 1
-        return len(events)
+    from evstore import tools
+
+    assert tools.verify(path).ok
+    return len(events)
 
 
 def run_crash_loop(path: str, impl: str, kills: int, seed: int) -> int:
@@ -245,14 +271,13 @@ def run_crash_loop(path: str, impl: str, kills: int, seed: int) -> int:
             env=python_env(), stdout=subprocess.PIPE, text=True,
         )
         assert proc.stdout is not None
-        assert json.loads(proc.stdout.readline()) == {"ready": True}
+        assert json.loads(proc.stdout.readline()) == {"kind": "ready"}
         time.sleep(rnd.uniform(0.0, 0.15))
         proc.send_signal(signal.SIGKILL)
         out, _ = proc.communicate()
-        acked = [json.loads(line) for line in out.splitlines() if line.startswith("[")]
+        acked = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
         total_acked += len(acked)
         check_after_crash(path, impl, acked)
-        # the check appended one event through a normal close; the next writer continues after it
     return total_acked
 
 
