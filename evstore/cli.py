@@ -236,8 +236,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
             except evstore.WrongExpectedVersion as e:
                 print(f"a stale writer was refused: {e}")
             print(f"store at {path} ({store.log_implementation} log)")
-            for e in store.read_stream("order-1"):
-                print(f"  {e.stream} v{e.version} @{e.position} {e.type} {e.data.decode()}")
+            for rec in store.read_stream("order-1"):
+                print(f"  {rec.stream} v{rec.version} @{rec.position} {rec.type} {rec.data.decode()}")
             n, batch = a.events, 100
             payload = b'{"amount": 12, "note": "' + b"x" * 180 + b'"}'
             events = [evstore.NewEvent("ItemAdded", payload) for _ in range(batch)]

@@ -771,9 +771,10 @@ class EvstoreDCBRecorder(DCBRecorder):
         for p in sorted(positions):
             if lte is not None and p > lte:
                 break
-            rec = self.store.event_at(p)
-            if rec is None:  # pragma: no cover - indexed positions exist
+            found = self.store.event_at(p)
+            if found is None:  # pragma: no cover - indexed positions exist
                 continue
+            rec = found
             _p, type_, _d, tags = _dcb_fields(rec)
             if not _query_matches(query, type_, tags):
                 continue

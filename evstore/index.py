@@ -59,7 +59,7 @@ class Head:
         return HEAD.pack(self.num, self.version, self.hidden, self.flags) + tail
 
     @classmethod
-    def unpack(cls, raw: bytes) -> Head:
+    def unpack(cls, raw: bytes | memoryview) -> Head:
         num, version, hidden, flags = HEAD.unpack_from(raw)
         state = bytes(raw[HEAD.size :]).decode("utf-8") if len(raw) > HEAD.size else None
         return cls(num, version, hidden, flags, state)

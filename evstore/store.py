@@ -8,6 +8,7 @@ import io
 import json
 import os
 import threading
+from itertools import chain
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -18,7 +19,6 @@ from evstore import _impl
 from evstore._format import (
     COMMIT_SIZE,
     EFULL,
-    ETRUNC,
     FLAG_CALLER_ID,
     FLAG_UUID_STREAM,
     FORMAT_VERSION,
@@ -914,8 +914,9 @@ class _Core:
         return extents
 
     def walk_extents(self, extents: list[tuple[int, int, int, int, int]], lo: int, hi: int,
-                     stream: Stream) -> list[RecordedEvent]:
-        """The records of versions lo..hi held by `extents` (verified by the log implementation)."""
+                     stream: Stream, up: Upcasters | None = None) -> list[RecordedEvent]:
+        """The records of versions lo..hi held by `extents` (verified by the log implementation),
+        upcast by `up` where an extent's bytes hold a type it upcasts."""
         out: list[RecordedEvent] = []
         walk = self.impl.walk
         segment = self.log.segment
@@ -929,7 +930,10 @@ class _Core:
                 raise CorruptedError(segment(seg).path, e.offset, str(e)) from None
             a = max(lo - v, 0)
             b = min(hi - v + 1, count)
-            out.extend([_new_record(RecordedEvent, (buf, o, stream)) for o in offsets[a:b]])
+            recs = [_new_record(RecordedEvent, (buf, o, stream)) for o in offsets[a:b]]
+            if up is not None and up.region_needs(buf, off, off + nbytes):
+                recs = up.apply_list(recs)
+            out.extend(recs)
         return out
 
     def record_at(self, position: int) -> RecordedEvent | None:
@@ -1134,13 +1138,11 @@ class EventStore:
                 else:
                     hi = min(hi, lo + limit - 1)
             extents = core.extents(txn, head.num, lo, hi)
-        out = core.walk_extents(extents, lo, hi, stream)
+        out = core.walk_extents(extents, lo, hi, stream, self._up)
         if desc:
             out.reverse()
         if limit is not None:
             del out[limit:]
-        if self._up is not None:
-            out = self._up.apply_list(out)
         return out
 
     def _check_readable(self, stream: Stream, head: Head) -> None:
@@ -1152,10 +1154,10 @@ class EventStore:
         """Every event with `gt < position <= lte` in position order (of the given types, if any),
         as of the moment of the call; at most `limit`. Streams the log: memory stays flat."""
         core = self._c()
-        gt = _check_position(gt, "gt", allow_none=False)
+        start = _check_position(gt, "gt", allow_none=False)
         lte = _check_position(lte, "lte")
         limit = _check_position(limit, "limit")
-        return self._read_all(core, gt or 0, lte, limit, _type_filter(types))
+        return self._read_all(core, start or 0, lte, limit, _type_filter(types))
 
     def _read_all(self, core: _Core, gt: int, lte: int | None, limit: int | None,
                   tfilter: tuple[bytes, ...] | None) -> Iterator[RecordedEvent]:
@@ -1171,23 +1173,19 @@ class EventStore:
                 return iter(())
             if tfilter is not None:
                 runs = self._type_runs(core, txn, tfilter, gt, stop)
-                if self._up is not None:
-                    return self._up.apply_iter(self._read_runs(core, runs, gt, stop, limit))
-                return self._read_runs(core, runs, gt, stop, limit)
+                return chain.from_iterable(self._run_batches(core, runs, gt, stop, limit))
             cur = txn.cursor(core.index.db["commits"])
             if not cur.set_range(COMMIT_KEY.pack(gt + 1)) or COMMIT_KEY.unpack(cur.key())[0] > gt + 1:
                 if not cur.prev():
                     cur.first()
             next_pos = COMMIT_KEY.unpack(cur.key())[0]
             seg_first, off = EXTENT_VAL.unpack(cur.value())[:2]
-        if self._up is not None:
-            return self._up.apply_iter(self._scan_from(core, seg_first, off, next_pos, gt, stop, limit, tfilter))
-        return self._scan_from(core, seg_first, off, next_pos, gt, stop, limit, tfilter)
+        return chain.from_iterable(self._scan_batches(core, seg_first, off, next_pos, gt, stop, limit, tfilter))
 
     @staticmethod
     def _type_runs(core: _Core, txn: Any, tfilter: tuple[bytes, ...], gt: int,
-                   stop: int) -> list[tuple[int, int, int, int]]:
-        """(first position, segment, offset, count) of the type runs holding positions gt+1..stop."""
+                   stop: int) -> list[tuple[int, int, int, int, int]]:
+        """(first position, segment, offset, count, bytes) of the type runs holding positions gt+1..stop."""
         runs = []
         db = core.index.db["types"]
         for tb in tfilter:
@@ -1210,42 +1208,44 @@ class EventStore:
                 t, p = TYPE_KEY.unpack(k)
                 if t != tid or p > stop:
                     break
-                seg, off, count, _nbytes = EXTENT_VAL.unpack(v)
-                runs.append((p, seg, off, count))
+                runs.append((p, *EXTENT_VAL.unpack(v)))
         runs.sort()
         return runs
 
-    def _read_runs(self, core: _Core, runs: list[tuple[int, int, int, int]], gt: int, stop: int,
-                   limit: int | None) -> Iterator[RecordedEvent]:
+    def _run_batches(self, core: _Core, runs: list[tuple[int, int, int, int, int]], gt: int, stop: int,
+                     limit: int | None) -> Iterator[list[RecordedEvent]]:
+        """Lists of the records of each type run, verified, within gt < position <= stop."""
         left = -1 if limit is None else limit
         walk = core.impl.walk
-        for p, seg_first, off, count in runs:
+        up = self._up
+        for p, seg_first, off, count, nbytes in runs:
             seg = core.log.segment(seg_first)
-            buf = seg.buffer(off + count * HEADER_SIZE)
+            buf = seg.buffer(off + nbytes)
             try:
-                offsets = walk(buf, off, count, len(buf))
+                offsets = walk(buf, off, count, off + nbytes)
             except LogFormatError as e:
-                if e.code == ETRUNC:
-                    buf = seg.buffer(os.path.getsize(seg.path))
-                    offsets = walk(buf, off, count, len(buf))
-                else:
-                    raise CorruptedError(seg.path, e.offset, str(e)) from None
-            a = max(gt + 1 - p, 0)
-            b = min(stop - p + 1, count)
-            for o in offsets[a:b]:
-                if left == 0:
-                    return
-                left -= 1
-                yield _new_record(RecordedEvent, (buf, o, None))
+                raise CorruptedError(seg.path, e.offset, str(e)) from None
+            offsets = offsets[max(gt + 1 - p, 0) : min(stop - p + 1, count)]
+            if left >= 0:
+                del offsets[left:]
+                left -= len(offsets)
+            batch = [_new_record(RecordedEvent, (buf, o, None)) for o in offsets]
+            if up is not None and up.region_needs(buf, off, off + nbytes):
+                batch = up.apply_list(batch)
+            yield batch
+            if left == 0:
+                return
 
-    def _scan_from(self, core: _Core, seg_first: int, off: int, next_pos: int, gt: int, stop: int,
-                   limit: int | None, tfilter: tuple[bytes, ...] | None) -> Iterator[RecordedEvent]:
+    def _scan_batches(self, core: _Core, seg_first: int, off: int, next_pos: int, gt: int, stop: int,
+                      limit: int | None, tfilter: tuple[bytes, ...] | None) -> Iterator[list[RecordedEvent]]:
+        """Lists of records from scanning the log (C: verify and filter whole commits) from `off`."""
         log = core.log
         scan = core.impl.scan
         unpack = HEADER.unpack_from
+        up = self._up
         left = limit if limit is not None else -1
         seg = log.segment(seg_first)
-        max_out = 4096
+        max_out = 8192
         while True:
             buf = seg.buffer(0)
             if len(buf) < seg.end or (seg is log.segments[-1]):
@@ -1266,8 +1266,10 @@ class EventStore:
                     if left >= 0:
                         del offs[left:]
                         left -= len(offs)
-                    for o in offs:
-                        yield _new_record(RecordedEvent, (buf, o, None))
+                    batch = [_new_record(RecordedEvent, (buf, o, None)) for o in offs]
+                    if up is not None and up.region_needs(buf, off, r.end):
+                        batch = up.apply_list(batch)
+                    yield batch
                     if left == 0:
                         return
                 off, next_pos = r.end, r.next_position
@@ -1307,7 +1309,8 @@ class EventStore:
             if not cur.set_range(start):
                 return
             rows = []
-            for k, v in cur:
+            for kraw, v in cur:
+                k = bytes(kraw)
                 if prefix and not k.startswith(p):
                     break
                 rows.append((decode_stream(k[1:], FLAG_UUID_STREAM if k[:1] == b"u" else 0),

@@ -350,7 +350,7 @@ def _parse_line(n: int, line: str) -> tuple[Any, ...]:
 
     try:
         d = json.loads(line)
-    except ValueError as e:
+    except json.JSONDecodeError as e:
         raise ImportFileError(n, f"not JSON ({e.msg})") from None
     if not isinstance(d, dict):
         raise ImportFileError(n, "not a JSON object")

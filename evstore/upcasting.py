@@ -7,7 +7,7 @@ next step is looked up under the new type). See docs/lifecycles.md, "Schema evol
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 import struct
 from typing import Any
 
@@ -28,11 +28,19 @@ MAX_SCHEMA = (1 << 32) - 1
 class Upcasters:
     """The upcasters registered on one store handle, as a table (type bytes, schema) -> function."""
 
-    __slots__ = ("table", "chains")
+    __slots__ = ("table", "chains", "names")
 
     def __init__(self) -> None:
         self.table: dict[tuple[bytes, int], Upcaster] = {}
         self.chains: dict[str, set[int]] = {}
+        self.names: tuple[bytes, ...] = ()  # the type names that have an upcaster
+
+    def region_needs(self, buf: Any, start: int, end: int) -> bool:
+        """Whether buf[start:end] might hold an event to upcast: one C-speed search per upcast type
+        name over the region's bytes, so runs of events of other types cost nothing per event (a name
+        that also occurs inside some payload only costs the per-record check)."""
+        find = buf.find
+        return any(find(name, start, end) >= 0 for name in self.names)
 
     def register(self, event_type: str, from_schema: int, fn: Upcaster) -> None:
         """Add one step; refuses a duplicate or a step that would leave a gap in the type's chain.
@@ -55,6 +63,7 @@ class Upcasters:
                                   f"(or {min(have) - 1}) next; a chain is contiguous from its lowest schema")
         self.chains.setdefault(event_type, set()).add(from_schema)
         self.table[(event_type.encode("utf-8"), from_schema)] = fn
+        self.names = tuple({t for t, _ in self.table})
 
     def apply_list(self, records: list[RecordedEvent]) -> list[RecordedEvent]:
         """`records` with every record that has an upcaster replaced by its newest shape."""
@@ -66,19 +75,6 @@ class Upcasters:
             else r
             for r in records
         ]
-
-    def apply_iter(self, records: Iterable[RecordedEvent]) -> Iterator[RecordedEvent]:
-        """Lazily, `records` with every record that has an upcaster replaced by its newest shape."""
-        table = self.table
-        peek = _peek
-        for r in records:
-            buf, o = r[0], r[1]
-            h = peek(buf, o)
-            t = o + HEADER_SIZE + h[1]
-            if (buf[t : t + h[0]], h[2]) in table:
-                yield self.upcast(r)
-            else:
-                yield r
 
     def upcast(self, r: RecordedEvent) -> RecordedEvent:
         """Run the chain for `r` to its end; the result keeps r's stream, version, position, id, time."""
