@@ -1,6 +1,7 @@
 """evstore: an embedded event store — a checksummed append-only log with LMDB indexes."""
 
 from evstore.errors import (
+    ConditionFailed,
     ConcurrencyError,
     CorruptedError,
     DuplicateEventId,
@@ -24,11 +25,15 @@ from evstore.lifecycle import Lifecycle, LifecycleViolation
 from evstore.records import ANY, NO_STREAM, STREAM_EXISTS, AppendResult, NewEvent, RecordedEvent, StreamInfo
 from evstore.snapshots import Loaded, Snapshot
 from evstore.subscription import Subscription
+from evstore.store import Condition, QueryItem
 from evstore.store import MAX_COMMIT_BYTES, MAX_EVENT_BYTES, MAX_NAME_BYTES, EventStore, open
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Condition",
+    "ConditionFailed",
+    "QueryItem",
     "ANY",
     "NO_STREAM",
     "STREAM_EXISTS",

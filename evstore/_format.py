@@ -42,7 +42,7 @@ ERROR_TEXT = {
     EINVAL: "invalid argument",
 }
 
-# crc u32, length u32, kind u8, flags u8, type_len u16, stream_len u16, reserved u16,
+# crc u32, length u32, kind u8, flags u8, type_len u16, stream_len u16, tags_len u16,
 # position u64, version u64, recorded_at u64, id 16s, schema u32, meta_len u32
 HEADER = struct.Struct("<IIBBHHHQQQ16sII")
 assert HEADER.size == HEADER_SIZE

@@ -105,7 +105,7 @@ def write(fd: int, buf: Any, sync: bool) -> None:
         os.fdatasync(fd)
 
 
-# Header fields by index: 0 crc, 1 length, 2 kind, 3 flags, 4 type_len, 5 stream_len, 6 reserved,
+# Header fields by index: 0 crc, 1 length, 2 kind, 3 flags, 4 type_len, 5 stream_len, 6 tags_len,
 # 7 position, 8 version, 9 recorded_at, 10 id, 11 schema, 12 meta_len.
 
 
@@ -121,7 +121,7 @@ def _record(mv: memoryview, n: int, off: int) -> tuple[Any, ...]:
     h = HEADER.unpack_from(mv, off)
     if _crc(mv[off + 4 : off + length], 0) != h[0]:
         raise LogFormatError(ECRC, off)
-    if h[4] + h[5] + h[12] > length - HEADER_SIZE:
+    if h[4] + h[5] + h[6] + h[12] > length - HEADER_SIZE:
         raise LogFormatError(EFRAME, off)
     if not 1 <= h[2] <= KIND_MAX:
         raise LogFormatError(EKIND, off)
@@ -158,7 +158,7 @@ def _read_commit(
             break
         records += 1
         r += h[1]
-    if h[1] != COMMIT_SIZE or h[4] or h[5] or h[12]:
+    if h[1] != COMMIT_SIZE or h[4] or h[5] or h[6] or h[12]:
         raise LogFormatError(ECOMMIT, r)
     if h[8] != events or h[11] != records or U64.unpack_from(mv, r + HEADER_SIZE)[0] != r - start:
         raise LogFormatError(ECOMMIT, r)

@@ -175,3 +175,15 @@ class InvalidUpcaster(EvstoreError, ValueError):
         self.event_type = event_type
         self.from_schema = from_schema
         self.registered = registered
+
+
+class ConditionFailed(EvstoreError):
+    """An append condition failed: an event matching its query was committed after its position."""
+
+    def __init__(self, condition: Any, position: int) -> None:
+        super().__init__(
+            f"the append condition failed: the event at position {position} matches its query and is after "
+            f"position {getattr(condition, 'after', '?')}; nothing was written — re-read and decide again"
+        )
+        self.condition = condition
+        self.position = position

@@ -21,7 +21,6 @@ greater than the stream's last one, otherwise `IntegrityError` is raised and not
 
 from __future__ import annotations
 
-import bisect
 import os
 import struct
 import threading
@@ -79,9 +78,9 @@ _OV = struct.Struct("<q")
 _pack_ov = _OV.pack
 _unpack_ov = _OV.unpack_from
 # The header fields the hot paths need (see HEADER in evstore/_format.py), without the 16-byte id:
-# length, flags, type_len, stream_len, position, version, meta_len.
-_slim = struct.Struct("<4xIxBHH2xQQ8x16x4xI").unpack_from
-assert struct.calcsize("<4xIxBHH2xQQ8x16x4xI") == HEADER_SIZE
+# length, flags, type_len, stream_len, tags_len, position, version, meta_len.
+_slim = struct.Struct("<4xIxBHHHQQ8x16x4xI").unpack_from
+assert struct.calcsize("<4xIxBHHHQQ8x16x4xI") == HEADER_SIZE
 _new = object.__new__
 _set = object.__setattr__
 _MAX_CACHE = 100_000
@@ -341,7 +340,7 @@ class EvstoreRecorder:
         cls = StoredEvent
         for r in recs:
             buf, o = r[0], r[1]
-            ln, _fl, tl, sl, _pos, ver, ml = unpack(buf, o)
+            ln, _fl, tl, sl, gl, _pos, ver, ml = unpack(buf, o)
             t = o + HEADER_SIZE + sl
             e = t + tl
             tb = buf[t:e]
@@ -351,7 +350,7 @@ class EvstoreRecorder:
             d["originator_id"] = oid
             d["originator_version"] = ver + off if off is not None else _unpack_ov(buf, e)[0]
             d["topic"] = topic
-            d["state"] = buf[e + ml : o + ln]
+            d["state"] = buf[e + ml + gl : o + ln]
             append(ev)
         return out
 
@@ -367,7 +366,7 @@ class EvstoreRecorder:
         cls = Notification
         for r in recs:
             buf, o = r[0], r[1]
-            ln, fl, tl, sl, pos, _ver, ml = unpack(buf, o)
+            ln, fl, tl, sl, gl, pos, _ver, ml = unpack(buf, o)
             s = o + HEADER_SIZE
             t = s + sl
             sb = buf[s:t]
@@ -381,7 +380,7 @@ class EvstoreRecorder:
             d["originator_id"] = oid
             d["originator_version"] = unpack_ov(buf, e)[0]
             d["topic"] = topics.get(tb) or _topic(tb)
-            d["state"] = buf[e + ml : o + ln]
+            d["state"] = buf[e + ml + gl : o + ln]
             d["id"] = pos
             append(n)
         return out
@@ -611,109 +610,28 @@ class EvstoreFactory(InfrastructureFactory[EvstoreTrackingRecorder]):
 
 # -- DCB ----------------------------------------------------------------------------------------
 #
-# DCB events live in one stream of the store `<root>/<name>/dcb`: type = the event's type (so that
-# type-only queries use evstore's type index), data = its data, metadata = its tags, each tag
-# encoded in UTF-8 and terminated by a NUL byte. evstore has no tag index yet, so this module keeps
-# one in memory per store (built by one scan of the store when first used, then kept up to date
-# under a lock that also serialises every DCB append of the process — the only process that can
-# write the store). Condition checks and tag queries use it and never scan the log.
+# DCB events live in one stream of the store `<root>/<name>/dcb`, as evstore events with native tags:
+# queries and append conditions are served by evstore's tag and type indexes (`EventStore.query`,
+# `evstore.Condition`), and the condition is checked atomically with the write, under the store's
+# writer lock.
 
 _DCB_STREAM = "dcb"
 
 
-def _encode_tags(tags: Sequence[str]) -> bytes:
-    out = []
-    for t in tags:
-        if not isinstance(t, str):
-            raise ProgrammingError(f"a DCB tag must be a str, not {type(t).__name__}")
-        b = t.encode("utf-8")
-        if b"\x00" in b:
-            raise ProgrammingError(f"a DCB tag must not contain NUL: {t!r}")
-        out.append(b + b"\x00")
-    return b"".join(out)
+def _items(query: DCBQuery | None) -> list[evstore.QueryItem]:
+    """evstore query items of a DCB query (one item matching everything when it has none)."""
+    if query is None or not query.items:
+        return [evstore.QueryItem()]
+    return [evstore.QueryItem(types=tuple(i.types), tags=tuple(i.tags)) for i in query.items]
 
 
-def _decode_tags(meta: bytes) -> list[str]:
-    if not meta:
-        return []
-    return [t.decode("utf-8") for t in meta.split(b"\x00")[:-1]]
+def _sequenced(rec: RecordedEvent) -> DCBSequencedEvent:
+    return DCBSequencedEvent(event=DCBEvent(type=rec.type, data=rec.data, tags=list(rec.tags)),
+                             position=rec.position)
 
 
-def _dcb_fields(rec: RecordedEvent) -> tuple[int, str, bytes, list[str]]:
-    """(position, type, data, tags) of a DCB record."""
-    buf, o = rec[0], rec[1]
-    h = _unpack(buf, o)
-    t = o + HEADER_SIZE + h[5]
-    e = t + h[4]
-    tb = buf[t:e]
-    return h[7], _topics.get(tb) or _topic(tb), buf[e + h[12] : o + h[1]], _decode_tags(buf[e : e + h[12]])
-
-
-def _item_matches(item: DCBQueryItem, type_: str, tags: list[str]) -> bool:
+def _item_matches(item: DCBQueryItem, type_: str, tags: tuple[str, ...]) -> bool:
     return (not item.types or type_ in item.types) and (not item.tags or set(item.tags) <= set(tags))
-
-
-def _query_matches(query: DCBQuery | None, type_: str, tags: list[str]) -> bool:
-    return not query or not query.items or any(_item_matches(i, type_, tags) for i in query.items)
-
-
-class _TagIndex:
-    """Positions of the DCB events of one store, by tag (ascending lists), kept in memory."""
-
-    def __init__(self) -> None:
-        self.lock = threading.RLock()
-        self.indexed = 0
-        self.by_tag: dict[str, list[int]] = {}
-
-    def catch_up(self, store: EventStore) -> None:
-        """Index every event committed after the last one indexed (call with the lock held)."""
-        head = store.head()
-        if head <= self.indexed:
-            return
-        by_tag = self.by_tag
-        for rec in store.read_all(gt=self.indexed, lte=head):
-            buf, o = rec[0], rec[1]
-            h = _unpack(buf, o)
-            if h[12]:
-                m = o + HEADER_SIZE + h[5] + h[4]
-                for t in _decode_tags(buf[m : m + h[12]]):
-                    lst = by_tag.get(t)
-                    if lst is None:
-                        by_tag[t] = [h[7]]
-                    else:
-                        lst.append(h[7])
-        self.indexed = head
-
-    def candidates(self, tags: Sequence[str], after: int) -> list[int]:
-        """Positions > after of the events carrying every one of `tags` (sorted)."""
-        lists = []
-        for t in set(tags):
-            lst = self.by_tag.get(t)
-            if not lst:
-                return []
-            lists.append(lst)
-        lists.sort(key=len)
-
-        first = lists[0]
-        out = first[bisect.bisect_right(first, after):]
-        for other in lists[1:]:
-            s = set(other[bisect.bisect_right(other, after):])
-            out = [p for p in out if p in s]
-            if not out:
-                break
-        return out
-
-
-_tag_indexes: dict[str, _TagIndex] = {}
-_tag_indexes_lock = threading.Lock()
-
-
-def _tag_index(store: EventStore) -> _TagIndex:
-    with _tag_indexes_lock:
-        idx = _tag_indexes.get(store.path)
-        if idx is None:
-            idx = _tag_indexes[store.path] = _TagIndex()
-        return idx
 
 
 class _DCBReadResponse(DCBReadResponse):
@@ -736,52 +654,6 @@ class EvstoreDCBRecorder(DCBRecorder):
 
     def __init__(self, store: EventStore) -> None:
         self.store = store
-        self._index = _tag_index(store)
-
-    def _seq(self, rec: RecordedEvent) -> DCBSequencedEvent:
-        pos, type_, data, tags = _dcb_fields(rec)
-        return DCBSequencedEvent(event=DCBEvent(type=type_, data=data, tags=tags), position=pos)
-
-    def _select(self, query: DCBQuery | None, after: int, limit: int | None,
-                lte: int | None) -> list[RecordedEvent]:
-        """Matching records with after < position <= lte, at most `limit`, in position order."""
-        items = query.items if query else []
-        if not items or any(not i.tags for i in items):
-            # Some item selects by type only (or everything): read the log, by type index if possible.
-            types: list[str] | None = None
-            if items and all(i.types for i in items) and all(not i.tags for i in items):
-                types = sorted({t for i in items for t in i.types})
-            out = []
-            for rec in self.store.read_all(gt=after, lte=lte, types=types):
-                if types is None and items:
-                    _p, type_, _d, tags = _dcb_fields(rec)
-                    if not _query_matches(query, type_, tags):
-                        continue
-                out.append(rec)
-                if limit is not None and len(out) >= limit:
-                    break
-            return out
-        idx = self._index
-        with idx.lock:
-            idx.catch_up(self.store)
-            positions: set[int] = set()
-            for i in items:
-                positions.update(idx.candidates(i.tags, after))
-        out = []
-        for p in sorted(positions):
-            if lte is not None and p > lte:
-                break
-            found = self.store.event_at(p)
-            if found is None:  # pragma: no cover - indexed positions exist
-                continue
-            rec = found
-            _p, type_, _d, tags = _dcb_fields(rec)
-            if not _query_matches(query, type_, tags):
-                continue
-            out.append(rec)
-            if limit is not None and len(out) >= limit:
-                break
-        return out
 
     def read(self, query: DCBQuery | None = None, *, after: int | None = None,
              limit: int | None = None) -> DCBReadResponse:
@@ -790,8 +662,8 @@ class EvstoreDCBRecorder(DCBRecorder):
         if limit is not None and limit <= 0:
             return _DCBReadResponse([], None)
         head = self.store.head() or None
-        recs = self._select(query, after or 0, limit, head)
-        events = [self._seq(r) for r in recs]
+        recs = self.store.query(_items(query), gt=after or 0, lte=head, limit=limit)
+        events = [_sequenced(r) for r in recs]
         if limit is not None:
             head = events[-1].position if events else None
         return _DCBReadResponse(events, head)
@@ -800,18 +672,18 @@ class EvstoreDCBRecorder(DCBRecorder):
         """Append the events in one commit unless the condition fails; returns the last position."""
         if not events:
             raise ProgrammingError("a DCB append needs at least one event")
-        new = [NewEvent(e.type, e.data, _encode_tags(e.tags)) for e in events]
-        idx = self._index
-        with idx.lock:
+        try:
+            new = [NewEvent(e.type, e.data, tags=tuple(e.tags)) for e in events]
+            cond = None
             if condition is not None:
-                if self._select(condition.fail_if_events_match, condition.after or 0, 1, None):
-                    raise IntegrityError(condition)
-            try:
-                r = self.store.append(_DCB_STREAM, new)
-            except (evstore.StoreClosed, evstore.StoreFailed, evstore.StorageError, evstore.ReadOnlyStore) as e:
-                raise OperationalError(str(e)) from e
-            idx.catch_up(self.store)
-        return r.last_position
+                cond = evstore.Condition(_items(condition.fail_if_events_match), after=condition.after or 0)
+            return self.store.append(_DCB_STREAM, new, condition=cond).last_position
+        except evstore.ConditionFailed as e:
+            raise IntegrityError(condition) from e
+        except (TypeError, ValueError) as e:
+            raise ProgrammingError(str(e)) from e
+        except (evstore.StoreClosed, evstore.StoreFailed, evstore.StorageError, evstore.ReadOnlyStore) as e:
+            raise OperationalError(str(e)) from e
 
     def subscribe(self, query: DCBQuery | None = None, *, after: int | None = None) -> EvstoreDCBSubscription:
         """Matching events after `after`, then new ones as they are appended."""
@@ -820,7 +692,7 @@ class EvstoreDCBRecorder(DCBRecorder):
 
 class EvstoreDCBSubscription(DCBSubscription[EvstoreDCBRecorder]):
     """A DCB subscription on `EventStore.subscribe` (type-filtered by the store's type index when
-    every query item names types, otherwise filtered here)."""
+    every query item names types, the tags checked here)."""
 
     def __init__(self, recorder: EvstoreDCBRecorder, query: DCBQuery | None = None,
                  after: int | None = None) -> None:
@@ -843,11 +715,12 @@ class EvstoreDCBSubscription(DCBSubscription[EvstoreDCBRecorder]):
             rec = next(self._sub)
             if self._has_been_stopped:
                 raise StopIteration
-            pos, type_, data, tags = _dcb_fields(rec)
-            if self._filter and not _query_matches(self._query, type_, tags):
-                continue
-            self._last_position = pos
-            return DCBSequencedEvent(event=DCBEvent(type=type_, data=data, tags=tags), position=pos)
+            if self._filter and self._query is not None:
+                type_, tags = rec.type, rec.tags
+                if not any(_item_matches(i, type_, tags) for i in self._query.items):
+                    continue
+            self._last_position = rec.position
+            return _sequenced(rec)
 
 
 class EvstoreDCBFactory(DCBInfrastructureFactory[EvstoreTrackingRecorder]):

@@ -12,6 +12,7 @@ Sub-databases (keys big-endian so that they sort; values little-endian):
 | `ids` | event id (16 bytes) | position (caller-given ids only) |
 | `snapshots` | stream number, version | segment, offset of the SNAPSHOT record |
 | `tracking` | upstream name, NUL, position | empty |
+| `tags` | tag (UTF-8), NUL, position | segment, offset of the event |
 | `meta` | name | checkpoint (segment, offset, next position) and counters |
 """
 
@@ -33,13 +34,15 @@ TYPE_KEY = struct.Struct(">IQ")
 HEAD = struct.Struct("<QQQB")  # stream number, last version, hidden up to, flags (+ state bytes)
 CHECKPOINT = struct.Struct("<QQQ")
 SNAPSHOT_VAL = struct.Struct("<QQ")  # segment, offset
+TAG_VAL = SNAPSHOT_VAL  # segment, offset of a tagged event
 U64 = struct.Struct("<Q")
 U32 = struct.Struct("<I")
 
 HEAD_CLOSED = 1
 HEAD_TOMBSTONE = 2
 
-DB_NAMES = (b"heads", b"extents", b"commits", b"types", b"typenames", b"ids", b"snapshots", b"tracking", b"meta")
+DB_NAMES = (b"heads", b"extents", b"commits", b"types", b"typenames", b"ids", b"snapshots", b"tracking", b"tags",
+            b"meta")
 
 
 class Head:
@@ -71,7 +74,8 @@ class Head:
 class IndexBatch:
     """Index entries of one or more commits, written in one LMDB transaction."""
 
-    __slots__ = ("heads", "extents", "commits", "types", "typenames", "ids", "checkpoint", "counters", "extra")
+    __slots__ = ("heads", "extents", "commits", "types", "typenames", "ids", "tags", "checkpoint", "counters",
+                 "extra")
 
     def __init__(self) -> None:
         self.heads: dict[bytes, bytes] = {}
@@ -80,6 +84,7 @@ class IndexBatch:
         self.types: list[tuple[bytes, bytes]] = []
         self.typenames: list[tuple[bytes, bytes]] = []
         self.ids: list[tuple[bytes, bytes]] = []
+        self.tags: list[tuple[bytes, bytes]] = []
         self.extra: list[tuple[bytes, bytes, bytes | None]] = []  # (db, key, value or None to delete)
         self.checkpoint: bytes | None = None
         self.counters: dict[bytes, bytes] = {}
@@ -91,6 +96,7 @@ class IndexBatch:
         self.types += other.types
         self.typenames += other.typenames
         self.ids += other.ids
+        self.tags += other.tags
         self.extra += other.extra
         self.checkpoint = other.checkpoint or self.checkpoint
         self.counters.update(other.counters)
@@ -161,6 +167,8 @@ class Index:
                 txn.cursor(db["types"]).putmulti(b.types)
             if b.ids:
                 txn.cursor(db["ids"]).putmulti(b.ids)
+            if b.tags:
+                txn.cursor(db["tags"]).putmulti(b.tags)
             for name, key, value in b.extra:
                 if value is None:
                     txn.delete(key, db=db[name.decode()])

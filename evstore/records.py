@@ -37,7 +37,8 @@ class NewEvent:
     """An event to append.
 
     `data` and `metadata` are opaque bytes; `id` (a UUID) makes a retried append idempotent; `schema` is
-    the version of the data's shape, kept with the event so that readers can upcast old shapes.
+    the version of the data's shape, kept with the event so that readers can upcast old shapes; `tags`
+    (strs of 1..255 bytes) index the event for `EventStore.query` and append conditions.
     """
 
     type: str
@@ -45,6 +46,7 @@ class NewEvent:
     metadata: bytes = b""
     id: uuid.UUID | None = None
     schema: int = 1
+    tags: tuple[str, ...] = ()
 
 
 class AppendResult(NamedTuple):
@@ -55,6 +57,45 @@ class AppendResult(NamedTuple):
     last_version: int
     first_position: int
     last_position: int
+
+
+def encode_tags(tags: Any) -> bytes:
+    """The tags part of a record: each tag as a length byte and UTF-8; TypeError/ValueError if malformed."""
+    if isinstance(tags, (str, bytes)) or not isinstance(tags, (list, tuple, set, frozenset)):
+        raise TypeError("tags must be a collection of str")
+    out = []
+    seen = set()
+    for t in tags:
+        if not isinstance(t, str):
+            raise TypeError(f"a tag must be a str, not {type(t).__name__}")
+        try:
+            raw = t.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"tag {t!r} is not valid Unicode text: {e.reason}") from None
+        if not 1 <= len(raw) <= 255:
+            raise ValueError(f"a tag must be 1 to 255 bytes of UTF-8, not {len(raw)}")
+        if b"\x00" in raw:
+            raise ValueError(f"a tag must not contain NUL: {t!r}")
+        if raw in seen:
+            continue
+        seen.add(raw)
+        out.append(bytes((len(raw),)) + raw)
+    blob = b"".join(out)
+    if len(blob) > 65535:
+        raise ValueError("an event's tags take more than 65,535 bytes")
+    return blob
+
+
+def decode_tags(raw: Any) -> tuple[str, ...]:
+    """Tags from the tags part of a record."""
+    out = []
+    i = 0
+    n = len(raw)
+    while i < n:
+        ln = raw[i]
+        out.append(bytes(raw[i + 1 : i + 1 + ln]).decode("utf-8"))
+        i += 1 + ln
+    return tuple(out)
 
 
 def decode_stream(raw: bytes, flags: int) -> Stream:
@@ -114,8 +155,17 @@ class RecordedEvent(tuple):  # type: ignore[type-arg]
     @property
     def data(self) -> bytes:
         h = _unpack(self[0], self[1])
-        o = self[1] + HEADER_SIZE + h[5] + h[4] + h[12]
+        o = self[1] + HEADER_SIZE + h[5] + h[4] + h[12] + h[6]
         return self[0][o : self[1] + h[1]]  # type: ignore[no-any-return]
+
+    @property
+    def tags(self) -> tuple[str, ...]:
+        """The event's tags (for queries by tag, as in dynamic consistency boundaries)."""
+        h = _unpack(self[0], self[1])
+        if not h[6]:
+            return ()
+        o = self[1] + HEADER_SIZE + h[5] + h[4] + h[12]
+        return decode_tags(self[0][o : o + h[6]])
 
     @property
     def id(self) -> uuid.UUID:

@@ -43,7 +43,7 @@ def decode_snapshot(buf: Any, off: int, stream: Stream) -> Snapshot:
     """The Snapshot held by the (already verified) SNAPSHOT record at `off` of `buf`."""
     h = HEADER.unpack_from(buf, off)
     t = off + HEADER_SIZE + h[5]
-    d = t + h[4] + h[12]
+    d = t + h[4] + h[12] + h[6]
     ns = h[9]
     return Snapshot(stream, h[8], _type_name(buf[t : t + h[4]]), bytes(buf[d : off + h[1]]), h[11],
                     datetime.fromtimestamp(ns // 1000 / 1e6, tz=timezone.utc))

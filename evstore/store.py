@@ -33,6 +33,7 @@ from evstore._format import (
     LogFormatError,
 )
 from evstore.errors import (
+    ConditionFailed,
     CorruptedError,
     DuplicateEventId,
     EvstoreError,
@@ -56,6 +57,7 @@ from evstore.index import (
     HEAD_CLOSED,
     HEAD_TOMBSTONE,
     SNAPSHOT_VAL,
+    TAG_VAL,
     TYPE_KEY,
     U32,
     Head,
@@ -80,6 +82,7 @@ from evstore.records import (
     StreamInfo,
     _Expected,
     decode_stream,
+    encode_tags,
 )
 
 MAX_NAME_BYTES = 400
@@ -179,8 +182,8 @@ def _check_position(value: Any, what: str, allow_none: bool = True) -> int | Non
 _type_cache: dict[str, bytes] = {}
 
 
-def _encode_events(events: Any) -> list[tuple[bytes, bytes, bytes, bytes | None, int]]:
-    """Validate events; return (type bytes, data, metadata, id bytes or None, schema) for each."""
+def _encode_events(events: Any) -> list[tuple[bytes, bytes, bytes, bytes | None, int, bytes]]:
+    """Validate events; return (type bytes, data, metadata, id bytes or None, schema, tags part) for each."""
     if isinstance(events, (NewEvent, str, bytes)) or not isinstance(events, Iterable):
         raise TypeError("events must be a list of evstore.NewEvent")
     out = []
@@ -207,7 +210,8 @@ def _encode_events(events: Any) -> list[tuple[bytes, bytes, bytes, bytes | None,
             raise (TypeError if type(schema) is not int else ValueError)(
                 f"an event schema must be an int in 0..{(1 << 32) - 1}, not {schema!r}"
             )
-        out.append((tb, data, meta, idb, schema))
+        gb = encode_tags(e.tags) if e.tags else b""
+        out.append((tb, data, meta, idb, schema, gb))
     if not out:
         raise ValueError("an append needs at least one event")
     return out
@@ -247,6 +251,43 @@ def _check_expected_state(value: Any) -> frozenset[str]:
     if not states or not all(isinstance(s, str) and s for s in states):
         raise TypeError("expected_state must be a state name or a non-empty set of state names")
     return states
+
+
+class QueryItem(NamedTuple):
+    """Events of any of `types` (all types when empty) that carry every one of `tags`."""
+
+    types: Sequence[str] = ()
+    tags: Sequence[str] = ()
+
+
+class Condition(NamedTuple):
+    """An append condition: fail (`ConditionFailed`) if an event matching any of `items` has a
+    position above `after` — the optimistic check of dynamic consistency boundaries."""
+
+    items: Sequence[QueryItem]
+    after: int = 0
+
+
+def _query_items(items: Any) -> list[tuple[frozenset[bytes] | None, tuple[bytes, ...]]]:
+    """Validated query items as (type names or None for all, tag names)."""
+    if isinstance(items, (str, bytes, QueryItem)) or not isinstance(items, Iterable):
+        raise TypeError("a query is a list of evstore.QueryItem(types=..., tags=...)")
+    out = []
+    for it in items:
+        if not isinstance(it, tuple) or len(it) != 2:
+            raise TypeError("a query item is an evstore.QueryItem(types=..., tags=...) or a (types, tags) pair")
+        types, tags = it
+        if isinstance(types, str) or isinstance(tags, str):
+            raise TypeError("a query item's types and tags are collections of str, not a str")
+        tb = frozenset(_check_name(t, "an event type") for t in types)
+        gb = encode_tags(tuple(tags))
+        names = []
+        i = 0
+        while i < len(gb):
+            names.append(gb[i + 1 : i + 1 + gb[i]])
+            i += 1 + gb[i]
+        out.append((tb or None, tuple(names)))
+    return out
 
 
 class _NeedFlush(Exception):
@@ -451,6 +492,9 @@ class _Core:
             if h[2] == KIND_EVENT:
                 tb = bytes(buf[s + h[5] : s + h[5] + h[4]])
                 rows.append((key, h[8], tb, bytes(h[10]) if h[3] & FLAG_CALLER_ID else None, h[7], o, h[1]))
+                if h[6]:
+                    g = s + h[5] + h[4] + h[12]
+                    self.index_tags(batch, c.segment.first, [(bytes(buf[g : g + h[6]]), h[7], o)])
             else:
                 marks.append((h, key, buf, o))
         self.index_rows(batch, c.segment.first, c.offset, c.end, c.first_position, c.n_events, rows)
@@ -464,7 +508,7 @@ class _Core:
         s = off + HEADER_SIZE
         sb = bytes(buf[s : s + h[5]])
         tb = bytes(buf[s + h[5] : s + h[5] + h[4]])
-        d = s + h[5] + h[4] + h[12]
+        d = s + h[5] + h[4] + h[12] + h[6]
         self.index_extra(batch, Extra(h[2], sb, h[3] & FLAG_UUID_STREAM, tb, h[8], bytes(buf[d : off + h[1]]), h[11]),
                          seg, off)
 
@@ -538,6 +582,18 @@ class _Core:
             batch.typenames.append((tb, U32.pack(tid)))
         return tid
 
+    @staticmethod
+    def index_tags(batch: IndexBatch, seg: int, tagged: list[tuple[bytes, int, int]]) -> None:
+        """Tag index entries of events: (tags part, position, offset) each."""
+        for gb, pos, off in tagged:
+            loc = TAG_VAL.pack(seg, off)
+            pk = b"\x00" + COMMIT_KEY.pack(pos)
+            i = 0
+            while i < len(gb):
+                n = gb[i]
+                batch.tags.append((gb[i + 1 : i + 1 + n] + pk, loc))
+                i += 1 + n
+
     def index_rows(self, batch: IndexBatch, seg: int, commit_off: int, commit_end: int, first_position: int,
                    n_events: int, rows: list[tuple[bytes, int, bytes, bytes | None, int, int, int]]) -> None:
         """Index entries of one commit's events: rows of (stream key, version, type, caller id, position,
@@ -591,8 +647,7 @@ class _Core:
         if self.closed:
             return
         if not self.readonly:
-            with self.wlock:
-                self._flush_pending()
+            self._flush_pending()
             try:
                 self.index.sync()
             except Exception:  # pragma: no cover - the log still holds everything
@@ -603,36 +658,47 @@ class _Core:
         self._release_lock()
 
     def _flush_pending(self) -> None:
-        if self.pending and self.failed is None:
+        """Wait until every written commit is durable and indexed (never under the writer lock: the
+        syncer needs it)."""
+        if self.durable_seq < self.written_seq and self.failed is None:
             self.await_durable(self.written_seq)
 
     # -- writing ---------------------------------------------------------------------------
 
     def commit(self, parts: list[_Part], extras: Sequence[Extra] = (),
-               binder: Callable[[Any], Lifecycle | None] | None = None, ts: int | None = None) -> list[AppendResult]:
+               binder: Callable[[Any], Lifecycle | None] | None = None, ts: int | None = None,
+               condition: _Cond | None = None) -> list[AppendResult]:
         """Validate, write and (per durability) sync one commit of several streams' events.
 
         `binder` gives each stream's lifecycle (None: no lifecycles): every event is checked against
         it and a `$state` mark is added to the commit when a stream's state changes. `ts` overrides
         the commit time (imports keep the original times)."""
+        for _attempt in range(100):
+            try:
+                return self._commit(parts, extras, binder, ts, condition)
+            except _NeedFlush:
+                self.await_durable(self.written_seq)  # index what is written, then check again
         try:
-            return self._commit(parts, extras, binder, ts)
+            return self._commit(parts, extras, binder, ts, condition)
         except _NeedFlush:
-            self.await_durable(self.written_seq)  # index what is written, then check again
-        try:
-            return self._commit(parts, extras, binder, ts)
-        except _NeedFlush:
-            raise EvstoreError("a stream's history could not be read back from the index to derive its "
-                               "lifecycle state") from None
+            raise EvstoreError("other writers kept the index behind: the append's checks (condition or "
+                               "lifecycle state) could not be made; retry") from None
 
     def _commit(self, parts: list[_Part], extras: Sequence[Extra],
-                binder: Callable[[Any], Lifecycle | None] | None, ts: int | None) -> list[AppendResult]:
+                binder: Callable[[Any], Lifecycle | None] | None, ts: int | None,
+                condition: _Cond | None = None) -> list[AppendResult]:
         if self.failed is not None:
             raise StoreFailed(f"the store stopped accepting writes after an I/O failure ({self.failed}); reopen it")
         with self.wlock:
             done = self._idempotent(parts)
             if done is not None:
                 return done
+            if condition is not None:
+                if self.durable_seq < self.written_seq:
+                    raise _NeedFlush  # the check reads the index: index what is written first
+                hit = self.query(condition[0], condition[1], None, 1)
+                if hit:
+                    raise ConditionFailed(condition[2], hit[0].position)
             for x in extras:
                 if x.kind == KIND_TRACKING and x.version <= self.tracking_max(x.sb):
                     raise TrackingConflict(x.sb.decode(), x.version, self.tracking_max(x.sb))
@@ -783,6 +849,7 @@ class _Core:
         add = chunks.extend
         results = []
         rows = []
+        tagged: list[tuple[bytes, int, int]] = []
         offset = 0
         n_random = sum(1 for p in parts for e in p.events if e[3] is None)
         rnd = _random_ids(n_random) if n_random else b""
@@ -794,7 +861,7 @@ class _Core:
                 raise ValueError(f"stream {p.stream!r} would pass the largest version {MAX_VERSION}")
             v0 = ver + 1
             first = pos
-            for tb, data, meta, idb, schema in p.events:
+            for tb, data, meta, idb, schema, gb in p.events:
                 ver += 1
                 if idb is None:
                     idb, flags = rnd[r : r + 16], p.sflag
@@ -803,10 +870,12 @@ class _Core:
                 else:
                     flags = p.sflag | FLAG_CALLER_ID
                     caller = idb
-                ln = HEADER_SIZE + slen + len(tb) + len(meta) + len(data)
-                add((_pack_header(0, ln, KIND_EVENT, flags, len(tb), slen, 0, pos, ver, ts, idb, schema,
-                                  len(meta)), sb, tb, meta, data))
+                ln = HEADER_SIZE + slen + len(tb) + len(meta) + len(gb) + len(data)
+                add((_pack_header(0, ln, KIND_EVENT, flags, len(tb), slen, len(gb), pos, ver, ts, idb, schema,
+                                  len(meta)), sb, tb, meta, gb, data))
                 rows.append((key, ver, tb, caller, pos, offset, ln))
+                if gb:
+                    tagged.append((gb, pos, offset))
                 offset += ln
                 pos += 1
             results.append(AppendResult(p.stream, v0, ver, first, pos - 1))
@@ -831,6 +900,8 @@ class _Core:
         batch = IndexBatch()
         shifted = [(k, v, tb, c, ps, o + off, ln) for k, v, tb, c, ps, o, ln in rows]
         self.index_rows(batch, seg.first, off, off + len(buf), first_pos, n_events, shifted)
+        if tagged:
+            self.index_tags(batch, seg.first, [(gb, ps, o + off) for gb, ps, o in tagged])
         for x, xo in zip(extras, x_offs):
             self.index_extra(batch, x, seg.first, off + xo)
         batch.checkpoint = CHECKPOINT.pack(seg.first, off + len(buf), pos)
@@ -936,6 +1007,89 @@ class _Core:
             out.extend(recs)
         return out
 
+    def query(self, items: list[tuple[frozenset[bytes] | None, tuple[bytes, ...]]], gt: int, lte: int | None,
+              limit: int | None) -> list[RecordedEvent]:
+        """Events after `gt` (up to `lte`) matching any item, in position order: tag postings (for
+        items with tags, checking type and the other tags from each candidate's header) or type runs
+        (items with types only) from the index; an item with neither matches every event."""
+        index = self.index
+        with index.begin() as txn:
+            cp = index.get_checkpoint(txn)
+            if cp is None:
+                return []
+            stop = cp[2] - 1 if lte is None else min(lte, cp[2] - 1)
+            if gt >= stop:
+                return []
+            found: dict[int, RecordedEvent] = {}
+            for types, tags in items:
+                if not tags and types is None:
+                    return self.read_range(gt, stop, limit)
+                if not tags:
+                    runs = EventStore._type_runs(self, txn, tuple(sorted(types or ())), gt, stop)
+                    for p, seg, off, count, nbytes in runs:
+                        buf = self.log.segment(seg).buffer(off + nbytes)
+                        offsets = self._walk(seg, buf, off, count, off + nbytes)
+                        for i, o in enumerate(offsets):
+                            if gt < p + i <= stop:
+                                found.setdefault(p + i, _new_record(RecordedEvent, (buf, o, None)))
+                    continue
+                first = tags[0] + b"\x00"
+                cur = txn.cursor(index.db["tags"])
+                if not cur.set_range(first + COMMIT_KEY.pack(gt + 1)):
+                    continue
+                for k, v in cur:
+                    if not k.startswith(first):
+                        break
+                    pos = COMMIT_KEY.unpack_from(k, len(first))[0]
+                    if pos > stop:
+                        break
+                    if pos in found:
+                        continue
+                    seg, off = TAG_VAL.unpack(v)
+                    rec = self._record(seg, off)
+                    if (types is None or rec.type.encode("utf-8") in types) and set(tags) <= _tag_set(rec):
+                        found[pos] = rec
+        out = [found[p] for p in sorted(found)]
+        if limit is not None:
+            del out[limit:]
+        return out
+
+    def read_range(self, gt: int, stop: int, limit: int | None) -> list[RecordedEvent]:
+        """Every event with gt < position <= stop (at most `limit`), from the log."""
+        out = []
+        for r in self.log_records(gt, stop):
+            out.append(r)
+            if limit is not None and len(out) >= limit:
+                break
+        return out
+
+    def log_records(self, gt: int, stop: int) -> Iterator[RecordedEvent]:
+        with self.index.begin() as txn:
+            cur = txn.cursor(self.index.db["commits"])
+            if not cur.set_range(COMMIT_KEY.pack(gt + 1)) or COMMIT_KEY.unpack(cur.key())[0] > gt + 1:
+                if not cur.prev():
+                    cur.first()
+            next_pos = COMMIT_KEY.unpack(cur.key())[0]
+            seg_first, off = EXTENT_VAL.unpack(cur.value())[:2]
+        for batch in _scan_batches(self, None, seg_first, off, next_pos, gt, stop, None, None):
+            yield from batch
+
+    def _walk(self, seg: int, buf: Any, off: int, count: int, end: int) -> list[int]:
+        try:
+            return self.impl.walk(buf, off, count, end)  # type: ignore[no-any-return]
+        except LogFormatError as e:
+            raise CorruptedError(self.log.segment(seg).path, e.offset, str(e)) from None
+
+    def _record(self, seg: int, off: int) -> RecordedEvent:
+        """The verified event record at (segment, offset)."""
+        s = self.log.segment(seg)
+        buf = s.buffer(off + HEADER_SIZE)
+        n = HEADER.unpack_from(buf, off)[1]
+        if off + n > len(buf):
+            buf = s.buffer(off + n)
+        self._walk(seg, buf, off, 1, off + n)
+        return _new_record(RecordedEvent, (buf, off, None))
+
     def record_at(self, position: int) -> RecordedEvent | None:
         """The event at a global position (indexed commits only), or None."""
         with self.index.begin() as txn:
@@ -1019,7 +1173,7 @@ class EventStore:
     # -- writing ---------------------------------------------------------------------------
 
     def append(self, stream: Stream, events: Sequence[NewEvent], *, expected_version: Any = ANY,
-               expected_state: str | Iterable[str] | None = None) -> AppendResult:
+               expected_state: str | Iterable[str] | None = None, condition: Condition | None = None) -> AppendResult:
         """Append events to one stream in one atomic commit.
 
         Raises `WrongExpectedVersion` when the stream's version is not `expected_version` (or its
@@ -1027,13 +1181,17 @@ class EventStore:
         when an event is not allowed by the stream's lifecycle, `StreamClosed`/`StreamDeleted` for closed
         and tombstoned streams, and `DuplicateEventId` when an event id is already used by another
         append; a retry of a committed append with the same event ids returns the original result.
+        `condition` (an `evstore.Condition`) refuses the append with `ConditionFailed` when an event
+        matching its query was committed after its position (checked atomically with the write).
         Nothing is written on any error. With durability="fsync" the events are on disk when this returns.
         """
         core = self._w()
-        return core.commit([_Part(stream, events, expected_version, expected_state)], (), self._binder)[0]
+        return core.commit([_Part(stream, events, expected_version, expected_state)], (), self._binder,
+                           condition=_check_condition(condition))[0]
 
     def append_many(self, appends: Iterable[tuple[Stream, Sequence[NewEvent], Any]], *,
-                    tracking: tuple[str, int] | None = None) -> list[AppendResult]:
+                    tracking: tuple[str, int] | None = None,
+                    condition: Condition | None = None) -> list[AppendResult]:
         """Append to several streams in one atomic commit: every part is written, or none is.
 
         Each item is `(stream, events, expected_version)`; the results are in the same order.
@@ -1052,7 +1210,7 @@ class EventStore:
             extras.append(_tracking_record(tracking))
         if not parts and not extras:
             raise ValueError("append_many needs at least one (stream, events, expected_version)")
-        return core.commit(parts, extras, self._binder)
+        return core.commit(parts, extras, self._binder, condition=_check_condition(condition))
 
     def max_tracking(self, upstream: str) -> int | None:
         """The largest position recorded with `tracking=(upstream, ...)`, or None."""
@@ -1068,6 +1226,20 @@ class EventStore:
         _check_position(position, "position", allow_none=False)
         with core.index.begin() as txn:
             return txn.get(name + b"\x00" + COMMIT_KEY.pack(position), db=core.index.db["tracking"]) is not None
+
+    def query(self, items: Sequence[QueryItem], *, gt: int = 0, lte: int | None = None,
+              limit: int | None = None) -> list[RecordedEvent]:
+        """Events with `gt < position <= lte` that match any of `items` (an event matches an item when
+        its type is one of the item's types, or the item names none, and it carries every tag of the
+        item), in position order, at most `limit`. Served by the tag and type indexes."""
+        core = self._c()
+        start = _check_position(gt, "gt", allow_none=False)
+        lte = _check_position(lte, "lte")
+        limit = _check_position(limit, "limit")
+        out = core.query(_query_items(items), start or 0, lte, limit)
+        if self._up is not None:
+            out = self._up.apply_list(out)
+        return out
 
     def consume(self, name: str, handler: Callable[..., None], *, types: Iterable[str] | None = None,
                 timeout: float | None = None, limit: int | None = None, checkpoint_every: int = 100) -> Any:
@@ -1238,56 +1410,7 @@ class EventStore:
 
     def _scan_batches(self, core: _Core, seg_first: int, off: int, next_pos: int, gt: int, stop: int,
                       limit: int | None, tfilter: tuple[bytes, ...] | None) -> Iterator[list[RecordedEvent]]:
-        """Lists of records from scanning the log (C: verify and filter whole commits) from `off`."""
-        log = core.log
-        scan = core.impl.scan
-        unpack = HEADER.unpack_from
-        up = self._up
-        left = limit if limit is not None else -1
-        seg = log.segment(seg_first)
-        max_out = 8192
-        while True:
-            buf = seg.buffer(0)
-            if len(buf) < seg.end or (seg is log.segments[-1]):
-                buf = seg.buffer(os.path.getsize(seg.path))
-            n = len(buf)
-            while off < n and next_pos <= stop:
-                r = scan(buf, off, n, next_position=next_pos, kinds=EVENT_KINDS, types=tfilter, max_out=max_out,
-                         stop_position=stop)
-                offs = r.offsets
-                if r.code == EFULL:
-                    max_out *= 4
-                    continue
-                if offs:
-                    if unpack(buf, offs[0])[7] <= gt:
-                        offs = [o for o in offs if unpack(buf, o)[7] > gt]
-                    if offs and unpack(buf, offs[-1])[7] > stop:
-                        offs = [o for o in offs if unpack(buf, o)[7] <= stop]
-                    if left >= 0:
-                        del offs[left:]
-                        left -= len(offs)
-                    batch = [_new_record(RecordedEvent, (buf, o, None)) for o in offs]
-                    if up is not None and up.region_needs(buf, off, r.end):
-                        batch = up.apply_list(batch)
-                    yield batch
-                    if left == 0:
-                        return
-                off, next_pos = r.end, r.next_position
-                if r.code != 0:
-                    if next_pos > stop:
-                        return
-                    raise CorruptedError(seg.path, r.err_off, "bad record")
-                if r.commits == 0:
-                    break
-            if next_pos > stop:
-                return
-            i = log.segments.index(seg)
-            if i + 1 >= len(log.segments):
-                log.load_segments()
-                if i + 1 >= len(log.segments):
-                    raise CorruptedError(seg.path, off, f"the log ends before position {stop}")
-            seg = log.segments[i + 1]
-            off = 32
+        return _scan_batches(core, self._up, seg_first, off, next_pos, gt, stop, limit, tfilter)
 
     def event_at(self, position: int) -> RecordedEvent | None:
         """The event at a global position, or None."""
@@ -1582,6 +1705,76 @@ class EventStore:
         if fd >= 0:
             os.fsync(fd)
         core.index.sync()
+
+
+def _scan_batches(core: _Core, up: Upcasters | None, seg_first: int, off: int, next_pos: int, gt: int, stop: int,
+                  limit: int | None, tfilter: tuple[bytes, ...] | None) -> Iterator[list[RecordedEvent]]:
+    """Lists of records from scanning the log (C: verify and filter whole commits) from `off`."""
+    log = core.log
+    scan = core.impl.scan
+    unpack = HEADER.unpack_from
+    left = limit if limit is not None else -1
+    seg = log.segment(seg_first)
+    max_out = 8192
+    while True:
+        buf = seg.buffer(0)
+        if len(buf) < seg.end or (seg is log.segments[-1]):
+            buf = seg.buffer(os.path.getsize(seg.path))
+        n = len(buf)
+        while off < n and next_pos <= stop:
+            r = scan(buf, off, n, next_position=next_pos, kinds=EVENT_KINDS, types=tfilter, max_out=max_out,
+                     stop_position=stop)
+            offs = r.offsets
+            if r.code == EFULL:
+                max_out *= 4
+                continue
+            if offs:
+                if unpack(buf, offs[0])[7] <= gt:
+                    offs = [o for o in offs if unpack(buf, o)[7] > gt]
+                if offs and unpack(buf, offs[-1])[7] > stop:
+                    offs = [o for o in offs if unpack(buf, o)[7] <= stop]
+                if left >= 0:
+                    del offs[left:]
+                    left -= len(offs)
+                batch = [_new_record(RecordedEvent, (buf, o, None)) for o in offs]
+                if up is not None and up.region_needs(buf, off, r.end):
+                    batch = up.apply_list(batch)
+                yield batch
+                if left == 0:
+                    return
+            off, next_pos = r.end, r.next_position
+            if r.code != 0:
+                if next_pos > stop:
+                    return
+                raise CorruptedError(seg.path, r.err_off, "bad record")
+            if r.commits == 0:
+                break
+        if next_pos > stop:
+            return
+        i = log.segments.index(seg)
+        if i + 1 >= len(log.segments):
+            log.load_segments()
+            if i + 1 >= len(log.segments):
+                raise CorruptedError(seg.path, off, f"the log ends before position {stop}")
+        seg = log.segments[i + 1]
+        off = 32
+
+
+
+_Cond = tuple[list[tuple[frozenset[bytes] | None, tuple[bytes, ...]]], int, Any]
+
+
+def _check_condition(condition: Any) -> _Cond | None:
+    if condition is None:
+        return None
+    if not isinstance(condition, Condition):
+        raise TypeError("condition must be an evstore.Condition(items, after)")
+    after = _check_position(condition.after, "condition.after", allow_none=False)
+    return (_query_items(condition.items), after or 0, condition)
+
+
+def _tag_set(rec: RecordedEvent) -> set[bytes]:
+    return {t.encode("utf-8") for t in rec.tags}
 
 
 def _type_filter(types: Iterable[str] | None) -> tuple[bytes, ...] | None:

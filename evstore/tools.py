@@ -306,6 +306,8 @@ def event_json(e: RecordedEvent, *, exact: bool) -> dict[str, Any]:
         "schema": e.schema,
         "recorded_at_ns": e.recorded_at_ns,
     }
+    if e.tags:
+        d["tags"] = list(e.tags)
     for name, raw in (("data", e.data), ("metadata", e.metadata)):
         if not exact:
             try:
@@ -364,7 +366,10 @@ def _parse_line(n: int, line: str) -> tuple[Any, ...]:
         data = base64.b64decode(d.get("data_b64", ""), validate=True)
         meta = base64.b64decode(d.get("metadata_b64", ""), validate=True)
         eid = uuid.UUID(d["id"])
-        event = evstore.NewEvent(d["type"], data, metadata=meta, id=eid, schema=d["schema"])
+        tags = d.get("tags", [])
+        if not isinstance(tags, list):
+            raise TypeError("tags must be a list of str")
+        event = evstore.NewEvent(d["type"], data, metadata=meta, id=eid, schema=d["schema"], tags=tuple(tags))
         from evstore.store import _encode_events, _check_stream
 
         _check_stream(stream)

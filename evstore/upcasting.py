@@ -98,11 +98,13 @@ class Upcasters:
                 raise TypeError(f"the upcaster of {r.type!r} schema {h[11]} must return bytes data and metadata")
             tb = ntype.encode("utf-8")
             sb = bytes(buf[s:t])
-            ln = HEADER_SIZE + len(sb) + len(tb) + len(meta) + len(data)
+            g = t + h[4] + h[12]
+            gb = bytes(buf[g : g + h[6]])  # the tags stay
+            ln = HEADER_SIZE + len(sb) + len(tb) + len(meta) + len(gb) + len(data)
             # A synthetic record (checksum 0: it is not a log record) in the same format, so that every
             # RecordedEvent accessor, equality and pickling work unchanged.
-            raw = _pack(0, ln, KIND_EVENT, h[3], len(tb), len(sb), 0, h[7], h[8], h[9], h[10], h[11] + 1,
-                        len(meta)) + sb + tb + bytes(meta) + bytes(data)
+            raw = _pack(0, ln, KIND_EVENT, h[3], len(tb), len(sb), len(gb), h[7], h[8], h[9], h[10], h[11] + 1,
+                        len(meta)) + sb + tb + bytes(meta) + gb + bytes(data)
             r = _new(RecordedEvent, (raw, 0, r[2]))
 
 

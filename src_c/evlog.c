@@ -8,7 +8,7 @@
  *   2. length < 64                                         EVL_EFRAME
  *   3. length > bytes left                                 EVL_ETRUNC
  *   4. checksum of bytes 4..length                         EVL_ECRC
- *   5. stream_len + type_len + meta_len > length - 64      EVL_EFRAME
+ *   5. stream_len + type_len + tags_len + meta_len > length - 64   EVL_EFRAME
  *   6. kind 0 or above EVL_KIND_MAX                        EVL_EKIND
  * Nothing but the length is trusted before the checksum, so that garbage (a torn tail, zeros)
  * reads as ETRUNC, EFRAME or ECRC, and EKIND only ever means an intact record of a newer format.
@@ -57,6 +57,7 @@ enum {
     F_KIND = 8,
     F_TYPE_LEN = 10,
     F_STREAM_LEN = 12,
+    F_TAGS_LEN = 14,
     F_POSITION = 16,
     F_VERSION = 24,
     F_SCHEMA = 56,
@@ -155,7 +156,8 @@ static int check_record(const uint8_t *buf, size_t n, size_t off, uint32_t *len)
     const uint8_t *r = buf + off;
     if (evl_crc32c(0, r + F_LENGTH, *len - F_LENGTH) != le32(r + F_CRC))
         return EVL_ECRC;
-    uint64_t parts = (uint64_t)le16(r + F_STREAM_LEN) + le16(r + F_TYPE_LEN) + le32(r + F_META_LEN);
+    uint64_t parts = (uint64_t)le16(r + F_STREAM_LEN) + le16(r + F_TYPE_LEN) + le16(r + F_TAGS_LEN)
+                     + le32(r + F_META_LEN);
     if (parts > *len - EVL_HEADER_SIZE)
         return EVL_EFRAME;
     if (r[F_KIND] == 0 || r[F_KIND] > EVL_KIND_MAX)
@@ -227,7 +229,7 @@ static int check_commit(const uint8_t *c, uint32_t len, uint64_t records, uint64
                         uint64_t events, int known, uint64_t *first)
 {
     if (len != COMMIT_SIZE || le16(c + F_STREAM_LEN) != 0 || le16(c + F_TYPE_LEN) != 0
-        || le32(c + F_META_LEN) != 0)
+        || le16(c + F_TAGS_LEN) != 0 || le32(c + F_META_LEN) != 0)
         return EVL_ECOMMIT;
     if (le64(c + F_VERSION) != events || le32(c + F_SCHEMA) != records
         || le64(c + EVL_HEADER_SIZE) != bytes)
