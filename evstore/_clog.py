@@ -24,7 +24,7 @@ def crc32c(data: Any, crc: int = 0) -> int:
     """CRC-32C of the bytes-like `data`, continuing `crc` (0 to start)."""
     check_uint("crc", crc, 32)
     with ffi.from_buffer("uint8_t[]", data) as p:
-        return lib.evl_crc32c(crc, p, len(p))
+        return int(lib.evl_crc32c(crc, p, len(p)))
 
 
 def seal(buf: bytearray) -> None:
@@ -93,7 +93,7 @@ def walk(buf: Any, off: int, count: int, n: int) -> list[int]:
         rc = lib.evl_walk(p, n, off, count, out, err)
     if rc:
         raise LogFormatError(rc, err[0])
-    return ffi.unpack(out, count)
+    return list(ffi.unpack(out, count))
 
 
 def find_commit(buf: Any, off: int, n: int) -> int:

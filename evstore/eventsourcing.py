@@ -332,7 +332,7 @@ class EvstoreRecorder:
     def _build(oid: uuid.UUID | str, recs: list[RecordedEvent], off: int | None) -> list[StoredEvent]:
         """StoredEvents of one stream's records; originator_version = version + off, or from the
         metadata when off is None. (Hot path: one slim header unpack and two slices per event.)"""
-        out = []
+        out: list[StoredEvent] = []
         append = out.append
         topics = _topics
         unpack = _slim
@@ -356,7 +356,7 @@ class EvstoreRecorder:
 
     def _notifications(self, recs: Iterator[RecordedEvent] | list[RecordedEvent]) -> list[Notification]:
         """Notifications of records read from the log (any streams)."""
-        out = []
+        out: list[Notification] = []
         append = out.append
         topics = _topics
         streams = self._streams
@@ -504,7 +504,7 @@ class _Settings:
             raise EvstoreSettingError(
                 f"{EvstoreFactory.EVSTORE_DURABILITY} must be 'fsync' or 'os', not {self.durability!r}"
             )
-        self.options: dict[str, int] = {}
+        self.options: dict[str, Any] = {}
         for key, opt in ((EvstoreFactory.EVSTORE_SEGMENT_SIZE, "segment_size"),
                          (EvstoreFactory.EVSTORE_MAP_SIZE, "map_size")):
             raw = (env.get(key) or "").strip()
@@ -583,7 +583,8 @@ class EvstoreFactory(InfrastructureFactory[EvstoreTrackingRecorder]):
 
     def application_recorder(self) -> ApplicationRecorder:
         cls = self._recorder_class(self.APPLICATION_RECORDER_TOPIC, self.application_recorder_class)
-        return cls(self._store())
+        rec: ApplicationRecorder = cls(self._store())
+        return rec
 
     def tracking_recorder(
         self, tracking_recorder_class: type[EvstoreTrackingRecorder] | None = None
@@ -594,7 +595,8 @@ class EvstoreFactory(InfrastructureFactory[EvstoreTrackingRecorder]):
 
     def process_recorder(self) -> ProcessRecorder:
         cls = self._recorder_class(self.PROCESS_RECORDER_TOPIC, self.process_recorder_class)
-        return cls(self._store())
+        rec: ProcessRecorder = cls(self._store())
+        return rec
 
     def _recorder_class(self, setting: str, default: type[Any]) -> type[Any]:
         topic = self.env.get(setting)

@@ -205,7 +205,7 @@ def stream_key(stream: Any) -> bytes:
     """Index key of a stream id (validated by the caller)."""
     if isinstance(stream, str):
         return b"s" + stream.encode("utf-8")
-    return b"u" + stream.bytes
+    return b"u" + bytes(stream.bytes)
 
 
 def max_tracking(index: Index, txn: lmdb.Transaction, name: bytes) -> int | None:

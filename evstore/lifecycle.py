@@ -59,7 +59,7 @@ class Lifecycle:
             if len(t) != 3 or not all(isinstance(x, str) and x for x in t):
                 problems.append(f"transition {t!r} is not a (state, event_type, next_state) of non-empty strs")
                 continue
-            src, etype, dst = t
+            src, etype, dst = str(t[0]), str(t[1]), str(t[2])
             if (src, etype) in table:
                 problems.append(f"transition ({src!r}, {etype!r}) is declared twice "
                                 f"(-> {table[(src, etype)]!r} and -> {dst!r}); keep one")
@@ -272,7 +272,7 @@ def add_draw_parser(subparsers: Any) -> argparse.ArgumentParser:
                                      "the current directory is on the path)")
     d.add_argument("--format", choices=("mermaid", "dot"), default="mermaid", help="diagram format (default mermaid)")
     d.set_defaults(func=draw_command)
-    return p
+    return p  # type: ignore[no-any-return]
 
 
 def draw_command(args: argparse.Namespace) -> int:

@@ -1037,7 +1037,8 @@ class _Core:
                 cur = txn.cursor(index.db["tags"])
                 if not cur.set_range(first + COMMIT_KEY.pack(gt + 1)):
                     continue
-                for k, v in cur:
+                for kraw, v in cur:
+                    k = bytes(kraw)
                     if not k.startswith(first):
                         break
                     pos = COMMIT_KEY.unpack_from(k, len(first))[0]

@@ -242,7 +242,7 @@ def _last_good_end(log: Log, seg_path: str) -> int:
     off = SEGMENT_HEADER_SIZE
     while True:
         r = log.impl.scan(buf, off, size, next_position=0, kinds=0, max_out=0)
-        off = r.end
+        off = int(r.end)
         if r.code != 0 or r.end >= size or not r.commits:
             return off
 
