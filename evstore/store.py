@@ -339,8 +339,14 @@ class _Core:
         self.syncing = False
         self.written_seq = 0
         self.durable_seq = 0
-        self.pending: list[IndexBatch] = []
-        self.pending_ids: dict[bytes, int] = {}
+        self.pending: list[IndexBatch] = []  # written, not yet durable
+        self.pending_ids: dict[bytes, int] = {}  # caller ids written, not yet indexed
+        self.unindexed: list[IndexBatch] = []  # durable, not yet indexed
+        self.unindexed_seq = 0
+        self.indexed_seq = 0
+        self.queue_lock = threading.Lock()
+        self.index_lock = threading.Lock()
+        self.flush_timer: threading.Timer | None = None
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -662,6 +668,11 @@ class _Core:
         syncer needs it)."""
         if self.durable_seq < self.written_seq and self.failed is None:
             self.await_durable(self.written_seq)
+        timer = self.flush_timer
+        if timer is not None:
+            timer.cancel()
+        if self.failed is None:
+            self.flush_index()
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -678,6 +689,7 @@ class _Core:
                 return self._commit(parts, extras, binder, ts, condition)
             except _NeedFlush:
                 self.await_durable(self.written_seq)  # index what is written, then check again
+                self.flush_index()
         try:
             return self._commit(parts, extras, binder, ts, condition)
         except _NeedFlush:
@@ -694,7 +706,7 @@ class _Core:
             if done is not None:
                 return done
             if condition is not None:
-                if self.durable_seq < self.written_seq:
+                if self.indexed_seq < self.written_seq:
                     raise _NeedFlush  # the check reads the index: index what is written first
                 hit = self.query(condition[0], condition[1], None, 1)
                 if hit:
@@ -814,12 +826,11 @@ class _Core:
         with self.index.begin() as txn:
             db = self.index.db["ids"]
             for i in ids:
-                pos = self.pending_ids.get(i)
-                if pos is None:
-                    raw = txn.get(i, db=db)
-                    pos = None if raw is None else U64.unpack(raw)[0]
-                if pos is not None:
-                    found[i] = pos
+                if i in self.pending_ids:
+                    raise _NeedFlush  # a retry of a commit not indexed yet: index it, then compare
+                raw = txn.get(i, db=db)
+                if raw is not None:
+                    found[i] = U64.unpack(raw)[0]
         if not found:
             return None
         results = []
@@ -914,10 +925,13 @@ class _Core:
         return results, self.written_seq
 
     def await_durable(self, seq: int) -> None:
-        """Return once commit `seq` is durable (per the durability mode) and indexed.
+        """Return once commit `seq` is durable (per the durability mode).
 
-        Group commit: one thread syncs and indexes every commit written so far while the others wait;
-        commits written during that sync are served by the next one.
+        Group commit: one thread syncs every commit written so far while the others wait; commits
+        written during that sync are served by the next one. Waiters are released as soon as the
+        sync returns; the syncer then indexes (durability="fsync"), or leaves the indexing to the
+        next read, a batch of 512 commits or a timer 20 ms on (durability="os"). Every read of this
+        process first indexes what is durable, so a caller always reads its own writes.
         """
         cond = self.sync_cond
         with cond:
@@ -943,17 +957,10 @@ class _Core:
                 os.fdatasync(fd)
             for rfd in retired:
                 os.close(rfd)
-            if batches:
-                batch = batches[0]
-                for b in batches[1:]:
-                    batch.merge(b)
-                self.index.write(batch)
-                with self.wlock:
-                    for k, _v in batch.ids:
-                        self.pending_ids.pop(k, None)
-                with self.commit_cond:
-                    self.commit_cond.notify_all()
-        except BaseException as e:  # an fsync or index failure: stop accepting writes
+            with self.queue_lock:
+                self.unindexed.extend(batches)
+                self.unindexed_seq = target
+        except BaseException as e:  # an fsync failure: stop accepting writes
             err = e
         with cond:
             self.syncing = False
@@ -964,6 +971,53 @@ class _Core:
             cond.notify_all()
         if err is not None:
             raise StoreFailed(f"the commit may not be durable: {err}; reopen the store") from err
+        if self.durability == "fsync" or len(self.unindexed) >= 512:
+            self.flush_index()
+        else:
+            self._arm_flush_timer()
+
+    def flush_index(self) -> None:
+        """Write the index entries of every durable commit not indexed yet, in one LMDB transaction."""
+        with self.index_lock:
+            with self.queue_lock:
+                batches, self.unindexed = self.unindexed, []
+                target = self.unindexed_seq
+            if not batches:
+                return
+            batch = batches[0]
+            for b in batches[1:]:
+                batch.merge(b)
+            try:
+                self.index.write(batch)
+            except BaseException as e:  # the log has the commits; a reopen indexes them
+                self.failed = e
+                raise StoreFailed(f"the index could not be written ({e}); reopen the store") from e
+            with self.wlock:
+                for k, _v in batch.ids:
+                    self.pending_ids.pop(k, None)
+            self.indexed_seq = target
+        with self.commit_cond:
+            self.commit_cond.notify_all()
+
+    def refresh(self) -> None:
+        """Index every durable commit before a read (read-your-writes); cheap when there is none."""
+        if self.indexed_seq < self.durable_seq:
+            self.flush_index()
+
+    def _arm_flush_timer(self) -> None:
+        if self.flush_timer is None:
+            t = threading.Timer(0.02, self._timer_flush)
+            t.daemon = True
+            self.flush_timer = t
+            t.start()
+
+    def _timer_flush(self) -> None:
+        self.flush_timer = None
+        if not self.closed and self.failed is None:
+            try:
+                self.flush_index()
+            except EvstoreError:  # recorded in self.failed; the next write reports it
+                pass
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -1156,6 +1210,13 @@ class EventStore:
             raise StoreClosed(self.path)
         return core
 
+    def _r(self) -> _Core:
+        """The core, for a read: every durable commit of this process is indexed first."""
+        core = self._c()
+        if core.indexed_seq < core.durable_seq:
+            core.flush_index()
+        return core
+
     def _w(self) -> _Core:
         core = self._c()
         if self.readonly:
@@ -1215,14 +1276,14 @@ class EventStore:
 
     def max_tracking(self, upstream: str) -> int | None:
         """The largest position recorded with `tracking=(upstream, ...)`, or None."""
-        core = self._c()
+        core = self._r()
         name = _tracking_name(upstream)
         with core.index.begin() as txn:
             return max_tracking(core.index, txn, name)
 
     def has_tracking(self, upstream: str, position: int) -> bool:
         """Whether a tracking record for exactly (`upstream`, `position`) was committed."""
-        core = self._c()
+        core = self._r()
         name = _tracking_name(upstream)
         _check_position(position, "position", allow_none=False)
         with core.index.begin() as txn:
@@ -1233,7 +1294,7 @@ class EventStore:
         """Events with `gt < position <= lte` that match any of `items` (an event matches an item when
         its type is one of the item's types, or the item names none, and it carries every tag of the
         item), in position order, at most `limit`. Served by the tag and type indexes."""
-        core = self._c()
+        core = self._r()
         start = _check_position(gt, "gt", allow_none=False)
         lte = _check_position(lte, "lte")
         limit = _check_position(limit, "limit")
@@ -1261,7 +1322,7 @@ class EventStore:
                   timeout: float | None = None) -> Subscription:
         """Events after position `gt` (of the given types), then new ones as they commit, from this
         process or another; never skips or repeats one. See `Subscription`."""
-        core = self._c()
+        core = self._r()
         _check_position(gt, "gt", allow_none=False)
         if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
             raise ValueError("timeout must be None or a number of seconds >= 0")
@@ -1271,7 +1332,7 @@ class EventStore:
 
     def stream_version(self, stream: Stream) -> int:
         """The stream's last version (0 when it has no events)."""
-        core = self._c()
+        core = self._r()
         _check_stream(stream)
         with core.index.begin() as txn:
             raw = txn.get(stream_key(stream), db=core.index.db["heads"])
@@ -1279,7 +1340,7 @@ class EventStore:
 
     def head(self) -> int:
         """The position of the last committed event (0 when the store is empty)."""
-        core = self._c()
+        core = self._r()
         with core.index.begin() as txn:
             cp = core.index.get_checkpoint(txn)
         return 0 if cp is None else cp[2] - 1
@@ -1288,7 +1349,7 @@ class EventStore:
                     limit: int | None = None) -> list[RecordedEvent]:
         """The stream's events with `gt < version <= lte`, oldest first (newest first with desc=True),
         at most `limit` of them. An absent stream reads as empty."""
-        core = self._c()
+        core = self._r()
         _check_stream(stream)
         gt = _check_position(gt, "gt")
         lte = _check_position(lte, "lte")
@@ -1326,7 +1387,7 @@ class EventStore:
                  types: Iterable[str] | None = None) -> Iterator[RecordedEvent]:
         """Every event with `gt < position <= lte` in position order (of the given types, if any),
         as of the moment of the call; at most `limit`. Streams the log: memory stays flat."""
-        core = self._c()
+        core = self._r()
         start = _check_position(gt, "gt", allow_none=False)
         lte = _check_position(lte, "lte")
         limit = _check_position(limit, "limit")
@@ -1415,7 +1476,7 @@ class EventStore:
 
     def event_at(self, position: int) -> RecordedEvent | None:
         """The event at a global position, or None."""
-        core = self._c()
+        core = self._r()
         _check_position(position, "position", allow_none=False)
         r = core.record_at(position) if position > 0 else None
         if r is not None and self._up is not None:
@@ -1425,7 +1486,7 @@ class EventStore:
     def streams(self, *, prefix: str = "") -> Iterator[tuple[Stream, int]]:
         """(stream, version) of every stream, string ids in UTF-8 order (those starting with `prefix`),
         then UUID ids when no prefix is given."""
-        core = self._c()
+        core = self._r()
         p = b"s" + prefix.encode("utf-8")
         with core.index.begin() as txn:
             cur = txn.cursor(core.index.db["heads"])
@@ -1457,7 +1518,7 @@ class EventStore:
     def stream_state(self, stream: Stream) -> str | None:
         """The stream's lifecycle state: the recorded one, else (for a stream bound to a lifecycle) the
         state its visible history leads to (the initial state for a new stream), else None."""
-        core = self._c()
+        core = self._r()
         h = self._head(core, stream)
         if h is not None and h.state is not None:
             return h.state
@@ -1470,7 +1531,7 @@ class EventStore:
 
     def stream_info(self, stream: Stream) -> StreamInfo | None:
         """What the index holds on the stream's head (version, marks, recorded state), or None."""
-        core = self._c()
+        core = self._r()
         h = self._head(core, stream)
         if h is None:
             return None
@@ -1521,7 +1582,7 @@ class EventStore:
 
         For lifecycles introduced after data exists. A refused event is skipped (the state stays) so
         that later violations are found too. Only the visible history is checked (after a soft delete)."""
-        self._c()
+        self._r()
         if self._binder is None:
             return []
         out: list[LifecycleViolation] = []
@@ -1603,7 +1664,7 @@ class EventStore:
         """The latest snapshot of the stream at or below version `lte`, or None.
 
         Snapshots at or below a soft delete are not returned; a tombstoned stream raises `StreamDeleted`."""
-        core = self._c()
+        core = self._r()
         lte = _check_position(lte, "lte")
         h = self._head(core, stream)
         if h is None:
@@ -1616,6 +1677,7 @@ class EventStore:
         when None); returns how many were dropped. The log keeps their bytes: a rebuild of the index
         from the log brings them back."""
         core = self._w()
+        core.refresh()
         if type(keep) is not int or keep < 0:
             raise ValueError("keep must be an int >= 0")
         num = None
@@ -1655,7 +1717,7 @@ class EventStore:
         `encode_snapshot`, saves a new snapshot (`encode_snapshot(state)`, of `snapshot_type` and
         `schema`) when more than N events were replayed (not on a read-only handle). The returned
         `version` is what the next append expects."""
-        core = self._c()
+        core = self._r()
         if snapshot_every is not None and (type(snapshot_every) is not int or snapshot_every < 0
                                            or encode_snapshot is None):
             raise ValueError("snapshot_every needs an int >= 0 and an encode_snapshot function")

@@ -132,7 +132,7 @@ def info(path: str) -> dict[str, Any]:
     checkpoint = None
     if os.path.exists(os.path.join(ipath, "data.mdb")):
         with evstore.open(real, readonly=True, create=False) as s:
-            idx = s._c().index
+            idx = s._r().index
             with idx.begin() as txn:
                 checkpoint = idx.get_checkpoint(txn)
                 index_head = 0 if checkpoint is None else checkpoint[2] - 1
@@ -259,7 +259,7 @@ def backup(path: str, dest: str, progress: Progress = _no_progress) -> int:
     real = _store_dir(path)
     target = check_target(dest, "backup destination")
     with evstore.open(real, readonly=True, create=False) as s:
-        idx = s._c().index
+        idx = s._r().index
         with idx.begin() as txn:
             cp = idx.get_checkpoint(txn)
     if cp is None:
@@ -421,7 +421,7 @@ def consumers(path: str) -> list[tuple[str, int, int]]:
     best: dict[str, int] = {}
     with evstore.open(_store_dir(path), readonly=True, create=False) as s:
         head = s.head()
-        idx = s._c().index
+        idx = s._r().index
         with idx.begin() as txn:
             cur = txn.cursor(idx.db["tracking"])
             if cur.set_range(prefix):

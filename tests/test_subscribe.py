@@ -103,3 +103,43 @@ def test_subscription_sees_commits_of_a_writer_process(store_path: str, impl: st
                 break
         assert proc.wait(timeout=60) == 0
     assert positions == list(range(1, 202))
+
+
+def test_os_durability_commits_are_seen_by_other_threads_and_processes(store_path: str, impl: str) -> None:
+    code = (
+        "import evstore, sys, time\n"
+        f"s = evstore.open({store_path!r}, log_impl={impl!r}, durability='os')\n"
+        "for i in range(50):\n"
+        "    s.append('w', [evstore.NewEvent('T', b'x')])\n"
+        "print('written', flush=True)\n"
+        "time.sleep(30)\n"  # still open: the commits must reach readers without a close
+    )
+    with evstore.open(store_path, log_impl=impl) as s:
+        s.append("init", [NewEvent("T", b"")])
+    proc = subprocess.Popen([PY, "-c", code], env=python_env(), stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "written"
+        with evstore.open(store_path, readonly=True, log_impl=impl) as r:
+            deadline = time.monotonic() + 5
+            while r.head() < 51 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert r.head() == 51  # indexed by the writer's timer, well within a second
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_os_durability_reads_see_own_and_other_threads_writes(store_path: str, impl: str) -> None:
+    with evstore.open(store_path, log_impl=impl, durability="os") as s:
+        seen = []
+
+        def reader() -> None:
+            seen.append(s.stream_version("x"))
+
+        for i in range(1, 20):
+            s.append("x", [NewEvent("T", b"")])
+            assert s.stream_version("x") == i and s.head() == i
+            t = threading.Thread(target=reader)
+            t.start()
+            t.join()
+        assert seen == list(range(1, 20))
