@@ -20,35 +20,15 @@ from typing import Any
 
 import evstore
 from evstore import tools
+from evstore._progress import Progress
 
 
 @contextlib.contextmanager
 def _progress(total: int | None, unit: str, desc: str) -> Iterator[tools.Progress]:
     """A one-line progress report with rate and ETA on a terminal; nothing when stderr is piped."""
-    if not sys.stderr.isatty():
-        yield lambda n: None
-        return
-    t0 = time.monotonic()
-    state = {"done": 0, "shown": 0.0}
-
-    def show(final: bool = False) -> None:
-        dt = max(time.monotonic() - t0, 1e-9)
-        rate = state["done"] / dt
-        line = f"\r{desc}: {state['done']:,} {unit} ({rate:,.0f} {unit}/s"
-        if total and rate and not final:
-            line += f", ETA {max(total - state['done'], 0) / rate:.0f} s"
-        sys.stderr.write(line + ")" + ("\n" if final else ""))
-        sys.stderr.flush()
-
-    def update(n: int) -> None:
-        state["done"] += n
-        now = time.monotonic()
-        if now - state["shown"] >= 0.2:
-            state["shown"] = now
-            show()
-
-    yield update
-    show(final=True)
+    bar = Progress(desc, unit, total)
+    yield bar.update
+    bar.close()
 
 
 def _print_events(events: Any, fmt: str) -> int:
