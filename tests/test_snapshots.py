@@ -90,6 +90,8 @@ def test_snapshots_below_a_soft_delete_are_ignored(store: evstore.EventStore) ->
     store.save_snapshot("a-1", 3, b"999", type="Sum")
     store.delete_stream("a-1")
     assert store.load_snapshot("a-1") is None
+    with pytest.raises(ValueError, match="visible version"):
+        store.save_snapshot("a-1", 3, b"never loadable", type="S")  # at the delete watermark
     store.append("a-1", [NewEvent("Added", b"5")])
     assert store.load("a-1", apply=fold, initial=0, decode_snapshot=dec) == evstore.Loaded(5, 4)
 
