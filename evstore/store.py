@@ -6,6 +6,7 @@ import errno as _errno
 import fcntl
 import io
 import json
+import mmap
 import os
 import threading
 from itertools import chain
@@ -1818,6 +1819,7 @@ def _scan_batches(core: _Core, up: Upcasters | None, seg_first: int, off: int, n
                 yield batch
                 if left == 0:
                     return
+                _release(buf, off, r.end)
             off, next_pos = r.end, r.next_position
             if r.code != 0:
                 if next_pos > stop:
@@ -1835,6 +1837,21 @@ def _scan_batches(core: _Core, up: Upcasters | None, seg_first: int, off: int, n
         seg = log.segments[i + 1]
         off = 32
 
+
+
+_PAGE = mmap.PAGESIZE
+
+
+def _release(buf: Any, start: int, end: int) -> None:
+    """Drop the mapped pages of a region a replay has moved past, so that replaying a large log keeps a
+    flat resident size. Safe for records still held: their pages fault back in from the page cache."""
+    a = (start + _PAGE - 1) // _PAGE * _PAGE
+    b = end // _PAGE * _PAGE
+    if b > a and isinstance(buf, mmap.mmap):
+        try:
+            buf.madvise(mmap.MADV_DONTNEED, a, b - a)
+        except (OSError, ValueError):  # pragma: no cover - advice only
+            pass
 
 
 _Cond = tuple[list[tuple[frozenset[bytes] | None, tuple[bytes, ...]]], int, Any]

@@ -336,3 +336,28 @@ def test_read_stream_desc_limit_reads_only_the_newest(store: evstore.EventStore)
     assert [e.version for e in newest] == [500, 499, 498]
     assert [e.version for e in store.read_stream("s", gt=100, limit=2)] == [101, 102]
     assert [e.version for e in store.read_stream("s", lte=5, desc=True, limit=10)] == [5, 4, 3, 2, 1]
+
+
+def test_replay_keeps_resident_memory_flat(store_path: str) -> None:
+    """A replay drops the mapped pages it has moved past (reads of held records fault them back)."""
+    def rss_mb() -> float:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS"):
+                    return int(line.split()[1]) / 1024
+        raise AssertionError("no VmRSS")  # pragma: no cover
+
+    with evstore.open(store_path, durability="os") as s:
+        events = [ev(data=bytes(1000)) for _ in range(1000)]
+        for _ in range(100):
+            s.append("big", events)  # ~107 MB of log
+        base = rss_mb()
+        first = None
+        peak = base
+        for i, e in enumerate(s.read_all()):
+            if first is None:
+                first = e
+            if i % 10_000 == 0:
+                peak = max(peak, rss_mb())
+        assert peak - base < 60, (base, peak)
+        assert first is not None and first.data == bytes(1000)  # still readable after its pages went
