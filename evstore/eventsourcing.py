@@ -25,7 +25,7 @@ import os
 import struct
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import evstore
@@ -245,17 +245,17 @@ class EvstoreRecorder:
                 limit: int | None) -> list[StoredEvent]:
         if limit is not None and limit <= 0:
             return []
-        read = self.store.read_stream
+        read = self.store._stream_chunks  # (mapping, offsets) pairs: no record objects in between
         base = self._bases.get(oid)
         if base is None and gt is None and lte is None and not desc:
-            recs = read(oid, limit=limit)
-            if not recs:
+            chunks = read(oid, limit=limit)
+            if not chunks:
                 return []
-            base = _ov_of(recs[0])
+            base = _ov_of((chunks[0][0], chunks[0][1][0]))
             self._remember_base(oid, base)
-            top = recs[-1]
+            top = (chunks[-1][0], chunks[-1][1][-1])
             contiguous = _ov_of(top) == _unpack(top[0], top[1])[8] + base - 1
-            return self._build(oid, recs, base - 1 if contiguous else None)
+            return self._build(oid, chunks, base - 1 if contiguous else None)
         if base is None:
             base = self._base(oid)
             if base is None:
@@ -278,11 +278,11 @@ class EvstoreRecorder:
                     vgt = hi - limit
             elif vlte is None or vlte > (vgt or 0) + limit:
                 vlte = (vgt or 0) + limit
-        recs = read(oid, gt=vgt, lte=vlte, desc=desc, limit=limit)
-        if recs:
-            top = recs[0] if desc else recs[-1]
+        chunks = read(oid, gt=vgt, lte=vlte, desc=desc, limit=limit)
+        if chunks:
+            top = (chunks[0][0], chunks[0][1][0]) if desc else (chunks[-1][0], chunks[-1][1][-1])
             if _ov_of(top) == _unpack(top[0], top[1])[8] + off:
-                return self._build(oid, recs, off)  # contiguous up to the highest version read
+                return self._build(oid, chunks, off)  # contiguous up to the highest version read
         elif vgt is None:
             return []
         else:
@@ -325,37 +325,37 @@ class EvstoreRecorder:
             hi = a
         if lo > hi:
             return []
-        recs = self.store.read_stream(oid, gt=lo - 1, lte=hi, desc=desc, limit=limit)
-        return self._build(oid, recs, None)
+        return self._build(oid, self.store._stream_chunks(oid, gt=lo - 1, lte=hi, desc=desc, limit=limit), None)
 
     @staticmethod
-    def _build(oid: uuid.UUID | str, recs: list[RecordedEvent], off: int | None) -> list[StoredEvent]:
-        """StoredEvents of one stream's records; originator_version = version + off, or from the
-        metadata when off is None. (Hot path: one slim header unpack and two slices per event.)"""
+    def _build(oid: uuid.UUID | str, chunks: list[tuple[Any, list[int]]], off: int | None) -> list[StoredEvent]:
+        """StoredEvents of one stream's records, given as (mapping, offsets) chunks; originator_version
+        = version + off, or from the metadata when off is None. (Hot path: one slim header unpack and
+        two slices per event.)"""
         out: list[StoredEvent] = []
         append = out.append
         topics = _topics
         unpack = _slim
         new = _new
         cls = StoredEvent
-        for r in recs:
-            buf, o = r[0], r[1]
-            ln, _fl, tl, sl, gl, _pos, ver, ml = unpack(buf, o)
-            t = o + HEADER_SIZE + sl
-            e = t + tl
-            tb = buf[t:e]
-            topic = topics.get(tb) or _topic(tb)
-            ev = new(cls)
-            d = ev.__dict__
-            d["originator_id"] = oid
-            d["originator_version"] = ver + off if off is not None else _unpack_ov(buf, e)[0]
-            d["topic"] = topic
-            d["state"] = buf[e + ml + gl : o + ln]
-            append(ev)
+        for buf, offsets in chunks:
+            for o in offsets:
+                ln, _fl, tl, sl, gl, _pos, ver, ml = unpack(buf, o)
+                t = o + HEADER_SIZE + sl
+                e = t + tl
+                tb = buf[t:e]
+                topic = topics.get(tb) or _topic(tb)
+                ev = new(cls)
+                d = ev.__dict__
+                d["originator_id"] = oid
+                d["originator_version"] = ver + off if off is not None else _unpack_ov(buf, e)[0]
+                d["topic"] = topic
+                d["state"] = buf[e + ml + gl : o + ln]
+                append(ev)
         return out
 
-    def _notifications(self, recs: Iterator[RecordedEvent] | list[RecordedEvent]) -> list[Notification]:
-        """Notifications of records read from the log (any streams)."""
+    def _notifications(self, chunks: Iterable[tuple[Any, list[int]]]) -> list[Notification]:
+        """Notifications of records read from the log (any streams), as (mapping, offsets) chunks."""
         out: list[Notification] = []
         append = out.append
         topics = _topics
@@ -364,25 +364,25 @@ class EvstoreRecorder:
         unpack_ov = _unpack_ov
         new = _new
         cls = Notification
-        for r in recs:
-            buf, o = r[0], r[1]
-            ln, fl, tl, sl, gl, pos, _ver, ml = unpack(buf, o)
-            s = o + HEADER_SIZE
-            t = s + sl
-            sb = buf[s:t]
-            oid = streams.get(sb)
-            if oid is None:
-                oid = self._stream_id(sb, fl)
-            e = t + tl
-            tb = buf[t:e]
-            n = new(cls)
-            d = n.__dict__
-            d["originator_id"] = oid
-            d["originator_version"] = unpack_ov(buf, e)[0]
-            d["topic"] = topics.get(tb) or _topic(tb)
-            d["state"] = buf[e + ml + gl : o + ln]
-            d["id"] = pos
-            append(n)
+        for buf, offsets in chunks:
+            for o in offsets:
+                ln, fl, tl, sl, gl, pos, _ver, ml = unpack(buf, o)
+                s = o + HEADER_SIZE
+                t = s + sl
+                sb = buf[s:t]
+                oid = streams.get(sb)
+                if oid is None:
+                    oid = self._stream_id(sb, fl)
+                e = t + tl
+                tb = buf[t:e]
+                n = new(cls)
+                d = n.__dict__
+                d["originator_id"] = oid
+                d["originator_version"] = unpack_ov(buf, e)[0]
+                d["topic"] = topics.get(tb) or _topic(tb)
+                d["state"] = buf[e + ml + gl : o + ln]
+                d["id"] = pos
+                append(n)
         return out
 
     def _stream_id(self, sb: bytes, flags: int) -> uuid.UUID | str:
@@ -429,7 +429,7 @@ class EvstoreApplicationRecorder(EvstoreAggregateRecorder, ApplicationRecorder):
         if limit is None or limit <= 0 or (stop is not None and stop <= gt):
             return []
         types = list(topics) if topics else None
-        return self._notifications(self.store.read_all(gt=gt, lte=stop, limit=limit, types=types))
+        return self._notifications(self.store._all_chunks(gt=gt, lte=stop, limit=limit, types=types))
 
     def max_notification_id(self) -> int | None:
         """The last notification id, or None when nothing is recorded."""
@@ -460,7 +460,7 @@ class EvstoreSubscription(Subscription[EvstoreApplicationRecorder]):
         rec = next(self._sub)
         if self._has_been_stopped:
             raise StopIteration
-        n = self._recorder._notifications([rec])[0]
+        n = self._recorder._notifications([(rec[0], [rec[1]])])[0]
         self._last_notification_id = n.id
         return n
 

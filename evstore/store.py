@@ -1055,6 +1055,18 @@ class _Core:
         """The records of versions lo..hi held by `extents` (verified by the log implementation),
         upcast by `up` where an extent's bytes hold a type it upcasts."""
         out: list[RecordedEvent] = []
+        for buf, offsets, start, end in self.extent_chunks(extents, lo, hi):
+            recs = [_new_record(RecordedEvent, (buf, o, stream)) for o in offsets]
+            if up is not None and up.region_needs(buf, start, end):
+                recs = up.apply_list(recs)
+            out.extend(recs)
+        return out
+
+    def extent_chunks(self, extents: list[tuple[int, int, int, int, int]], lo: int,
+                      hi: int) -> list[tuple[Any, list[int], int, int]]:
+        """(mapping, record offsets, region start, region end) of versions lo..hi held by `extents`,
+        verified by the log implementation: the raw form of a stream read."""
+        out = []
         walk = self.impl.walk
         segment = self.log.segment
         for v, seg, off, count, nbytes in extents:
@@ -1065,12 +1077,7 @@ class _Core:
                 offsets = walk(buf, off, count, off + nbytes)
             except LogFormatError as e:
                 raise CorruptedError(segment(seg).path, e.offset, str(e)) from None
-            a = max(lo - v, 0)
-            b = min(hi - v + 1, count)
-            recs = [_new_record(RecordedEvent, (buf, o, stream)) for o in offsets[a:b]]
-            if up is not None and up.region_needs(buf, off, off + nbytes):
-                recs = up.apply_list(recs)
-            out.extend(recs)
+            out.append((buf, offsets[max(lo - v, 0) : min(hi - v + 1, count)], off, off + nbytes))
         return out
 
     def query(self, items: list[tuple[frozenset[bytes] | None, tuple[bytes, ...]]], gt: int, lte: int | None,
@@ -1362,6 +1369,17 @@ class EventStore:
         """The stream's events with `gt < version <= lte`, oldest first (newest first with desc=True),
         at most `limit` of them. An absent stream reads as empty."""
         core = self._r()
+        found = self._stream_range(core, stream, gt, lte, desc, limit)
+        if found is None:
+            return []
+        out = core.walk_extents(*found, stream, self._up)
+        if desc:
+            out.reverse()
+        return out
+
+    def _stream_range(self, core: _Core, stream: Stream, gt: int | None, lte: int | None, desc: bool,
+                      limit: int | None) -> tuple[list[tuple[int, int, int, int, int]], int, int] | None:
+        """(extents, lo, hi) of a stream read, or None when it reads nothing (arguments checked)."""
         _check_stream(stream)
         gt = _check_position(gt, "gt")
         lte = _check_position(lte, "lte")
@@ -1371,25 +1389,32 @@ class EventStore:
         with index.begin() as txn:
             raw = txn.get(key, db=index.db["heads"])
             if raw is None:
-                return []
+                return None
             head = Head.unpack(raw)
             self._check_readable(stream, head)
             lo = max(gt or 0, head.hidden) + 1
             hi = head.version if lte is None else min(lte, head.version)
             if lo > hi or limit == 0:
-                return []
+                return None
             if limit is not None:  # versions are contiguous: fetch only the records asked for
                 if desc:
                     lo = max(lo, hi - limit + 1)
                 else:
                     hi = min(hi, lo + limit - 1)
-            extents = core.extents(txn, head.num, lo, hi)
-        out = core.walk_extents(extents, lo, hi, stream, self._up)
+            return core.extents(txn, head.num, lo, hi), lo, hi
+
+    def _stream_chunks(self, stream: Stream, *, gt: int | None = None, lte: int | None = None,
+                       desc: bool = False, limit: int | None = None) -> list[tuple[Any, list[int]]]:
+        """`read_stream` in raw form, for adapters that build their own objects: (mapping, record
+        offsets) pairs in read order. Records are as stored (upcasters are not applied)."""
+        core = self._r()
+        found = self._stream_range(core, stream, gt, lte, desc, limit)
+        if found is None:
+            return []
+        chunks = [(buf, offs) for buf, offs, _s, _e in core.extent_chunks(*found)]
         if desc:
-            out.reverse()
-        if limit is not None:
-            del out[limit:]
-        return out
+            chunks = [(buf, offs[::-1]) for buf, offs in reversed(chunks)]
+        return chunks
 
     def _check_readable(self, stream: Stream, head: Head) -> None:
         if head.flags & HEAD_TOMBSTONE:
@@ -1408,25 +1433,52 @@ class EventStore:
     def _read_all(self, core: _Core, gt: int, lte: int | None, limit: int | None,
                   tfilter: tuple[bytes, ...] | None) -> Iterator[RecordedEvent]:
         """Fix the snapshot (the head and where to start) now; the returned iterator scans lazily."""
-        if tfilter == ():
+        plan = self._all_plan(core, gt, lte, tfilter)
+        if plan is None:
             return iter(())
+        if plan[0] == "runs":
+            return chain.from_iterable(self._run_batches(core, plan[1], gt, plan[2], limit))
+        _kind, seg_first, off, next_pos, stop = plan
+        return chain.from_iterable(self._scan_batches(core, seg_first, off, next_pos, gt, stop, limit, tfilter))
+
+    def _all_chunks(self, *, gt: int = 0, lte: int | None = None, limit: int | None = None,
+                    types: Iterable[str] | None = None) -> Iterator[tuple[Any, list[int]]]:
+        """`read_all` in raw form, for adapters that build their own objects: (mapping, record offsets)
+        pairs in position order. Records are as stored (upcasters are not applied)."""
+        core = self._r()
+        tfilter = _type_filter(types)
+        plan = self._all_plan(core, gt, lte, tfilter)
+        if plan is None:
+            return
+        if plan[0] == "runs":
+            chunks = self._run_chunks(core, plan[1], gt, plan[2], limit)
+        else:
+            _kind, seg_first, off, next_pos, stop = plan
+            chunks = _scan_chunks(core, seg_first, off, next_pos, gt, stop, limit, tfilter)
+        for buf, offs, _s, _e in chunks:
+            yield buf, offs
+
+    def _all_plan(self, core: _Core, gt: int, lte: int | None, tfilter: tuple[bytes, ...] | None) -> Any:
+        """How a read of the log after `gt` goes, fixed now: None (nothing to read), ("runs", type runs,
+        stop) or ("scan", segment, offset, first position there, stop)."""
+        if tfilter == ():
+            return None
         with core.index.begin() as txn:
             cp = core.index.get_checkpoint(txn)
             if cp is None:
-                return iter(())
+                return None
             stop = cp[2] - 1 if lte is None else min(lte, cp[2] - 1)
             if gt >= stop:
-                return iter(())
+                return None
             if tfilter is not None:
-                runs = self._type_runs(core, txn, tfilter, gt, stop)
-                return chain.from_iterable(self._run_batches(core, runs, gt, stop, limit))
+                return "runs", self._type_runs(core, txn, tfilter, gt, stop), stop
             cur = txn.cursor(core.index.db["commits"])
             if not cur.set_range(COMMIT_KEY.pack(gt + 1)) or COMMIT_KEY.unpack(cur.key())[0] > gt + 1:
                 if not cur.prev():
                     cur.first()
             next_pos = COMMIT_KEY.unpack(cur.key())[0]
             seg_first, off = EXTENT_VAL.unpack(cur.value())[:2]
-        return chain.from_iterable(self._scan_batches(core, seg_first, off, next_pos, gt, stop, limit, tfilter))
+        return "scan", seg_first, off, next_pos, stop
 
     @staticmethod
     def _type_runs(core: _Core, txn: Any, tfilter: tuple[bytes, ...], gt: int,
@@ -1461,9 +1513,19 @@ class EventStore:
     def _run_batches(self, core: _Core, runs: list[tuple[int, int, int, int, int]], gt: int, stop: int,
                      limit: int | None) -> Iterator[list[RecordedEvent]]:
         """Lists of the records of each type run, verified, within gt < position <= stop."""
+        up = self._up
+        for buf, offsets, start, end in self._run_chunks(core, runs, gt, stop, limit):
+            batch = [_new_record(RecordedEvent, (buf, o, None)) for o in offsets]
+            if up is not None and up.region_needs(buf, start, end):
+                batch = up.apply_list(batch)
+            yield batch
+
+    @staticmethod
+    def _run_chunks(core: _Core, runs: list[tuple[int, int, int, int, int]], gt: int, stop: int,
+                    limit: int | None) -> Iterator[tuple[Any, list[int], int, int]]:
+        """(mapping, offsets, region start, region end) of each type run within gt < position <= stop."""
         left = -1 if limit is None else limit
         walk = core.impl.walk
-        up = self._up
         for p, seg_first, off, count, nbytes in runs:
             seg = core.log.segment(seg_first)
             buf = seg.buffer(off + nbytes)
@@ -1475,10 +1537,7 @@ class EventStore:
             if left >= 0:
                 del offsets[left:]
                 left -= len(offsets)
-            batch = [_new_record(RecordedEvent, (buf, o, None)) for o in offsets]
-            if up is not None and up.region_needs(buf, off, off + nbytes):
-                batch = up.apply_list(batch)
-            yield batch
+            yield buf, offsets, off, off + nbytes
             if left == 0:
                 return
 
@@ -1787,6 +1846,16 @@ class EventStore:
 def _scan_batches(core: _Core, up: Upcasters | None, seg_first: int, off: int, next_pos: int, gt: int, stop: int,
                   limit: int | None, tfilter: tuple[bytes, ...] | None) -> Iterator[list[RecordedEvent]]:
     """Lists of records from scanning the log (C: verify and filter whole commits) from `off`."""
+    for buf, offs, start, end in _scan_chunks(core, seg_first, off, next_pos, gt, stop, limit, tfilter):
+        batch = [_new_record(RecordedEvent, (buf, o, None)) for o in offs]
+        if up is not None and up.region_needs(buf, start, end):
+            batch = up.apply_list(batch)
+        yield batch
+
+
+def _scan_chunks(core: _Core, seg_first: int, off: int, next_pos: int, gt: int, stop: int,
+                 limit: int | None, tfilter: tuple[bytes, ...] | None) -> Iterator[tuple[Any, list[int], int, int]]:
+    """(mapping, offsets, region start, region end) of each scanned batch of event records."""
     log = core.log
     scan = core.impl.scan
     unpack = HEADER.unpack_from
@@ -1813,10 +1882,7 @@ def _scan_batches(core: _Core, up: Upcasters | None, seg_first: int, off: int, n
                 if left >= 0:
                     del offs[left:]
                     left -= len(offs)
-                batch = [_new_record(RecordedEvent, (buf, o, None)) for o in offs]
-                if up is not None and up.region_needs(buf, off, r.end):
-                    batch = up.apply_list(batch)
-                yield batch
+                yield buf, offs, off, r.end
                 if left == 0:
                     return
                 _release(buf, off, r.end)

@@ -90,10 +90,10 @@ s = evstore.open(sys.argv[1], log_impl=sys.argv[2])
 s.append("c-1", [evstore.NewEvent("A", b"")])
 s.append("d-1", [evstore.NewEvent("A", b""), evstore.NewEvent("B", b"")])
 s.append("t-1", [evstore.NewEvent("A", b"")])
+s.save_snapshot("d-1", 2, b"snap", type="S")
 s.close_stream("c-1")
 s.delete_stream("d-1")
 s.delete_stream("t-1", tombstone=True)
-s.save_snapshot("d-1", 2, b"snap", type="S")
 print("done", flush=True)
 os._exit(0)  # no close: the index is never synced
 """
