@@ -168,6 +168,13 @@ def cmd_backup(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compact_snapshots(a: argparse.Namespace) -> int:
+    with evstore.open(a.path, create=False) as s:
+        n = s.prune_snapshots(keep=a.keep)
+    print(f"dropped {n:,} older snapshot(s) from the index, keeping the newest {a.keep} of each stream")
+    return 0
+
+
 def cmd_export(a: argparse.Namespace) -> int:
     with _progress(None, "ev", "export") as bar:
         if a.output in (None, "-"):
@@ -287,6 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p.add_argument("dest")
     p.set_defaults(func=cmd_backup)
+
+    p = sub.add_parser("compact-snapshots", help="keep only the newest snapshots of each stream in the index")
+    p.add_argument("path")
+    p.add_argument("--keep", type=int, default=1, help="snapshots to keep per stream (default 1)")
+    p.set_defaults(func=cmd_compact_snapshots)
 
     p = sub.add_parser("export", help="every event as JSON lines (byte-exact, base64 payloads)")
     p.add_argument("path")

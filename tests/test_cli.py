@@ -44,7 +44,8 @@ def test_console_script_is_installed() -> None:
 
 
 @pytest.mark.parametrize("cmd", ["info", "streams", "read", "tail", "verify", "reindex", "recover", "backup",
-                                 "export", "demo", "bench", "lifecycle"])
+                                 "export", "import", "copy", "consumers", "compact-snapshots", "demo", "bench",
+                                 "lifecycle"])
 def test_every_command_has_help(cmd: str) -> None:
     out = run(cmd, "--help")
     assert out.returncode == 0 and "usage: evstore" in out.stdout
@@ -271,3 +272,16 @@ def test_import_refuses_hostile_fields(filled: str, tmp_path: object) -> None:
         open(path, "w").write(json.dumps(bad) + "\n")
         out = run("import", os.path.join(str(tmp_path), f"t-{field}.evs"), path)
         assert out.returncode == 1 and "line 1" in out.stderr, (field, out.stderr)
+
+
+def test_compact_snapshots(filled: str) -> None:
+    with evstore.open(filled) as s:
+        for v in (2, 4, 6):
+            s.save_snapshot("order-1", v, b"s%d" % v, type="S")
+        s.save_snapshot("order-2", 3, b"t", type="S")
+    out = run("compact-snapshots", filled, "--keep", "1")
+    assert out.returncode == 0 and "dropped 2 " in out.stdout, out.stdout
+    with evstore.open(filled, readonly=True) as s:
+        assert s.load_snapshot("order-1").version == 6  # type: ignore[union-attr]
+        assert s.load_snapshot("order-1", lte=5) is None
+        assert s.load_snapshot("order-2").version == 3  # type: ignore[union-attr]
