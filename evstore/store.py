@@ -606,16 +606,19 @@ class _Core:
     def index_rows(self, batch: IndexBatch, seg: int, commit_off: int, commit_end: int, first_position: int,
                    n_events: int, rows: list[tuple[bytes, int, bytes, bytes | None, int, int, int]]) -> None:
         """Index entries of one commit's events: rows of (stream key, version, type, caller id, position,
-        offset, length), in log order. Updates the in-memory heads."""
+        offset, length), in log order. Updates the in-memory heads.
+
+        Streams get one extent per run of their events; types get one posting per commit that holds
+        them (a read by type scans those commits in C with the type filter)."""
         if n_events:
-            batch.commits.append((COMMIT_KEY.pack(first_position),
-                                  EXTENT_VAL.pack(seg, commit_off, n_events, commit_end - commit_off)))
+            where = EXTENT_VAL.pack(seg, commit_off, n_events, commit_end - commit_off)
+            batch.commits.append((COMMIT_KEY.pack(first_position), where))
         s_key = t_key = None
-        s_start = t_start = 0
+        s_start = 0
         s_first = 0
-        t_pos = 0
-        s_n = t_n = 0
-        s_bytes = t_bytes = 0
+        s_n = 0
+        s_bytes = 0
+        types: dict[bytes, None] = {}
         heads = self.heads
         for key, version, tb, idb, pos, off, ln in rows:
             if key != s_key:
@@ -633,19 +636,15 @@ class _Core:
             heads[key].version = version
             batch.heads[key] = b""  # packed below, once per commit
             if tb != t_key:
-                if t_key is not None:
-                    batch.types.append((TYPE_KEY.pack(self.type_id(t_key, batch), t_pos),
-                                        EXTENT_VAL.pack(seg, t_start, t_n, t_bytes)))
-                t_key, t_start, t_pos, t_n, t_bytes = tb, off, pos, 0, 0
-            t_n += 1
-            t_bytes += ln
+                t_key = tb
+                types[tb] = None
             if idb is not None:
                 batch.ids.append((idb, U64.pack(pos)))
         if s_key is not None:
             batch.extents.append((EXTENT_KEY.pack(heads[s_key].num, s_first),
                                   EXTENT_VAL.pack(seg, s_start, s_n, s_bytes)))
-            batch.types.append((TYPE_KEY.pack(self.type_id(t_key, batch), t_pos),  # type: ignore[arg-type]
-                                EXTENT_VAL.pack(seg, t_start, t_n, t_bytes)))
+            for tb in types:
+                batch.types.append((TYPE_KEY.pack(self.type_id(tb, batch), first_position), where))
         for key in batch.heads:
             if not batch.heads[key]:
                 batch.heads[key] = heads[key].pack()
@@ -1098,13 +1097,11 @@ class _Core:
                 if not tags and types is None:
                     return self.read_range(gt, stop, limit)
                 if not tags:
-                    runs = EventStore._type_runs(self, txn, tuple(sorted(types or ())), gt, stop)
-                    for p, seg, off, count, nbytes in runs:
-                        buf = self.log.segment(seg).buffer(off + nbytes)
-                        offsets = self._walk(seg, buf, off, count, off + nbytes)
-                        for i, o in enumerate(offsets):
-                            if gt < p + i <= stop:
-                                found.setdefault(p + i, _new_record(RecordedEvent, (buf, o, None)))
+                    tf = tuple(sorted(types or ()))
+                    runs = EventStore._type_runs(self, txn, tf, gt, stop)
+                    for buf, offsets, _s, _e in EventStore._run_chunks(self, runs, gt, stop, None, tf):
+                        for o in offsets:
+                            found.setdefault(HEADER.unpack_from(buf, o)[7], _new_record(RecordedEvent, (buf, o, None)))
                     continue
                 first = tags[0] + b"\x00"
                 cur = txn.cursor(index.db["tags"])
@@ -1437,7 +1434,7 @@ class EventStore:
         if plan is None:
             return iter(())
         if plan[0] == "runs":
-            return chain.from_iterable(self._run_batches(core, plan[1], gt, plan[2], limit))
+            return chain.from_iterable(self._run_batches(core, plan[1], gt, plan[2], limit, tfilter))
         _kind, seg_first, off, next_pos, stop = plan
         return chain.from_iterable(self._scan_batches(core, seg_first, off, next_pos, gt, stop, limit, tfilter))
 
@@ -1451,7 +1448,7 @@ class EventStore:
         if plan is None:
             return
         if plan[0] == "runs":
-            chunks = self._run_chunks(core, plan[1], gt, plan[2], limit)
+            chunks = self._run_chunks(core, plan[1], gt, plan[2], limit, tfilter)  # type: ignore[arg-type]
         else:
             _kind, seg_first, off, next_pos, stop = plan
             chunks = _scan_chunks(core, seg_first, off, next_pos, gt, stop, limit, tfilter)
@@ -1483,8 +1480,9 @@ class EventStore:
     @staticmethod
     def _type_runs(core: _Core, txn: Any, tfilter: tuple[bytes, ...], gt: int,
                    stop: int) -> list[tuple[int, int, int, int, int]]:
-        """(first position, segment, offset, count, bytes) of the type runs holding positions gt+1..stop."""
-        runs = []
+        """(first position, segment, offset, events, bytes) of the commits holding events of the given
+        types with positions in gt+1..stop, in position order (from the type postings)."""
+        commits: dict[int, tuple[int, int, int, int, int]] = {}
         db = core.index.db["types"]
         for tb in tfilter:
             raw = txn.get(tb, db=core.index.db["typenames"])
@@ -1495,7 +1493,7 @@ class EventStore:
             if not cur.set_range(TYPE_KEY.pack(tid, gt + 1)):
                 cur.last()
             t, p = TYPE_KEY.unpack(cur.key())
-            if t != tid or p > gt + 1:
+            if t != tid or p > gt + 1:  # the commit before may still hold positions above gt
                 if cur.prev():
                     t, p = TYPE_KEY.unpack(cur.key())
                     if t != tid or p + EXTENT_VAL.unpack(cur.value())[2] <= gt + 1:
@@ -1506,15 +1504,15 @@ class EventStore:
                 t, p = TYPE_KEY.unpack(k)
                 if t != tid or p > stop:
                     break
-                runs.append((p, *EXTENT_VAL.unpack(v)))
-        runs.sort()
-        return runs
+                if p not in commits:
+                    commits[p] = (p, *EXTENT_VAL.unpack(v))
+        return [commits[p] for p in sorted(commits)]
 
     def _run_batches(self, core: _Core, runs: list[tuple[int, int, int, int, int]], gt: int, stop: int,
-                     limit: int | None) -> Iterator[list[RecordedEvent]]:
+                     limit: int | None, tfilter: tuple[bytes, ...]) -> Iterator[list[RecordedEvent]]:
         """Lists of the records of each type run, verified, within gt < position <= stop."""
         up = self._up
-        for buf, offsets, start, end in self._run_chunks(core, runs, gt, stop, limit):
+        for buf, offsets, start, end in self._run_chunks(core, runs, gt, stop, limit, tfilter):
             batch = [_new_record(RecordedEvent, (buf, o, None)) for o in offsets]
             if up is not None and up.region_needs(buf, start, end):
                 batch = up.apply_list(batch)
@@ -1522,22 +1520,27 @@ class EventStore:
 
     @staticmethod
     def _run_chunks(core: _Core, runs: list[tuple[int, int, int, int, int]], gt: int, stop: int,
-                    limit: int | None) -> Iterator[tuple[Any, list[int], int, int]]:
-        """(mapping, offsets, region start, region end) of each type run within gt < position <= stop."""
+                    limit: int | None, tfilter: tuple[bytes, ...]) -> Iterator[tuple[Any, list[int], int, int]]:
+        """(mapping, offsets, region start, region end) of the events of the given types in each listed
+        commit (scanned and verified in C with the type filter), within gt < position <= stop."""
         left = -1 if limit is None else limit
-        walk = core.impl.walk
+        scan = core.impl.scan
+        unpack = HEADER.unpack_from
         for p, seg_first, off, count, nbytes in runs:
             seg = core.log.segment(seg_first)
             buf = seg.buffer(off + nbytes)
-            try:
-                offsets = walk(buf, off, count, off + nbytes)
-            except LogFormatError as e:
-                raise CorruptedError(seg.path, e.offset, str(e)) from None
-            offsets = offsets[max(gt + 1 - p, 0) : min(stop - p + 1, count)]
+            r = scan(buf, off, off + nbytes, next_position=p, kinds=EVENT_KINDS, types=tfilter,
+                     max_out=count + 1)
+            if r.code != 0:
+                raise CorruptedError(seg.path, r.err_off, "bad record")
+            offsets = r.offsets
+            if p <= gt or p + count - 1 > stop:  # a commit across a bound: look at the positions
+                offsets = [o for o in offsets if gt < unpack(buf, o)[7] <= stop]
             if left >= 0:
                 del offsets[left:]
                 left -= len(offsets)
-            yield buf, offsets, off, off + nbytes
+            if offsets:
+                yield buf, offsets, off, off + nbytes
             if left == 0:
                 return
 

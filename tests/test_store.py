@@ -361,3 +361,18 @@ def test_replay_keeps_resident_memory_flat(store_path: str) -> None:
                 peak = max(peak, rss_mb())
         assert peak - base < 60, (base, peak)
         assert first is not None and first.data == bytes(1000)  # still readable after its pages went
+
+
+def test_type_filter_inside_large_mixed_commits(store: evstore.EventStore) -> None:
+    kinds = ["A", "B", "C", "D"]
+    for c in range(5):
+        store.append(f"s{c}", [ev(kinds[(c + i) % 4], str(c * 100 + i).encode()) for i in range(100)])
+    want = lambda ts, gt, lte: [p for p in range(gt + 1, lte + 1)  # noqa: E731
+                                if kinds[((p - 1) // 100 + (p - 1) % 100) % 4] in ts]
+    for ts, gt, lte in [(["A"], 0, 500), (["B", "D"], 37, 251), (["C"], 99, 100), (["A", "C"], 150, 150),
+                        (["D"], 499, 500), (["A", "B", "C", "D"], 250, 260)]:
+        got = [e.position for e in store.read_all(types=ts, gt=gt, lte=lte)]
+        assert got == want(ts, gt, lte), (ts, gt, lte)
+        assert [e.type for e in store.read_all(types=ts, gt=gt, lte=lte)] == [
+            kinds[((p - 1) // 100 + (p - 1) % 100) % 4] for p in got]
+    assert [e.position for e in store.read_all(types=["B"], gt=10, limit=3)] == want(["B"], 10, 500)[:3]
