@@ -216,8 +216,8 @@ class Log:
         unpack = HEADER.unpack_from
         start = 0
         for j, o in enumerate(offsets):
-            h = unpack(buf, o)
-            if h[2] == KIND_COMMIT:
+            if buf[o + 8] == KIND_COMMIT:  # the kind byte: no full header unpack per record
+                h = unpack(buf, o)
                 body = U64.unpack_from(buf, o + 64)[0]
                 yield Commit(seg, o - body, o + 72, h[7], h[8], offsets[start : j + 1])
                 start = j + 1

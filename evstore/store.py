@@ -8,6 +8,7 @@ import io
 import json
 import mmap
 import os
+import struct
 import threading
 from itertools import chain
 import time
@@ -96,6 +97,10 @@ DURABILITIES = ("fsync", "os")
 META_MAGIC = b"EVSTMETA"
 
 _new_record = tuple.__new__
+# The header fields indexing needs, without the 16-byte id: length, kind, flags, type_len, stream_len,
+# tags_len, position, version, meta_len.
+_SLIM = struct.Struct("<4xIBBHHHQQ8x16x4xI")
+assert _SLIM.size == HEADER_SIZE
 _pack_header = HEADER.pack
 _ZERO_ID = bytes(16)
 _UUID4_MASK = int.from_bytes(b"\xff" * 6 + b"\x0f\xff\x3f" + b"\xff" * 7, "big")
@@ -490,22 +495,22 @@ class _Core:
     def _index_commit(self, batch: IndexBatch, c: Commit) -> None:
         """Add the index entries of a commit found in the log (catch-up and rebuild)."""
         buf = c.segment.buffer(c.end)
-        unpack = HEADER.unpack_from
+        unpack = _SLIM.unpack_from
         rows = []
         marks = []
         for o in c.records[:-1]:
-            h = unpack(buf, o)
+            ln, kind, flags, tl, sl, gl, pos, ver, ml = unpack(buf, o)
             s = o + HEADER_SIZE
-            sb = bytes(buf[s : s + h[5]])
-            key = (b"u" if h[3] & FLAG_UUID_STREAM else b"s") + sb
-            if h[2] == KIND_EVENT:
-                tb = bytes(buf[s + h[5] : s + h[5] + h[4]])
-                rows.append((key, h[8], tb, bytes(h[10]) if h[3] & FLAG_CALLER_ID else None, h[7], o, h[1]))
-                if h[6]:
-                    g = s + h[5] + h[4] + h[12]
-                    self.index_tags(batch, c.segment.first, [(bytes(buf[g : g + h[6]]), h[7], o)])
+            t = s + sl
+            key = (b"u" if flags & FLAG_UUID_STREAM else b"s") + buf[s:t]
+            if kind == KIND_EVENT:
+                caller = bytes(buf[o + 40 : o + 56]) if flags & FLAG_CALLER_ID else None
+                rows.append((key, ver, buf[t : t + tl], caller, pos, o, ln))
+                if gl:
+                    g = t + tl + ml
+                    self.index_tags(batch, c.segment.first, [(bytes(buf[g : g + gl]), pos, o)])
             else:
-                marks.append((h, key, buf, o))
+                marks.append((HEADER.unpack_from(buf, o), key, buf, o))
         self.index_rows(batch, c.segment.first, c.offset, c.end, c.first_position, c.n_events, rows)
         for h, key, b, o in marks:
             self.apply_record(batch, h, key, b, o, c.segment.first)
