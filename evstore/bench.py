@@ -357,32 +357,17 @@ def _append_evstore(ctx: _Ctx, impl: str, n: int, per_commit: int, threads: int,
         events = [evstore.NewEvent("Ev", PAYLOAD) for _ in range(per_commit)]
         store.append("warm-up", events)
         before = _log_bytes(path)
-        commits = n // per_commit
-        per_thread = commits // threads
-        barrier = threading.Barrier(threads + 1)
-        errors: list[BaseException] = []
+        per_thread = n // per_commit // threads
 
-        def work() -> None:
+        def work(ready: Callable[[], None]) -> None:
             sid = uuid.uuid4()
             v = 0
-            barrier.wait()
-            try:
-                for _ in range(per_thread):
-                    store.append(sid, events, expected_version=v if v else evstore.NO_STREAM)
-                    v += per_commit
-            except BaseException as e:  # pragma: no cover - reported below
-                errors.append(e)
+            ready()
+            for _ in range(per_thread):
+                store.append(sid, events, expected_version=v if v else evstore.NO_STREAM)
+                v += per_commit
 
-        ts = [threading.Thread(target=work) for _ in range(threads)]
-        for t in ts:
-            t.start()
-        t0 = time.perf_counter()  # before the release: a worker may run to the end before we are scheduled
-        barrier.wait()
-        for t in ts:
-            t.join()
-        dt = time.perf_counter() - t0
-        if errors:
-            raise errors[0]
+        dt = _timed_threads(threads, work)
         written = _log_bytes(path) - before
     shutil.rmtree(path, ignore_errors=True)
     return dt, written
@@ -394,34 +379,48 @@ def _append_recorder(ctx: _Ctx, backend: str, n: int, per_commit: int, threads: 
     else:
         rec = _popo_recorder()
     rec.insert_events([_stored(uuid.uuid4(), v) for v in range(1, per_commit + 1)])
-    commits = n // per_commit
-    per_thread = commits // threads
-    barrier = threading.Barrier(threads + 1)
-    errors: list[BaseException] = []
+    per_thread = n // per_commit // threads
 
-    def work() -> None:
+    def work(ready: Callable[[], None]) -> None:
         oid = uuid.uuid4()
         batches = [[_stored(oid, v) for v in range(i * per_commit + 1, (i + 1) * per_commit + 1)]
                    for i in range(per_thread)]
-        barrier.wait()
-        try:
-            for b in batches:
-                rec.insert_events(b)
-        except BaseException as e:  # pragma: no cover
-            errors.append(e)
+        ready()
+        for b in batches:
+            rec.insert_events(b)
 
-    ts = [threading.Thread(target=work) for _ in range(threads)]
+    dt = _timed_threads(threads, work)
+    if backend == "sqlite":
+        rec.datastore.close()
+    return dt
+
+
+def _timed_threads(threads: int, work: Callable[[Callable[[], None]], None]) -> float:
+    """Seconds for `threads` threads to run `work(ready)` from the moment all have called `ready()`;
+    the first error of any thread is raised."""
+    barrier = threading.Barrier(threads + 1)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            work(barrier.wait)
+        except BaseException as e:  # reported below
+            errors.append(e)
+            barrier.abort()  # nobody waits for a worker that failed before it was ready
+
+    ts = [threading.Thread(target=run) for _ in range(threads)]
     for t in ts:
         t.start()
     t0 = time.perf_counter()  # before the release: a worker may run to the end before we are scheduled
-    barrier.wait()
+    try:
+        barrier.wait()
+    except threading.BrokenBarrierError:
+        pass
     for t in ts:
         t.join()
     dt = time.perf_counter() - t0
     if errors:
         raise errors[0]
-    if backend == "sqlite":
-        rec.datastore.close()
     return dt
 
 
