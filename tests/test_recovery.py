@@ -244,8 +244,10 @@ def check_after_crash(path: str, impl: str, acked: list[dict[str, object]]) -> i
                 if later[-1] is not a:
                     continue  # a later snapshot at the same version replaced it
                 snap = s.load_snapshot(a["stream"], lte=a["version"])  # type: ignore[arg-type]
-                deleted_later = any(b["kind"] == "delete" and b["stream"] == a["stream"] for b in acked)
-                if not deleted_later:
+                # a soft delete after it (acknowledged or not: the kill may cut the acknowledgement
+                # off) hides it, together with every version up to the delete
+                hidden = not s.read_stream(a["stream"], lte=a["version"], limit=1)  # type: ignore[arg-type]
+                if not hidden:
                     assert snap is not None and snap.version == a["version"]
                     # this snapshot, or one saved later at the same version whose acknowledgement the
                     # kill cut off; either way whole and byte-exact
