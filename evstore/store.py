@@ -116,8 +116,32 @@ def _random_ids(n: int) -> bytes:
              int.from_bytes(_UUID4_BITS.to_bytes(16, "big") * n, "big"))
         if n <= 1024:
             _id_masks[n] = m
-    r = int.from_bytes(os.urandom(16 * n), "big")
+    r = int.from_bytes(_entropy(16 * n), "big")
     return ((r & m[0]) | m[1]).to_bytes(16 * n, "big")
+
+
+_pool = [b"", 0]  # random bytes from the OS and how many are used; refilled 64 KiB at a time
+_pool_lock = threading.Lock()
+
+
+def _reset_pool() -> None:
+    _pool[0], _pool[1] = b"", 0  # a forked child must not reuse its parent's random bytes
+
+
+os.register_at_fork(after_in_child=_reset_pool)
+
+
+def _entropy(n: int) -> bytes:
+    """n bytes from os.urandom, drawn from a pool: one getrandom call serves thousands of ids."""
+    if n > 4096:
+        return os.urandom(n)
+    with _pool_lock:
+        buf, used = _pool
+        if used + n > len(buf):  # type: ignore[arg-type]
+            buf, used = os.urandom(65536), 0
+            _pool[0] = buf
+        _pool[1] = used + n  # type: ignore[operator]
+        return buf[used : used + n]  # type: ignore[index,operator,no-any-return]
 
 
 # -- validation ------------------------------------------------------------------------------
