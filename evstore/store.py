@@ -388,8 +388,6 @@ class _Core:
         self.indexed_seq = 0
         self.queue_lock = threading.Lock()
         self.index_lock = threading.Lock()
-        self.inflight = 0  # appenders between entering commit() and their return
-        self.count_lock = threading.Lock()
         self.indexer: threading.Thread | None = None
         self.index_wake = threading.Event()
         self.stopping = False
@@ -730,23 +728,17 @@ class _Core:
         `binder` gives each stream's lifecycle (None: no lifecycles): every event is checked against
         it and a `$state` mark is added to the commit when a stream's state changes. `ts` overrides
         the commit time (imports keep the original times)."""
-        with self.count_lock:
-            self.inflight += 1
-        try:
-            for _attempt in range(100):
-                try:
-                    return self._commit(parts, extras, binder, ts, condition)
-                except _NeedFlush:
-                    self.await_durable(self.written_seq)  # index what is written, then check again
-                    self.flush_index()
+        for _attempt in range(100):
             try:
                 return self._commit(parts, extras, binder, ts, condition)
             except _NeedFlush:
-                raise EvstoreError("other writers kept the index behind: the append's checks (condition or "
-                                   "lifecycle state) could not be made; retry") from None
-        finally:
-            with self.count_lock:
-                self.inflight -= 1
+                self.await_durable(self.written_seq)  # index what is written, then check again
+                self.flush_index()
+        try:
+            return self._commit(parts, extras, binder, ts, condition)
+        except _NeedFlush:
+            raise EvstoreError("other writers kept the index behind: the append's checks (condition or "
+                               "lifecycle state) could not be made; retry") from None
 
     def _commit(self, parts: list[_Part], extras: Sequence[Extra],
                 binder: Callable[[Any], Lifecycle | None] | None, ts: int | None,
@@ -1007,12 +999,6 @@ class _Core:
                 return
         err: BaseException | None = None
         target = seq
-        if self.durability == "fsync":
-            # Let appenders already under way write their commits into this sync (for at most 0.2 ms):
-            # one fdatasync then serves them all.
-            deadline = time.monotonic() + 0.0002
-            while self.inflight > self.written_seq - self.durable_seq and time.monotonic() < deadline:
-                time.sleep(0)
         try:
             with self.wlock:
                 target = self.written_seq
