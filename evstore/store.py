@@ -1914,7 +1914,7 @@ def _scan_chunks(core: _Core, seg_first: int, off: int, next_pos: int, gt: int, 
     unpack = HEADER.unpack_from
     left = limit if limit is not None else -1
     seg = log.segment(seg_first)
-    max_out = 8192
+    max_out = 8192 if limit is None else min(8192, limit + 16)  # a page reads little more than it returns
     while True:
         buf = seg.buffer(0)
         if len(buf) < seg.end or (seg is log.segments[-1]):
