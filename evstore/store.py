@@ -1122,11 +1122,12 @@ class _Core:
             if v + count <= lo:
                 continue
             buf = segment(seg).buffer(off + nbytes)
+            upto = min(hi - v + 1, count)  # walk (and verify) no further than the last record wanted
             try:
-                offsets = walk(buf, off, count, off + nbytes)
+                offsets = walk(buf, off, upto, off + nbytes)
             except LogFormatError as e:
                 raise CorruptedError(segment(seg).path, e.offset, str(e)) from None
-            out.append((buf, offsets[max(lo - v, 0) : min(hi - v + 1, count)], off, off + nbytes))
+            out.append((buf, offsets[max(lo - v, 0) :], off, off + nbytes))
         return out
 
     def query(self, items: list[tuple[frozenset[bytes] | None, tuple[bytes, ...]]], gt: int, lte: int | None,
