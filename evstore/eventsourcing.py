@@ -105,8 +105,8 @@ def _topic(raw: bytes) -> str:
     return t
 
 
-def _ov_of(rec: RecordedEvent) -> int:
-    """The originator_version kept in an event's metadata."""
+def _ov_of(rec: RecordedEvent | tuple[Any, int]) -> int:
+    """The originator_version kept in an event's metadata (of a record, or a (mapping, offset) pair)."""
     buf, o = rec[0], rec[1]
     h = _unpack(buf, o)
     if h[12] != 8:

@@ -120,28 +120,31 @@ def _random_ids(n: int) -> bytes:
     return ((r & m[0]) | m[1]).to_bytes(16 * n, "big")
 
 
-_pool = [b"", 0]  # random bytes from the OS and how many are used; refilled 64 KiB at a time
-_pool_lock = threading.Lock()
+class _EntropyPool:
+    """Bytes from os.urandom, drawn from a 64 KiB pool: one getrandom call serves thousands of ids.
+    Reset in a forked child, which must not reuse its parent's random bytes."""
+
+    def __init__(self) -> None:
+        self.buf = b""
+        self.used = 0
+        self.lock = threading.Lock()
+        os.register_at_fork(after_in_child=self.reset)
+
+    def reset(self) -> None:
+        self.buf, self.used = b"", 0
+
+    def take(self, n: int) -> bytes:
+        if n > 4096:
+            return os.urandom(n)
+        with self.lock:
+            if self.used + n > len(self.buf):
+                self.buf, self.used = os.urandom(65536), 0
+            start = self.used
+            self.used += n
+            return self.buf[start : start + n]
 
 
-def _reset_pool() -> None:
-    _pool[0], _pool[1] = b"", 0  # a forked child must not reuse its parent's random bytes
-
-
-os.register_at_fork(after_in_child=_reset_pool)
-
-
-def _entropy(n: int) -> bytes:
-    """n bytes from os.urandom, drawn from a pool: one getrandom call serves thousands of ids."""
-    if n > 4096:
-        return os.urandom(n)
-    with _pool_lock:
-        buf, used = _pool
-        if used + n > len(buf):  # type: ignore[arg-type]
-            buf, used = os.urandom(65536), 0
-            _pool[0] = buf
-        _pool[1] = used + n  # type: ignore[operator]
-        return buf[used : used + n]  # type: ignore[index,operator,no-any-return]
+_entropy = _EntropyPool().take
 
 
 # -- validation ------------------------------------------------------------------------------
@@ -219,7 +222,7 @@ def _encode_events(events: Any) -> list[tuple[bytes, bytes, bytes, bytes | None,
     few attribute reads and type checks per event; anything else goes through the full checks."""
     if isinstance(events, (NewEvent, str, bytes)) or not isinstance(events, Iterable):
         raise TypeError("events must be a list of evstore.NewEvent")
-    out = []
+    out: list[tuple[bytes, bytes, bytes, bytes | None, int, bytes]] = []
     append = out.append
     cache = _type_cache
     for e in events:
@@ -272,19 +275,34 @@ class Extra(NamedTuple):
 
 
 class _Part:
-    """One stream's share of a commit, validated."""
+    """One stream's share of a commit. The stream and the expected version are checked at once; the
+    events when first needed (under the writer lock, before anything is written), so that an append
+    refused for its expected version does not pay for validating and encoding its events."""
 
-    __slots__ = ("stream", "key", "sb", "sflag", "events", "expected", "head", "expected_state")
+    __slots__ = ("stream", "key", "sb", "sflag", "raw", "_events", "expected", "head", "expected_state")
 
     def __init__(self, stream: Stream, events: Any, expected: Any, expected_state: Any = None) -> None:
         self.sb, self.sflag = _check_stream(stream)
         self.stream = stream
         self.key = stream_key(stream)
-        self.events = _encode_events(events)
+        if isinstance(events, (NewEvent, str, bytes)) or not isinstance(events, Iterable):
+            raise TypeError("events must be a list of evstore.NewEvent")
+        self.raw = events if type(events) is list else list(events)
+        if not self.raw:
+            raise ValueError("an append needs at least one event")
+        self._events: list[tuple[bytes, bytes, bytes, bytes | None, int, bytes]] | None = None
         self.expected = _check_expected(expected)
         self.head: Head | None = None
         self.expected_state: frozenset[str] | None = (
             None if expected_state is None else _check_expected_state(expected_state))
+
+    @property
+    def events(self) -> list[tuple[bytes, bytes, bytes, bytes | None, int, bytes]]:
+        """The part's events, validated and encoded (once)."""
+        ev = self._events
+        if ev is None:
+            ev = self._events = _encode_events(self.raw)
+        return ev
 
 
 def _check_expected_state(value: Any) -> frozenset[str]:
@@ -857,9 +875,9 @@ class _Core:
 
     def _idempotent(self, parts: list[_Part]) -> list[AppendResult] | None:
         """The original results when every event id of this append is already committed in this shape."""
+        if not any(getattr(e, "id", None) is not None for p in parts for e in p.raw):
+            return None  # no caller ids: nothing to look up, and no need to encode the events yet
         ids = [e[3] for p in parts for e in p.events if e[3] is not None]
-        if not ids:
-            return None
         if len(set(ids)) != len(ids):
             seen: set[bytes] = set()
             for i in ids:
@@ -1485,7 +1503,7 @@ class EventStore:
         if plan is None:
             return iter(())
         if plan[0] == "runs":
-            return chain.from_iterable(self._run_batches(core, plan[1], gt, plan[2], limit, tfilter))
+            return chain.from_iterable(self._run_batches(core, plan[1], gt, plan[2], limit, tfilter or ()))
         _kind, seg_first, off, next_pos, stop = plan
         return chain.from_iterable(self._scan_batches(core, seg_first, off, next_pos, gt, stop, limit, tfilter))
 
