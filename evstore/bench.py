@@ -230,7 +230,7 @@ class Dataset:
     """One backend's read dataset: a long stream plus streams of 100 events."""
 
     backend: str
-    path: str | None
+    path: str  # "" for the in-memory recorder
     big: uuid.UUID
     small: list[uuid.UUID]
     total: int
@@ -315,7 +315,7 @@ class _Ctx:
             path = self.path("dataset.sqlite")
             rec = _sqlite_recorder(path)
         else:
-            path = None
+            path = ""
             rec = _popo_recorder()
         for v0 in range(1, stream + 1, 100):
             rec.insert_events([_stored(big, v) for v in range(v0, min(v0 + 100, stream + 1))])
@@ -401,9 +401,12 @@ def _timed_threads(threads: int, work: Callable[[Callable[[], None]], None]) -> 
     barrier = threading.Barrier(threads + 1)
     errors: list[BaseException] = []
 
+    def ready() -> None:
+        barrier.wait()
+
     def run() -> None:
         try:
-            work(barrier.wait)
+            work(ready)
         except BaseException as e:  # reported below
             errors.append(e)
             barrier.abort()  # nobody waits for a worker that failed before it was ready
@@ -754,7 +757,7 @@ def w_repository_get(ctx: _Ctx) -> list[Row]:
         elif b == "sqlite":
             env.update(PERSISTENCE_MODULE="eventsourcing.sqlite", SQLITE_DBNAME=ctx.path("app.sqlite"))
         try:
-            app = Application(env=env)
+            app: Application[uuid.UUID] = Application(env=env)
         finally:
             if saved_pure is None:
                 os.environ.pop("EVSTORE_PURE", None)
@@ -1238,8 +1241,8 @@ def _cmd(args: argparse.Namespace) -> int:
     if args.json:
         doc = {"machine": m, "argv": sys.argv, "scale": 0.02 if args.quick else args.scale,
                "elapsed_s": elapsed, "rows": [asdict(r) for r in rows]}
-        with open(args.json, "w") as f:
-            json.dump(doc, f, indent=1)
+        with open(args.json, "w") as out:
+            json.dump(doc, out, indent=1)
         print(f"figures written to {args.json}")
     return 0
 
@@ -1272,7 +1275,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
                     "in-memory recorders and the physical floor, in a temporary folder, and print one table.")
     add_arguments(p)
     p.set_defaults(func=_cmd)
-    return p
+    return p  # type: ignore[no-any-return]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
