@@ -285,3 +285,18 @@ def test_compact_snapshots(filled: str) -> None:
         assert s.load_snapshot("order-1").version == 6  # type: ignore[union-attr]
         assert s.load_snapshot("order-1", lte=5) is None
         assert s.load_snapshot("order-2").version == 3  # type: ignore[union-attr]
+
+
+def test_ctrl_c_stops_cleanly(filled: str) -> None:
+    import signal
+
+    exe = [SCRIPT] if os.path.exists(SCRIPT) else [sys.executable, "-m", "evstore"]
+    proc = subprocess.Popen([*exe, "tail", filled, "-n", "0", "-f"], env=python_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    assert run("verify", filled).returncode == 0
+    with evstore.open(filled) as s:  # not left locked or damaged
+        assert s.head() == 51
