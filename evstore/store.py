@@ -153,15 +153,7 @@ _entropy = _EntropyPool().take
 def _check_stream(stream: Any) -> tuple[bytes, int]:
     """(stored bytes, flags) of a stream id; TypeError/ValueError when malformed."""
     if isinstance(stream, str):
-        if not stream:
-            raise ValueError("a stream id must not be empty")
-        try:
-            raw = stream.encode("utf-8")
-        except UnicodeEncodeError as e:
-            raise ValueError(f"stream id {stream!r} is not valid Unicode text: {e.reason}") from None
-        if len(raw) > MAX_NAME_BYTES:
-            raise ValueError(f"stream id is {len(raw)} bytes in UTF-8; the limit is {MAX_NAME_BYTES}")
-        return raw, 0
+        return _check_name(stream, "a stream id"), 0
     if isinstance(stream, uuid.UUID):
         return stream.bytes, FLAG_UUID_STREAM
     raise TypeError(f"a stream id must be a str or uuid.UUID, not {type(stream).__name__}")
