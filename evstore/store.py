@@ -992,7 +992,7 @@ class _Core:
         Group commit: one thread syncs every commit written so far while the others wait; commits
         written during that sync are served by the next one. Waiters are released as soon as the
         sync returns; the syncer then indexes (durability="fsync"), or leaves the indexing to the
-        next read, a batch of 512 commits or a timer 20 ms on (durability="os"). Every read of this
+        next read, a batch of 512 commits or the indexer thread 20 ms on (durability="os"). Every read of this
         process first indexes what is durable, so a caller always reads its own writes.
         """
         cond = self.sync_cond
@@ -1143,7 +1143,7 @@ class _Core:
     def query(self, items: list[tuple[frozenset[bytes] | None, tuple[bytes, ...]]], gt: int, lte: int | None,
               limit: int | None) -> list[RecordedEvent]:
         """Events after `gt` (up to `lte`) matching any item, in position order: tag postings (for
-        items with tags, checking type and the other tags from each candidate's header) or type runs
+        items with tags, checking type and the other tags from each candidate's header) or type postings
         (items with types only) from the index; an item with neither matches every event."""
         index = self.index
         with index.begin() as txn:
@@ -1517,7 +1517,7 @@ class EventStore:
             yield buf, offs
 
     def _all_plan(self, core: _Core, gt: int, lte: int | None, tfilter: tuple[bytes, ...] | None) -> Any:
-        """How a read of the log after `gt` goes, fixed now: None (nothing to read), ("runs", type runs,
+        """How a read of the log after `gt` goes, fixed now: None (nothing to read), ("runs", commits holding the types,
         stop) or ("scan", segment, offset, first position there, stop)."""
         if tfilter == ():
             return None
@@ -1571,7 +1571,7 @@ class EventStore:
 
     def _run_batches(self, core: _Core, runs: list[tuple[int, int, int, int, int]], gt: int, stop: int,
                      limit: int | None, tfilter: tuple[bytes, ...]) -> Iterator[list[RecordedEvent]]:
-        """Lists of the records of each type run, verified, within gt < position <= stop."""
+        """Lists of the records of the given types in each listed commit, within gt < position <= stop."""
         up = self._up
         for buf, offsets, start, end in self._run_chunks(core, runs, gt, stop, limit, tfilter):
             batch = [_new_record(RecordedEvent, (buf, o, None)) for o in offsets]
