@@ -71,10 +71,6 @@ def _es_recorder(ctx: B._Ctx, backend: str) -> tuple[B.Dataset, Any, Any]:
     d = ctx.dataset(backend)
     if backend not in ("c", "python"):
         return d, d.recorder, None
-    if ctx.es is None:
-        pytest.skip(ctx.es_why)
-    if not d.via_recorder:
-        pytest.skip("dataset not written by the recorder")
     store = evstore.open(d.path, log_impl=backend)
     return d, ctx.es.EvstoreApplicationRecorder(store), store
 

@@ -166,17 +166,16 @@ def _log_bytes(path: str) -> int:
     return _dir_bytes(os.path.join(path, "log"))
 
 
-def _es_module() -> tuple[Any, str]:
-    """(evstore.eventsourcing, "") or (None, why it is not usable)."""
+def _es_module() -> Any:
+    """evstore.eventsourcing; the benchmark compares with the eventsourcing library, so it needs it."""
     try:
         from evstore import eventsourcing as mod
-    except ImportError:
-        return None, "n/a (module missing)"
-    except Exception as e:  # a module being written may fail to import in other ways
-        return None, f"n/a (import error: {type(e).__name__})"
-    if not hasattr(mod, "EvstoreApplicationRecorder"):
-        return None, "n/a (module missing)"
-    return mod, ""
+    except ModuleNotFoundError as e:
+        if e.name != "eventsourcing" and not (e.name or "").startswith("eventsourcing."):
+            raise
+        raise evstore.EvstoreError("evstore bench compares evstore with the eventsourcing library: "
+                                   "pip install 'evstore[eventsourcing]'") from e
+    return mod
 
 
 def _stored(oid: uuid.UUID, v: int) -> Any:
@@ -237,7 +236,6 @@ class Dataset:
     stream: int
     recorder: Any = None  # sqlite / popo
     filtered: int = 0  # events of TOPICS[0]
-    via_recorder: bool = False
     build_seconds: float = 0.0
 
 
@@ -252,7 +250,7 @@ class _Ctx:
         self.backends = tuple(backends)
         self.say = say
         self.datasets: dict[str, Dataset] = {}
-        self.es, self.es_why = _es_module()
+        self.es = _es_module()
         self._n = 0
 
     def path(self, name: str) -> str:
@@ -296,21 +294,15 @@ class _Ctx:
         filtered = sum(1 for v in range(1, stream + 1) if v % 4 == 0) + n_small * 25
         if backend in ("c", "python"):
             path = self.path(f"dataset-{backend}.evs")
-            via = self.es is not None
+            # written through the eventsourcing recorder, so that one store serves the native reads
+            # and select_events / select_notifications
             with evstore.open(path, durability="os", log_impl=backend) as store:
-                if via:
-                    rec = self.es.EvstoreApplicationRecorder(store)
-                    for v0 in range(1, stream + 1, 100):
-                        rec.insert_events([_stored(big, v) for v in range(v0, min(v0 + 100, stream + 1))])
-                    for oid in small:
-                        rec.insert_events([_stored(oid, v) for v in range(1, 101)])
-                else:
-                    for v0 in range(1, stream + 1, 100):
-                        evs = [evstore.NewEvent(TOPICS[v % 4], PAYLOAD) for v in range(v0, min(v0 + 100, stream + 1))]
-                        store.append(big, evs)
-                    for oid in small:
-                        store.append(oid, [evstore.NewEvent(TOPICS[v % 4], PAYLOAD) for v in range(1, 101)])
-            return Dataset(backend, path, big, small, total, stream, filtered=filtered, via_recorder=via)
+                rec = self.es.EvstoreApplicationRecorder(store)
+                for v0 in range(1, stream + 1, 100):
+                    rec.insert_events([_stored(big, v) for v in range(v0, min(v0 + 100, stream + 1))])
+                for oid in small:
+                    rec.insert_events([_stored(oid, v) for v in range(1, 101)])
+            return Dataset(backend, path, big, small, total, stream, filtered=filtered)
         if backend == "sqlite":
             path = self.path("dataset.sqlite")
             rec = _sqlite_recorder(path)
@@ -336,10 +328,6 @@ def _rate(n: int, seconds: float) -> float:
 
 def _row(ctx: _Ctx, workload: str, backend: str, n: int, seconds: float, note: str = "") -> Row:
     return Row(workload, _BACKEND_NAME[backend], n, _rate(n, seconds), "events/s", note=note, seconds=seconds)
-
-
-def _na(workload: str, backend: str, unit: str, note: str) -> Row:
-    return Row(workload, _BACKEND_NAME[backend], 0, None, unit, note=note)
 
 
 # -- writes --------------------------------------------------------------------------------------
@@ -677,13 +665,7 @@ def _es_rows(ctx: _Ctx, wl: str, fn_ev: Callable[[Any, Dataset], int], fn_rec: C
         if not ctx.on(b):
             continue
         if b in ("c", "python"):
-            if ctx.es is None:
-                rows.append(_na(wl, b, "events/s", ctx.es_why))
-                continue
             d = ctx.dataset(b)
-            if not d.via_recorder:
-                rows.append(_na(wl, b, "events/s", "n/a (dataset not written by the recorder)"))
-                continue
             with evstore.open(d.path, log_impl=b) as store:
                 rec = ctx.es.EvstoreApplicationRecorder(store)
                 dt, got = _best(lambda: fn_rec(rec, d), ctx.repeat)
@@ -747,10 +729,6 @@ def w_repository_get(ctx: _Ctx) -> list[Row]:
         env = {"IS_SNAPSHOTTING_ENABLED": "y"}
         saved_pure = os.environ.get("EVSTORE_PURE")
         if b in ("c", "python"):
-            if ctx.es is None:
-                rows_plain.append(_na("repository_get", b, "events/s", ctx.es_why))
-                rows_snap.append(_na("repository_get_snapshot", b, "events/s", ctx.es_why))
-                continue
             env.update(PERSISTENCE_MODULE="evstore.eventsourcing", EVSTORE_PATH=ctx.path(f"app-{b}"),
                        EVSTORE_DURABILITY="os")
             os.environ["EVSTORE_PURE"] = "1" if b == "python" else "0"
@@ -961,9 +939,7 @@ def w_bytes(ctx: _Ctx) -> list[Row]:
             log = _log_bytes(d.path)
             index = _dir_bytes(os.path.join(d.path, "index"))
             size = log + index
-            note = f"log {log / d.total:.0f} + index {index / d.total:.0f}"
-            if d.via_recorder:
-                note += " (8 B originator_version metadata per event)"
+            note = f"log {log / d.total:.0f} + index {index / d.total:.0f} (8 B originator_version metadata per event)"
         rows.append(Row(wl, _BACKEND_NAME[b], d.total, size / d.total, "B/event", note=note))
     return rows
 
@@ -1025,8 +1001,7 @@ def w_memory(ctx: _Ctx) -> list[Row]:
         out = subprocess.run([sys.executable, "-c", _MEMORY_READER, d.path, b], capture_output=True, text=True,
                              env=_subprocess_env(), check=False)
         if out.returncode != 0:
-            rows.append(_na(wl, b, "MB", f"reader failed: {out.stderr.strip().splitlines()[-1:]}"))
-            continue
+            raise RuntimeError(f"the replay-memory reader failed for {b}: {out.stderr.strip()[-2000:]}")
         m = json.loads(out.stdout)
         over = (m["hwm"] - m["base_rss"]) / 1024
         anon = (m["peak_anon"] - m["base_anon"]) / 1024
