@@ -52,6 +52,11 @@ class IndexAheadOfLog(CorruptedError):
     """The index covers commits the log no longer holds (a restored, truncated or lying disk)."""
 
 
+class IndexDamaged(CorruptedError):
+    """The index does not describe this log (its checkpoint is not a commit boundary, or its entries
+    disagree with it); a writer rebuilds it from the log."""
+
+
 class StoreLocked(EvstoreError):
     """Another process holds the store open for writing."""
 
@@ -100,6 +105,25 @@ class StorageError(EvstoreError):
 
 class StoreFailed(EvstoreError):
     """A write failed in a way that may have left it half-durable (fsync failed); reopen the store."""
+
+
+class IndexUnavailable(StorageError):
+    """The index could not be written or opened (e.g. the disk is full). The log still holds every
+    acknowledged commit; reads that need the index raise this until it can be written again."""
+
+    def __init__(self, path: str, message: str, errno: int | None = None) -> None:
+        super().__init__(path, errno, message)
+
+
+class ForkedStore(EvstoreError):
+    """A store handle was used in a child process forked after it was opened; open the store anew in
+    the child (the parent's writer lock, index environment and buffers belong to the parent)."""
+
+    def __init__(self, path: str, owner: int) -> None:
+        super().__init__(f"the store {path} was opened by process {owner} and cannot be used in the forked "
+                         "child process; open it again in the child (readonly=True while the parent writes)")
+        self.path = path
+        self.owner = owner
 
 
 class TrackingConflict(EvstoreError):

@@ -1,4 +1,16 @@
-"""The LMDB index: derived from the log, never fsynced on its own, rebuilt from the log when lost.
+"""The LMDB index: derived from the log, crash-consistent, rebuilt from the log when lost or damaged.
+
+Crash consistency. The environment is opened with `sync=True, metasync=False`: every write
+transaction fdatasyncs its data pages before it writes the meta page that makes it current, so the
+B-tree on disk is always a whole, earlier or current, state; only the meta write of the last
+transaction is not synced, so a power cut can at most undo that transaction (LMDB's documented
+guarantee for MDB_NOMETASYNC). Each transaction carries the checkpoint of the log it covers, and the
+engine commits one only after the log up to that checkpoint is durable, so the index on disk is never
+ahead of the log. Transactions are batched by the engine, off the append path.
+
+Before LMDB maps `data.mdb`, `check_data_file` reads its two meta pages and refuses a file shorter
+than the newest valid meta says (mapping it would SIGBUS on the missing pages) or with no valid meta;
+the engine rebuilds such an index from the log.
 
 Sub-databases (keys big-endian so that they sort; values little-endian):
 
@@ -25,7 +37,8 @@ from typing import Any
 
 import lmdb
 
-from evstore.errors import CorruptedError, EvstoreError
+from evstore.durable import fsync_dir, make_dirs
+from evstore.errors import CorruptedError, EvstoreError, IndexUnavailable, StoreClosed
 
 EXTENT_KEY = struct.Struct(">QQ")
 EXTENT_VAL = struct.Struct("<QQII")  # segment, offset, count, bytes
@@ -102,33 +115,116 @@ class IndexBatch:
         self.counters.update(other.counters)
 
 
+_MDB_MAGIC = 0xBEEFC0DE
+_MDB_VERSION = 1
+# MDB_meta inside a meta page: after the 16-byte page header, magic (u32), version (u32), address
+# (8), map size (8), two MDB_db of 48 bytes (the first one's md_pad holds the page size), last page
+# (8), transaction id (8).
+_META = struct.Struct("<II8xQI44x48xQQ")
+_META_OFF = 16
+INDEX_FILES = ("data.mdb", "lock.mdb")  # the only files of index/ the store creates or removes
+
+
+def check_data_file(path: str) -> None:
+    """Raise `CorruptedError` unless `path` (a data.mdb) has a valid meta page and is at least as
+    long as the newest valid meta says: the check that keeps LMDB from mapping missing pages."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8192)
+            size = os.fstat(f.fileno()).st_size
+    except OSError as e:
+        raise CorruptedError(path, 0, f"the index cannot be read ({e.strerror})") from e
+    best: tuple[int, int, int] | None = None  # txnid, last page, page size
+    psize = 0
+    for page in range(2):
+        if page == 1:
+            if psize == 0:
+                break
+            if len(head) < psize + _META_OFF + _META.size:
+                try:
+                    with open(path, "rb") as f:
+                        f.seek(psize)
+                        head = head[:psize] + f.read(_META_OFF + _META.size)
+                except OSError as e:  # pragma: no cover - read just worked
+                    raise CorruptedError(path, 0, f"the index cannot be read ({e.strerror})") from e
+        off = page * psize + _META_OFF
+        if len(head) < off + _META.size:
+            continue
+        magic, version, _mapsize, ps, last_pg, txnid = _META.unpack_from(head, off)
+        if magic != _MDB_MAGIC or version != _MDB_VERSION or ps < 512 or ps & (ps - 1) or ps > 65536:
+            continue
+        if page == 0:
+            psize = ps
+        elif ps != psize:
+            continue
+        if best is None or txnid > best[0]:
+            best = (txnid, last_pg, ps)
+    if best is None:
+        raise CorruptedError(path, 0, "the index has no valid meta page")
+    txnid, last_pg, ps = best
+    need = (last_pg + 1) * ps
+    if size < need:
+        raise CorruptedError(path, size, f"the index file is {size} bytes but its meta page (transaction "
+                             f"{txnid}) names pages up to byte {need}")
+
+
 class Index:
-    """One LMDB environment with the sub-databases above."""
+    """One LMDB environment with the sub-databases above.
+
+    Thread-safety: LMDB's; one write transaction at a time (the engine's index lock), readers free.
+    `closed` is set by `close()`; `begin()` on a closed index raises `StoreClosed`."""
 
     def __init__(self, path: str, *, readonly: bool, map_size: int) -> None:
         self.path = path
         self.readonly = readonly
+        self.closed = False
+        data = os.path.join(path, "data.mdb")
+        created = False
         if not readonly:
-            os.makedirs(path, mode=0o700, exist_ok=True)
+            created = make_dirs(path)
+        if os.path.exists(data):
+            check_data_file(data)
+        elif not readonly:
+            created = True
         try:
             self.env = lmdb.open(
                 path, map_size=map_size, max_dbs=len(DB_NAMES) + 2, subdir=True, readonly=readonly,
-                sync=False, metasync=False, readahead=False, mode=0o600, create=not readonly,
+                sync=True, metasync=False, readahead=False, mode=0o600, create=not readonly,
                 max_readers=512, lock=True,
             )
-            self.db = {name.decode(): self.env.open_db(name, create=not readonly) for name in DB_NAMES}
         except (lmdb.CorruptedError, lmdb.InvalidError, lmdb.VersionMismatchError, lmdb.PageNotFoundError,
-                lmdb.BadValsizeError) as e:
+                lmdb.BadValsizeError, lmdb.InvalidParameterError) as e:
             raise CorruptedError(path, 0, f"the index cannot be opened ({e}); it can be rebuilt from the log") from e
         except lmdb.Error as e:  # not damage (e.g. already open, no permission): never rebuild over it
-            raise EvstoreError(f"the index {path} cannot be opened: {e}") from e
+            raise IndexUnavailable(path, f"the index {path} cannot be opened: {e}") from e
+        try:
+            self.db = {name.decode(): self.env.open_db(name, create=not readonly) for name in DB_NAMES}
+            if created:
+                fsync_dir(path)  # data.mdb's entry: LMDB creates the file but does not sync its directory
+        except lmdb.Error as e:
+            self.env.close()
+            if isinstance(e, lmdb.ReadonlyError) or (readonly and isinstance(e, lmdb.NotFoundError)):
+                raise CorruptedError(path, 0, f"the index is incomplete ({e}); it can be rebuilt from the log") from e
+            raise CorruptedError(path, 0, f"the index cannot be opened ({e}); it can be rebuilt from the log") from e
+        except OSError as e:
+            self.env.close()
+            raise IndexUnavailable(path, f"the index {path} cannot be opened: {e.strerror}") from e
 
     def begin(self, write: bool = False) -> lmdb.Transaction:
+        if self.closed:
+            raise StoreClosed(os.path.dirname(self.path))
         return self.env.begin(write=write)
 
     def get_checkpoint(self, txn: lmdb.Transaction) -> tuple[int, int, int] | None:
         raw = txn.get(b"checkpoint", db=self.db["meta"])
         return None if raw is None else CHECKPOINT.unpack(raw)
+
+    def last_commit(self, txn: lmdb.Transaction) -> tuple[int, int, int, int, int] | None:
+        """(first position, segment, offset, events, bytes) of the last indexed commit with events."""
+        cur = txn.cursor(self.db["commits"])
+        if not cur.last():
+            return None
+        return (COMMIT_KEY.unpack(cur.key())[0], *EXTENT_VAL.unpack(cur.value()))
 
     def counter(self, txn: lmdb.Transaction, name: bytes) -> int:
         raw = txn.get(name, db=self.db["meta"])
@@ -187,10 +283,11 @@ class Index:
                 txn.drop(d, delete=False)
 
     def sync(self) -> None:
-        if not self.readonly:
+        if not self.readonly and not self.closed:
             self.env.sync(True)
 
     def close(self) -> None:
+        self.closed = True
         self.env.close()
 
     def iter_typenames(self, txn: lmdb.Transaction) -> Iterable[tuple[bytes, int]]:

@@ -6,12 +6,15 @@ import errno as _errno
 import mmap
 import os
 import re
+import threading
 from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
 from evstore._format import (
+    COMMIT_SIZE,
     EFULL,
+    HEADER_SIZE,
     FORMAT_VERSION,
     HEADER,
     KIND_COMMIT,
@@ -20,7 +23,8 @@ from evstore._format import (
     SEGMENT_MAGIC,
     U64,
 )
-from evstore.errors import CorruptedError, IndexAheadOfLog, StorageError, UnsupportedFormat
+from evstore.durable import fsync_dir, remove
+from evstore.errors import CorruptedError, IndexAheadOfLog, IndexDamaged, StorageError, UnsupportedFormat
 
 _SEGMENT_NAME = re.compile(r"^(\d{20})\.seg$")
 ALL_KINDS = 0b1111110  # every kind 1..6
@@ -32,16 +36,32 @@ def segment_name(first_position: int) -> str:
 
 
 class Segment:
-    """One segment file: its first position, path and the length of its valid prefix."""
+    """One segment file: its first position, path and the length of its valid prefix.
 
-    __slots__ = ("first", "path", "end", "_map", "_map_len")
+    `sealed` is set once a later segment exists: the file no longer grows, so a mapping of its
+    whole length (taken after it was sealed) is final. A mapping taken while it was the active segment
+    may be shorter than the sealed file, and `full_buffer` maps it again."""
+
+    __slots__ = ("first", "path", "end", "sealed", "_map", "_map_len", "_map_final")
 
     def __init__(self, first: int, path: str, end: int) -> None:
         self.first = first
         self.path = path
         self.end = end  # bytes known to hold whole, verified commits
+        self.sealed = False
         self._map: Any = None
         self._map_len = 0
+        self._map_final = False  # the mapping covers the whole sealed file
+
+    def full_buffer(self) -> Any:
+        """A mapping of the whole file as it is now (of the whole sealed file once sealed)."""
+        if self._map is not None and self._map_final:
+            return self._map
+        sealed = self.sealed
+        m = self.buffer(os.path.getsize(self.path))
+        if sealed and self._map is m:
+            self._map_final = True
+        return m
 
     def buffer(self, need: int) -> Any:
         """A read-only mapping of at least `need` bytes of the file (remapped when the file has grown)."""
@@ -59,6 +79,7 @@ class Segment:
         # unmapped when the last such record goes.
         self._map = m
         self._map_len = size
+        self._map_final = False
         return m
 
 
@@ -83,14 +104,6 @@ def check_segment_header(impl: ModuleType, path: str, raw: bytes, first: int) ->
         raise CorruptedError(path, 16, f"segment header says position {pos}, its name says {first}")
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Commit:
     """A commit found by scanning: where it is and the offsets of its records (COMMIT last)."""
 
@@ -107,45 +120,75 @@ class Commit:
 
 
 class Log:
-    """The segment files of one store. Appends go through one writer (the store serialises them)."""
+    """The segment files of one store. Appends go through one writer (the store serialises them).
 
-    def __init__(self, directory: str, impl: ModuleType, *, segment_size: int, writable: bool) -> None:
+    `segments` and `by_first` are replaced and extended under `_list_lock` (readers of several threads
+    may list new segments at once); the writer's state (`_fd`, `retired_fds`, `next_position`, the
+    active segment's `end`) is guarded by the engine's writer lock."""
+
+    def __init__(self, directory: str, impl: ModuleType, *, segment_size: int, writable: bool,
+                 first_position: int = 1) -> None:
         self.dir = directory
         self.impl = impl
         self.segment_size = segment_size
         self.writable = writable
+        self.first_position = first_position
         self.segments: list[Segment] = []
         self.by_first: dict[int, Segment] = {}
-        self.next_position = 1
+        self.next_position = first_position
         self._fd = -1  # the active segment, writer only
         self.retired_fds: list[int] = []
+        self._list_lock = threading.Lock()
+        self._recovered: list[Segment] = []  # segments the last recover() scanned (to sync before indexing)
         self.load_segments()
 
     # -- discovery -------------------------------------------------------------------------
 
     def load_segments(self) -> None:
-        """(Re)list the segment files, checking each new one's header."""
+        """(Re)list the segment files, checking each new one's header. Thread-safe."""
+        with self._list_lock:
+            self._load_segments()
+
+    def _load_segments(self) -> None:
         names = []
-        for name in os.listdir(self.dir):
+        try:
+            entries = os.listdir(self.dir)
+        except OSError as e:
+            raise CorruptedError(self.dir, 0, f"the log directory cannot be listed ({e.strerror})") from e
+        for name in entries:
             m = _SEGMENT_NAME.match(name)
             if m:
                 names.append((int(m.group(1)), name))
+            elif self.writable and name.endswith(".seg.new") and _SEGMENT_NAME.match(name[:-4]):
+                remove(os.path.join(self.dir, name))  # a segment whose creation a crash cut short
         names.sort()
+        segments = list(self.segments)
         for first, name in names:
             if first in self.by_first:
                 continue
             path = os.path.join(self.dir, name)
-            with open(path, "rb") as f:
-                raw = f.read(SEGMENT_HEADER_SIZE)
-            if len(raw) < SEGMENT_HEADER_SIZE and first == names[-1][0] and self.writable:
+            try:
+                with open(path, "rb") as f:
+                    raw = f.read(SEGMENT_HEADER_SIZE)
+            except OSError as e:
+                raise CorruptedError(path, 0, f"the segment cannot be read ({e.strerror})") from e
+            if len(raw) < SEGMENT_HEADER_SIZE and first == names[-1][0] and self.writable and (
+                    segments or first == self.first_position):
                 # A crash while the segment was being created: it never held a commit.
-                os.unlink(path)
+                remove(path)
                 continue
             check_segment_header(self.impl, path, raw, first)
             seg = Segment(first, path, SEGMENT_HEADER_SIZE)
-            self.segments.append(seg)
+            segments.append(seg)
             self.by_first[first] = seg
-        self.segments.sort(key=lambda s: s.first)
+        segments.sort(key=lambda s: s.first)
+        for seg in segments[:-1]:
+            seg.sealed = True
+        if segments and segments[0].first != self.first_position:
+            raise CorruptedError(os.path.join(self.dir, segment_name(self.first_position)), 0,
+                                 f"the first segment of the log is missing: the log starts at position "
+                                 f"{segments[0].first}, not {self.first_position}")
+        self.segments = segments
 
     def segment(self, first: int) -> Segment:
         seg = self.by_first.get(first)
@@ -159,17 +202,51 @@ class Log:
 
     # -- recovery --------------------------------------------------------------------------
 
+    def check_checkpoint(self, checkpoint: tuple[int, int, int],
+                         last_commit: tuple[int, int, int, int, int] | None) -> None:
+        """Check that an index checkpoint (segment, end offset, next position) is a commit boundary of
+        this log and that the index's last commit lies within it.
+
+        Raises `IndexAheadOfLog` when the log ends before it (the segment is missing or shorter) and
+        `IndexDamaged` when the bytes there are not the end of a commit with that next position."""
+        seg_first, end, next_pos = checkpoint
+        if seg_first not in self.by_first:
+            self.load_segments()  # a writer in another process may have rolled since we listed
+        seg = self.by_first.get(seg_first)
+        if seg is None:
+            path = os.path.join(self.dir, segment_name(seg_first))
+            raise IndexAheadOfLog(path, end, "the segment the index was last written to is missing")
+        size = os.path.getsize(seg.path)
+        if size < end:
+            raise IndexAheadOfLog(seg.path, size, f"the log ends before offset {end} that the index covers")
+        if end < SEGMENT_HEADER_SIZE + COMMIT_SIZE:
+            raise IndexDamaged(seg.path, end, "the index checkpoint is not a commit boundary")
+        buf = seg.buffer(end)
+        o = end - COMMIT_SIZE
+        if self.impl.find_commit(buf, o, end) != o:
+            raise IndexDamaged(seg.path, o, "the index checkpoint is not the end of a commit in the log")
+        h = HEADER.unpack_from(buf, o)
+        if h[7] + h[8] != next_pos:
+            raise IndexDamaged(seg.path, o, f"the index checkpoint says position {next_pos}, the log's commit "
+                               f"there ends before {h[7] + h[8]}")
+        if last_commit is not None:
+            p, cseg, coff, n, nbytes = last_commit
+            if p + n > next_pos or (cseg, coff + nbytes) > (seg_first, end):
+                raise IndexDamaged(seg.path, end, "the index holds a commit past its own checkpoint")
+
     def recover(self, checkpoint: tuple[int, int, int] | None) -> Iterator[Commit]:
         """Scan from the index checkpoint to the end of the log, yielding each whole commit.
 
         A torn tail of the last segment is cut off (writer) or ignored (reader); damage followed by
         committed data, or any damage in a sealed segment, raises `CorruptedError`. An index
-        checkpoint beyond the log's end raises `IndexAheadOfLog`.
+        checkpoint beyond the log's end raises `IndexAheadOfLog`. A gap in positions between
+        segments (a missing segment) raises `CorruptedError`.
         """
+        self._recovered = []
         if checkpoint is None:
             if not self.segments:
                 return
-            start_seg, start_off, next_pos = self.segments[0].first, SEGMENT_HEADER_SIZE, self.segments[0].first
+            start_seg, start_off, next_pos = self.segments[0].first, SEGMENT_HEADER_SIZE, self.first_position
         else:
             start_seg, start_off, next_pos = checkpoint
             if start_seg not in self.by_first:
@@ -187,24 +264,56 @@ class Log:
             if size < off:
                 raise IndexAheadOfLog(seg.path, size, f"the log ends before offset {off} that the index covers")
             if seg.first != start_seg and seg.first != next_pos:
-                raise CorruptedError(seg.path, 0, f"segment starts at position {seg.first}, expected {next_pos}")
+                raise CorruptedError(seg.path, 0, f"segment starts at position {seg.first}, expected {next_pos}: "
+                                     "a segment is missing")
+            if seg.first == start_seg and checkpoint is None and seg.first != next_pos:
+                raise CorruptedError(seg.path, 0, f"the log starts at position {seg.first}, not {next_pos}")
+            self._recovered.append(seg)
             buf = seg.buffer(size)
+            max_out = 65536
             while True:
-                r = self.impl.scan(buf, off, size, next_position=next_pos, kinds=ALL_KINDS, max_out=65536)
+                r = self.impl.scan(buf, off, size, next_position=next_pos, kinds=ALL_KINDS, max_out=max_out)
+                if r.code == EFULL:  # one commit holds more records than the output array: grow it
+                    max_out *= 4
+                    continue
                 yield from self._commits(seg, buf, off, r.offsets)
                 off, next_pos = r.end, r.next_position
-                if r.code == EFULL:
-                    raise CorruptedError(seg.path, r.err_off, "commit too large to scan")
                 if r.code == 0 and r.end < size:
                     continue  # output array full: go on
                 break
             seg.end = off
             if r.code != 0:
-                if not last or self.impl.find_commit(buf, r.err_off, size) >= 0:
+                if not last or not self.torn_tail(buf, off, r.err_off, size):
                     raise CorruptedError(seg.path, r.err_off, self._reason(r.code))
                 if self.writable:
                     self._truncate(seg, off)
         self.next_position = next_pos
+
+    def torn_tail(self, buf: Any, good_end: int, err_off: int, size: int) -> bool:
+        """Whether damage at `err_off` of the last segment, after whole commits up to `good_end`, is a
+        torn tail: no valid COMMIT record follows it, or the only one that does ends the damaged commit
+        itself (it starts at `good_end`: a power cut kept its last page and lost an earlier one) and no
+        valid commit follows that. Anything else is corruption followed by committed data."""
+        find = self.impl.find_commit
+        c = find(buf, err_off, size)
+        if c < 0:
+            return True
+        body = U64.unpack_from(buf, c + HEADER_SIZE)[0]
+        if c - body != good_end:
+            return False
+        return bool(find(buf, c + COMMIT_SIZE, size) < 0)
+
+    def sync_all(self) -> None:
+        """fsync every segment the last `recover()` scanned, and the log directory: what recovery
+        adopted becomes durable before anything (the index) depends on it."""
+        for seg in self._recovered:
+            fd = os.open(seg.path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(self.dir)
+        self._recovered = []
 
     def _reason(self, code: int) -> str:
         from evstore._format import ERROR_TEXT
@@ -243,7 +352,12 @@ class Log:
         self._fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND)
 
     def _new_segment(self, first: int) -> None:
+        """Create the segment named for `first`, durably (header synced, then its entry). A segment's
+        name is chosen once: an existing file of that name is never replaced."""
         path = os.path.join(self.dir, segment_name(first))
+        if os.path.lexists(path) or (self.segments and self.segments[-1].first >= first):
+            raise StorageError(path, None, f"cannot start segment {path}: a segment of that name or a later "
+                               "one exists (the log would be overwritten)")
         tmp = path + ".new"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
@@ -251,11 +365,15 @@ class Log:
             os.fsync(fd)
         finally:
             os.close(fd)
-        os.rename(tmp, path)
-        _fsync_dir(self.dir)
+        os.link(tmp, path)  # fails rather than replace: the name is new or this is an error
+        os.unlink(tmp)
+        fsync_dir(self.dir)
         seg = Segment(first, path, SEGMENT_HEADER_SIZE)
-        self.segments.append(seg)
-        self.by_first[first] = seg
+        with self._list_lock:
+            if self.segments:
+                self.segments[-1].sealed = True
+            self.segments = [*self.segments, seg]
+            self.by_first[first] = seg
         self._open_active()
 
     def append(self, buf: bytearray, first_position: int, n_events: int) -> tuple[Segment, int]:
@@ -265,7 +383,11 @@ class Log:
         commit is not in the log.
         """
         seg = self.active
-        if seg is None or (seg.end + len(buf) > self.segment_size and seg.end > SEGMENT_HEADER_SIZE):
+        # Roll only away from a segment that holds an event: a segment is named by its first position,
+        # and one holding only event-less commits (marks, snapshots, tracking) shares that position
+        # with the next commit, so rolling from it would name the new segment like the old one.
+        if seg is None or (seg.end + len(buf) > self.segment_size and seg.end > SEGMENT_HEADER_SIZE
+                           and self.next_position > seg.first):
             self.roll(first_position)
             seg = self.segments[-1]
         elif self._fd < 0:

@@ -13,6 +13,8 @@ import threading
 from itertools import chain
 import time
 import uuid
+
+import lmdb
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import ModuleType
 from typing import Any, NamedTuple
@@ -34,11 +36,16 @@ from evstore._format import (
     U64,
     LogFormatError,
 )
+from evstore.durable import make_dirs, remove, replace_file
 from evstore.errors import (
     ConditionFailed,
     CorruptedError,
     DuplicateEventId,
     EvstoreError,
+    ForkedStore,
+    IndexAheadOfLog,
+    IndexDamaged,
+    IndexUnavailable,
     InvalidTransition,
     ReadOnlyStore,
     StorageError,
@@ -52,6 +59,7 @@ from evstore.errors import (
     WrongExpectedVersion,
 )
 from evstore.index import (
+    INDEX_FILES,
     CHECKPOINT,
     COMMIT_KEY,
     EXTENT_KEY,
@@ -346,6 +354,10 @@ class _NeedFlush(Exception):
     """Raised under the writer lock when a check needs commits that are written but not yet indexed."""
 
 
+# Seconds the indexer waits after a commit before it writes the index, batching the commits of that
+# time into one durable transaction.
+_INDEX_DELAY = {"fsync": 0.005, "os": 0.02}
+
 _MARK_STATE = b"$state"
 _MARK_CLOSED = b"$closed"
 _MARK_DELETED = b"$deleted"
@@ -360,8 +372,39 @@ _registry: dict[str, _Core] = {}
 _registry_lock = threading.Lock()
 
 
+def _after_fork_in_child() -> None:
+    """In a forked child: the parent's stores are not the child's. Each handle raises `ForkedStore`
+    from now on, and the child may open the store anew (it does not inherit the writer's role)."""
+    for core in _registry.values():
+        core.forked = True
+    _registry.clear()
+    global _registry_lock
+    _registry_lock = threading.Lock()  # the parent may have held it while forking
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _only_index_files(ipath: str) -> bool:
+    """Whether `ipath` is absent or holds nothing but the index's own files."""
+    try:
+        return set(os.listdir(ipath)) <= set(INDEX_FILES)
+    except FileNotFoundError:
+        return True
+    except NotADirectoryError:
+        return False
+
+
 class _Core:
-    """Everything one open store shares between the handles of this process."""
+    """Everything one open store shares between the handles of this process.
+
+    Locks, in the order they may be taken: `wlock` (the writer lock: every check and write of a
+    commit, the log's active segment, `next_position`, `heads`, `tracking`, `pending`, `pending_ids`,
+    `written_seq`, `closing`), then `index_lock` (one index transaction at a time; `indexed_seq`),
+    then `queue_lock` (`unindexed`, `unindexed_seq`), then `sync_cond` (`syncing`, `durable_seq`,
+    `failed`). `commit_cond` only wakes subscribers. Constant after construction: `path`, `readonly`,
+    `durability`, `impl`, `meta`, `pid`. `refs` is guarded by the module's `_registry_lock`.
+    """
 
     def __init__(self, path: str, *, create: bool, readonly: bool, durability: str, segment_size: int,
                  map_size: int, log_impl: str | None) -> None:
@@ -369,22 +412,17 @@ class _Core:
         self.readonly = readonly
         self.durability = durability
         self.impl: ModuleType = _impl.load(log_impl)
+        self.options = (readonly, durability, str(self.impl.IMPL))
+        self.pid = os.getpid()
+        self.forked = False  # set in a forked child: every use of the store raises ForkedStore
         self.refs = 0
         self.closed = False
+        self.closing = False
         self.lock_fd = -1
         self.failed: BaseException | None = None
-        self._prepare_dir(create)
-        try:
-            if not readonly:
-                self._take_lock()
-            self.meta = self._load_meta(segment_size)
-            self.log = Log(os.path.join(path, "log"), self.impl, segment_size=self.meta["segment_size"],
-                           writable=not readonly)
-            self.index = self._open_index(map_size)
-            self._init_state()
-        except BaseException:
-            self._release_lock()
-            raise
+        self.map_size = map_size
+        self.index: Index | None = None  # type: ignore[assignment]
+        self.log: Log | None = None  # type: ignore[assignment]
         # writer state
         self.wlock = threading.RLock()
         self.sync_cond = threading.Condition(threading.Lock())
@@ -401,6 +439,25 @@ class _Core:
         self.indexer: threading.Thread | None = None
         self.index_wake = threading.Event()
         self.stopping = False
+        self.index_error: BaseException | None = None  # the last failed index write (cleared on success)
+        try:
+            self._prepare_dir(create)
+            if not readonly:
+                self._take_lock()
+            self.meta = self._load_meta(segment_size)
+            self.log = Log(os.path.join(path, "log"), self.impl, segment_size=self.meta["segment_size"],
+                           writable=not readonly, first_position=int(self.meta.get("first_position", 1)))
+            self._open_index_and_catch_up(map_size)
+        except BaseException:
+            if self.index is not None:
+                try:
+                    self.index.close()
+                except Exception:  # pragma: no cover - best effort on a failed open
+                    pass
+            if self.log is not None:
+                self.log.close()
+            self._release_lock()
+            raise
 
     # -- opening ---------------------------------------------------------------------------
 
@@ -410,22 +467,23 @@ class _Core:
             raise EvstoreError(f"{p} is a file, not an evstore directory")
         if not os.path.exists(p):
             if not create or self.readonly:
-                raise EvstoreError(f"no store at {p} (open with create=True to make one)")
-            try:
-                os.makedirs(p, mode=0o700)
-            except OSError as e:
-                raise StorageError(p, e.errno, f"cannot create the store directory {p}: {e.strerror}") from e
+                raise EvstoreError(f"no store at {p}")
         has_meta = os.path.exists(os.path.join(p, "evstore.meta"))
         has_log = os.path.isdir(os.path.join(p, "log"))
-        if not has_meta and not has_log and os.listdir(p) and set(os.listdir(p)) - {"LOCK", "index"}:
-            raise EvstoreError(f"{p} is a non-empty directory that is not an evstore store")
+        if not has_meta and not has_log and os.path.isdir(p):
+            if not create or self.readonly:
+                raise EvstoreError(f"no store at {p} (the directory holds no evstore.meta and no log/)")
+            entries = set(os.listdir(p))
+            if entries - {"LOCK", "index", "evstore.meta.tmp"} or not _only_index_files(os.path.join(p, "index")):
+                raise EvstoreError(f"{p} is a non-empty directory that is not an evstore store")
         if not self.readonly:
             try:
-                os.makedirs(os.path.join(p, "log"), mode=0o700, exist_ok=True)
+                make_dirs(p)
+                make_dirs(os.path.join(p, "log"))
             except OSError as e:
-                raise StorageError(p, e.errno, f"cannot write in {p}: {e.strerror}") from e
+                raise StorageError(p, e.errno, f"cannot create the store in {p}: {e.strerror}") from e
         elif not has_log:
-            raise EvstoreError(f"no store at {p}")
+            raise EvstoreError(f"no store at {p} (no log/ directory)")
 
     def _take_lock(self) -> None:
         lock_path = os.path.join(self.path, "LOCK")
@@ -459,7 +517,8 @@ class _Core:
             with io.open(path, "rb") as f:
                 raw = f.read(65536)
         except FileNotFoundError:
-            meta = {"format": FORMAT_VERSION, "segment_size": segment_size, "created_ns": time.time_ns()}
+            meta = {"format": FORMAT_VERSION, "segment_size": segment_size, "created_ns": time.time_ns(),
+                    "first_position": 1}
             if not self.readonly:
                 self._write_meta(path, meta)
             return meta
@@ -478,39 +537,61 @@ class _Core:
 
     def _write_meta(self, path: str, meta: dict[str, Any]) -> None:
         body = json.dumps(meta, sort_keys=True).encode()
-        tmp = path + ".new"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, META_MAGIC + U32.pack(self.impl.crc32c(body)) + body)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
+            replace_file(path, META_MAGIC + U32.pack(self.impl.crc32c(body)) + body)
+        except OSError as e:
+            raise StorageError(path, e.errno, f"cannot write {path}: {e.strerror}") from e
 
-    def _open_index(self, map_size: int) -> Index:
+    def _open_index_and_catch_up(self, map_size: int) -> None:
+        """Open the index, check that it describes this log, and catch it up with the log's tail.
+
+        A writer rebuilds an index that is missing, damaged (any LMDB error, a file shorter than its
+        meta pages claim, a checkpoint that is not a commit boundary of this log) from the log; a
+        reader raises `CorruptedError`. An index ahead of the log raises `IndexAheadOfLog`."""
         ipath = os.path.join(self.path, "index")
         if self.readonly and not os.path.exists(os.path.join(ipath, "data.mdb")):
             raise EvstoreError(f"{self.path} has no index yet; open it once for writing to rebuild it from the log")
-        try:
-            return Index(ipath, readonly=self.readonly, map_size=map_size)
-        except CorruptedError:
-            if self.readonly:
+        for attempt in range(2):
+            try:
+                self.index = Index(ipath, readonly=self.readonly, map_size=map_size)
+                self._init_state()
+                return
+            except IndexAheadOfLog:
                 raise
-        # A lost or damaged index is rebuilt from the log.
-        self._remove_index(ipath)
-        return Index(ipath, readonly=False, map_size=map_size)
+            except (CorruptedError, lmdb.Error, struct.error) as e:
+                if self.index is not None:
+                    self.index.close()
+                    self.index = None  # type: ignore[assignment]
+                if isinstance(e, CorruptedError) and not isinstance(e, IndexDamaged) and e.path.startswith(
+                        os.path.join(self.path, "log")):
+                    raise  # damage in the log itself: not the index's to repair
+                if self.readonly or attempt:
+                    if isinstance(e, CorruptedError):
+                        raise
+                    raise CorruptedError(ipath, 0, f"the index is damaged ({e}); open the store for writing "
+                                         "to rebuild it from the log") from e
+            # A lost or damaged index is rebuilt from the log.
+            self._remove_index(ipath)
 
     @staticmethod
     def _remove_index(ipath: str) -> None:
-        if os.path.isdir(ipath):
-            for f in os.listdir(ipath):
-                os.unlink(os.path.join(ipath, f))
+        """Remove the index's own files (nothing else that may be in the directory), durably."""
+        try:
+            for f in INDEX_FILES:
+                remove(os.path.join(ipath, f))
+        except OSError as e:
+            raise StorageError(ipath, e.errno, f"cannot remove the damaged index in {ipath}: {e.strerror}") from e
 
     def _init_state(self) -> None:
         with self.index.begin() as txn:
             checkpoint = self.index.get_checkpoint(txn)
             self.next_stream = self.index.counter(txn, b"next_stream") or 1
             self.type_ids = {name: tid for name, tid in self.index.iter_typenames(txn)}
+            last = self.index.last_commit(txn)
+        if checkpoint is not None:
+            self.log.check_checkpoint(checkpoint, last)
+        elif last is not None:
+            raise IndexDamaged(self.index.path, 0, "the index holds commits but no checkpoint")
         self.heads: dict[bytes, Head] = {}
         self.tracking: dict[bytes, int] = {}
         self.commit_cond = threading.Condition(threading.Lock())
@@ -524,15 +605,21 @@ class _Core:
         batch = IndexBatch()
         n = 0
         events = 0
+        synced = False
         for c in self.log.recover(checkpoint):
             self._index_commit(batch, c)
             n += 1
             events += c.n_events
             if events >= 50_000 and not self.readonly:
+                if not synced:  # never make the index durable ahead of the log it describes
+                    self.log.sync_all()
+                    synced = True
                 self.index.write(batch)
                 batch = IndexBatch()
                 events = 0
         if n and not self.readonly:
+            if not synced:
+                self.log.sync_all()
             self.index.write(batch)
         if n and self.readonly:
             self.heads = {}
@@ -703,22 +790,36 @@ class _Core:
     # -- closing ---------------------------------------------------------------------------
 
     def close(self) -> None:
+        """Wait for the appends under way, make everything written durable (the log, then the index)
+        and release the store. Appends that start after this began raise `StoreClosed`. The writer
+        lock and every resource are released even when a step fails (the error is raised after)."""
         if self.closed:
             return
+        err: BaseException | None = None
         if not self.readonly:
-            self._flush_pending()
+            with self.wlock:
+                self.closing = True  # appends that take the writer lock from now on are refused
+            try:
+                self._flush_pending()
+            except BaseException as e:
+                err = e
             self.stopping = True
             if self.indexer is not None:
                 self.index_wake.set()
                 self.indexer.join()
-            try:
-                self.index.sync()
-            except Exception:  # pragma: no cover - the log still holds everything
-                pass
+            if err is None and self.failed is None:
+                try:
+                    self.index.sync()
+                except BaseException as e:  # the log still holds everything; the next open catches up
+                    err = e
         self.closed = True
-        self.index.close()
-        self.log.close()
-        self._release_lock()
+        try:
+            self.index.close()
+        finally:
+            self.log.close()
+            self._release_lock()
+        if err is not None and not isinstance(err, (EvstoreError, OSError, lmdb.Error)):
+            raise err
 
     def _flush_pending(self) -> None:
         """Wait until every written commit is durable and indexed (never under the writer lock: the
@@ -727,6 +828,14 @@ class _Core:
             self.await_durable(self.written_seq)
         if self.failed is None:
             self.flush_index()
+
+    def check_usable(self) -> None:
+        """Raise unless this process may use the store: `ForkedStore` in a forked child, `StoreClosed`
+        once closed."""
+        if self.forked:
+            raise ForkedStore(self.path, self.pid)
+        if self.closed:
+            raise StoreClosed(self.path)
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -756,6 +865,8 @@ class _Core:
         if self.failed is not None:
             raise StoreFailed(f"the store stopped accepting writes after an I/O failure ({self.failed}); reopen it")
         with self.wlock:
+            if self.closing:
+                raise StoreClosed(self.path)
             done = self._idempotent(parts)
             if done is not None:
                 return done
@@ -858,6 +969,8 @@ class _Core:
         if self.failed is not None:
             raise StoreFailed(f"the store stopped accepting writes after an I/O failure ({self.failed}); reopen it")
         with self.wlock:
+            if self.closing:
+                raise StoreClosed(self.path)
             extras = make(self.head_of(key))
             if not extras:
                 return 0
@@ -1008,52 +1121,81 @@ class _Core:
             else:
                 return
         err: BaseException | None = None
+        interrupted: BaseException | None = None
         target = seq
+        batches: list[IndexBatch] = []
         try:
             with self.wlock:
                 target = self.written_seq
                 batches, self.pending = self.pending, []
                 fd = self.log.sync_fd()
                 retired, self.log.retired_fds = self.log.retired_fds, []
-            if self.durability == "fsync" and fd >= 0:
-                os.fdatasync(fd)
-            for rfd in retired:
-                os.close(rfd)
+            try:
+                if self.durability == "fsync" and fd >= 0:
+                    os.fdatasync(fd)
+            finally:
+                for rfd in retired:
+                    os.close(rfd)
+        except OSError as e:  # an fsync failure: the kernel may have dropped the pages; stop writing
+            err = e
+        except BaseException as e:  # KeyboardInterrupt and the like: the commits stay pending
+            interrupted = e
+            with self.wlock:
+                self.pending[:0] = batches
+        if err is None and interrupted is None:
             with self.queue_lock:
                 self.unindexed.extend(batches)
                 self.unindexed_seq = target
-        except BaseException as e:  # an fsync failure: stop accepting writes
-            err = e
         with cond:
             self.syncing = False
-            if err is None:
+            if err is None and interrupted is None:
                 self.durable_seq = max(self.durable_seq, target)
-            else:
+            elif err is not None:
                 self.failed = err
             cond.notify_all()
+        if interrupted is not None:
+            raise interrupted
         if err is not None:
             raise StoreFailed(f"the commit may not be durable: {err}; reopen the store") from err
-        if self.durability == "fsync" or len(self.unindexed) >= 512:
-            self.flush_index()
-        else:
-            self._kick_indexer()
+        with self.commit_cond:
+            self.commit_cond.notify_all()
+        self._kick_indexer()
 
     def flush_index(self) -> None:
-        """Write the index entries of every durable commit not indexed yet, in one LMDB transaction."""
+        """Write the index entries of every durable commit not indexed yet, in one durable LMDB
+        transaction that carries their checkpoint.
+
+        With durability="os" the log is fdatasynced first, so that the index on disk never covers a
+        commit the log might lose. A failed index write (a full disk) keeps the entries queued, in
+        order, for the next flush and raises `IndexUnavailable`; the commits themselves are in the
+        log, so nothing is lost and no later flush can skip them."""
         with self.index_lock:
             with self.queue_lock:
                 batches, self.unindexed = self.unindexed, []
                 target = self.unindexed_seq
             if not batches:
                 return
-            batch = batches[0]
-            for b in batches[1:]:
-                batch.merge(b)
             try:
+                if self.durability == "os":
+                    self._sync_log()
+                batch = IndexBatch()
+                for b in batches:
+                    batch.merge(b)
                 self.index.write(batch)
-            except BaseException as e:  # the log has the commits; a reopen indexes them
-                self.failed = e
-                raise StoreFailed(f"the index could not be written ({e}); reopen the store") from e
+            except BaseException as e:
+                with self.queue_lock:
+                    self.unindexed[:0] = batches  # keep them, first, for the next attempt
+                if isinstance(e, StoreFailed):
+                    raise
+                if isinstance(e, (OSError, lmdb.Error)):
+                    self.index_error = e
+                    self._reset_index_after(e)
+                    raise IndexUnavailable(self.index.path, f"the index could not be written ({e}); every "
+                                           "acknowledged commit is in the log and will be indexed once the "
+                                           "index can be written (free disk space)",
+                                           getattr(e, "errno", None)) from e
+                raise
+            self.index_error = None
             with self.wlock:
                 for k, _v in batch.ids:
                     self.pending_ids.pop(k, None)
@@ -1061,17 +1203,59 @@ class _Core:
         with self.commit_cond:
             self.commit_cond.notify_all()
 
+    def _sync_log(self) -> None:
+        """fdatasync the active segment (sealed ones were synced when they were sealed). A failure
+        latches the store failed, as a failed fsync of an append does."""
+        with self.wlock:
+            fd = self.log.sync_fd()
+            fd = os.dup(fd) if fd >= 0 else -1
+        if fd < 0:
+            return
+        try:
+            os.fdatasync(fd)
+        except OSError as e:
+            with self.sync_cond:
+                self.failed = e
+            raise StoreFailed(f"the log could not be synced ({e}); reopen the store") from e
+        finally:
+            os.close(fd)
+
+    def _reset_index_after(self, e: BaseException) -> None:
+        """After a failed index transaction: LMDB refuses every later call once it has panicked (a
+        failed meta write); reopen the environment so that the next flush can succeed."""
+        if not isinstance(e, lmdb.PanicError) and "MDB_PANIC" not in str(e):
+            return
+        try:
+            self.index.close()
+        except lmdb.Error:  # pragma: no cover
+            pass
+        self.index = Index(os.path.join(self.path, "index"), readonly=False, map_size=self.map_size)
+
+    def sync(self) -> None:
+        """Make every commit written so far durable, and the index with it."""
+        self.check_usable()
+        if self.failed is not None:
+            raise StoreFailed(f"the store stopped accepting writes after an I/O failure ({self.failed}); reopen it")
+        self.await_durable(self.written_seq)
+        self._sync_log()
+        self.flush_index()
+        try:
+            self.index.sync()
+        except lmdb.Error as e:
+            raise IndexUnavailable(self.index.path, f"the index could not be synced ({e})") from e
+
     def refresh(self) -> None:
         """Index every durable commit before a read (read-your-writes); cheap when there is none."""
         if self.indexed_seq < self.durable_seq:
             self.flush_index()
 
     def _kick_indexer(self) -> None:
-        """Have the indexer thread index the durable commits, after 20 ms of batching (durability="os").
+        """Have the indexer thread index the durable commits after a short batching delay.
 
-        With durability="fsync" the syncer indexes itself, right after releasing the waiters: measured,
-        a second thread doing the LMDB work during the next sync cost more in GIL hand-offs (~170 us
-        of CPU per 100-event commit) than it overlapped."""
+        Index transactions are durable (an fdatasync of data.mdb each), so they are kept off the
+        append path: appenders return once the log is durable, and the indexer writes many commits in
+        one transaction. A read of this process indexes first, so a caller always reads its own
+        writes."""
         if self.indexer is None:
             self.indexer = threading.Thread(target=self._indexer_loop, name=f"evstore-indexer {self.path}",
                                             daemon=True)
@@ -1079,16 +1263,19 @@ class _Core:
         self.index_wake.set()
 
     def _indexer_loop(self) -> None:
+        delay = _INDEX_DELAY[self.durability]
         while True:
             self.index_wake.wait()
             self.index_wake.clear()  # before the check: a wake during the work below is not lost
             if self.stopping:
                 return
-            time.sleep(0.02)
+            time.sleep(delay)
             try:
                 self.flush_index()
-            except EvstoreError:  # recorded in self.failed; the next write reports it
-                pass
+            except EvstoreError:  # kept queued (or latched in self.failed); retried on the next wake
+                if not self.stopping and self.failed is None:
+                    time.sleep(0.2)
+                    self.index_wake.set()
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -1275,6 +1462,8 @@ class EventStore:
         if core is None:
             return
         self._core = None
+        if core.forked:  # the parent's store: the child must not close (or sync) what the parent uses
+            return
         with _registry_lock:
             core.refs -= 1
             if core.refs == 0:
@@ -1285,6 +1474,8 @@ class EventStore:
         core = self._core
         if core is None:
             raise StoreClosed(self.path)
+        if core.forked:
+            raise ForkedStore(self.path, core.pid)
         return core
 
     def _r(self) -> _Core:
@@ -1390,10 +1581,15 @@ class EventStore:
         return consume(self, name, handler, types=types, timeout=timeout, limit=limit,
                        checkpoint_every=checkpoint_every)
 
-    def _import_commit(self, parts: list[tuple[Stream, Sequence[NewEvent], Any]], recorded_at_ns: int) -> list[AppendResult]:
-        """One commit of imported events keeping their original commit time (for `evstore import`)."""
+    def _import_commit(self, parts: list[tuple[Stream, Sequence[NewEvent], Any]], recorded_at_ns: int,
+                       extras: Sequence[Extra] = ()) -> list[AppendResult]:
+        """One commit of imported records keeping their original commit time (for `evstore import`):
+        the events of `parts`, then the non-event records `extras` (marks, snapshots, tracking, aux)
+        as they were exported. No lifecycle applies: the `$state` marks come from the file."""
         core = self._w()
-        return core.commit([_Part(*p) for p in parts], (), self._binder, recorded_at_ns)
+        if not parts and not extras:
+            raise ValueError("an imported commit needs at least one record")
+        return core.commit([_Part(*p) for p in parts], list(extras), None, recorded_at_ns)
 
     def subscribe(self, *, gt: int = 0, types: Iterable[str] | None = None,
                   timeout: float | None = None) -> Subscription:
@@ -1899,12 +2095,11 @@ class EventStore:
         self._up = up
 
     def sync(self) -> None:
-        """Make everything written so far durable (useful with durability="os")."""
-        core = self._w()
-        fd = core.log.sync_fd()
-        if fd >= 0:
-            os.fsync(fd)
-        core.index.sync()
+        """Make everything written so far durable, the index included (useful with durability="os").
+
+        Raises `StoreFailed` when the log cannot be synced (the store then refuses writes until it is
+        reopened) and `IndexUnavailable` when the index cannot be written (the log is durable)."""
+        self._w().sync()
 
 
 def _scan_batches(core: _Core, up: Upcasters | None, seg_first: int, off: int, next_pos: int, gt: int, stop: int,
@@ -1927,9 +2122,7 @@ def _scan_chunks(core: _Core, seg_first: int, off: int, next_pos: int, gt: int, 
     seg = log.segment(seg_first)
     max_out = 8192 if limit is None else min(8192, limit + 16)  # a page reads little more than it returns
     while True:
-        buf = seg.buffer(0)
-        if len(buf) < seg.end or (seg is log.segments[-1]):
-            buf = seg.buffer(os.path.getsize(seg.path))
+        buf = seg.full_buffer()
         n = len(buf)
         while off < n and next_pos <= stop:
             r = scan(buf, off, n, next_position=next_pos, kinds=EVENT_KINDS, types=tfilter, max_out=max_out,
@@ -2026,16 +2219,19 @@ def _tracking_record(tracking: Any) -> Extra:
 
 
 def open(path: str | os.PathLike[str], *, create: bool = True, readonly: bool = False,
-         durability: str = "fsync", segment_size: int = DEFAULT_SEGMENT_SIZE, map_size: int = DEFAULT_MAP_SIZE,
-         log_impl: str | None = None, lifecycles: Binding | None = None) -> EventStore:
+         durability: str | None = None, segment_size: int = DEFAULT_SEGMENT_SIZE,
+         map_size: int = DEFAULT_MAP_SIZE, log_impl: str | None = None,
+         lifecycles: Binding | None = None) -> EventStore:
     """Open (and by default create) the store in directory `path`.
 
     One process may write a store at a time (`StoreLocked` otherwise); any number may open it with
     readonly=True. Opening the same path twice in one process shares one open store. On open, a torn
     tail left by a crash is cut off and the index catches up with the log.
 
-    `durability`: "fsync" (an append returns once its bytes are on disk) or "os" (handed to the OS:
-    survives a killed process, not a power cut). `log_impl`: "c" or "python" (default: C unless
+    `durability`: "fsync" (the default: an append returns once its bytes are on disk) or "os" (handed
+    to the OS: survives a killed process, not a power cut; the last commits may be lost, never a part
+    of one). None takes the default, or the options of the store if it is already open in this
+    process; other options than those it was opened with raise `EvstoreError`. `log_impl`: "c" or "python" (default: C unless
     EVSTORE_PURE=1). `lifecycles`: a {category: Lifecycle} mapping (a stream's category is its id up
     to the first "-") or a function stream -> Lifecycle | None; appends through this handle are
     checked against them (see `Lifecycle`).
@@ -2046,7 +2242,7 @@ def open(path: str | os.PathLike[str], *, create: bool = True, readonly: bool = 
         raise TypeError("path must be a str or os.PathLike[str]")
     if "\x00" in p:
         raise ValueError("path must not contain NUL bytes")
-    if durability not in DURABILITIES:
+    if durability is not None and durability not in DURABILITIES:
         raise ValueError(f"durability must be one of {DURABILITIES}, not {durability!r}")
     for name, v, lo in (("segment_size", segment_size, 4096), ("map_size", map_size, 1 << 20)):
         if type(v) is not int:
@@ -2059,8 +2255,14 @@ def open(path: str | os.PathLike[str], *, create: bool = True, readonly: bool = 
         if core is not None:
             if core.readonly and not readonly:
                 raise EvstoreError(f"{real} is already open read-only in this process; close it first")
+            if not readonly and durability is not None and durability != core.durability:
+                raise EvstoreError(f"{real} is already open in this process with durability={core.durability!r}; "
+                                   f"open it with the same options, or close it first")
+            if log_impl is not None and _impl.load(log_impl).IMPL != core.impl.IMPL:
+                raise EvstoreError(f"{real} is already open in this process with log_impl={core.impl.IMPL!r}; "
+                                   f"open it with the same options, or close it first")
         else:
-            core = _Core(real, create=create, readonly=readonly, durability=durability,
+            core = _Core(real, create=create, readonly=readonly, durability=durability or "fsync",
                          segment_size=segment_size, map_size=map_size, log_impl=log_impl)
             _registry[real] = core
         core.refs += 1
