@@ -58,8 +58,14 @@ def consume(store: EventStore, name: str, handler: Callable[[RecordedEvent, Cons
     """
     if not isinstance(name, str) or not name:
         raise ValueError("a consumer name must be a non-empty str")
+    if limit is not None and (type(limit) is not int or limit < 0):
+        raise ValueError(f"limit must be None or an int >= 0, not {limit!r}")
+    if type(checkpoint_every) is not int or checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be an int >= 1, not {checkpoint_every!r}")
     tracking = CONSUMER_PREFIX + name
     start = consumer_position(store, name)
+    if limit == 0:
+        return ConsumerStats(name, 0, start)
     handled = 0
     position = start
     unsaved = 0

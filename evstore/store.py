@@ -239,8 +239,9 @@ def _encode_events(events: Any) -> list[tuple[bytes, bytes, bytes, bytes | None,
         meta = e.metadata
         if type(meta) is not bytes:
             meta = _check_bytes(meta, "event metadata")
-        if len(data) + len(meta) > MAX_EVENT_BYTES - 1024:
-            raise ValueError(f"an event of {len(data) + len(meta)} bytes exceeds the limit of {MAX_EVENT_BYTES}")
+        if len(data) + len(meta) > MAX_EVENT_BYTES:
+            raise ValueError(f"an event's data and metadata are {len(data) + len(meta):,} bytes; the limit is "
+                             f"{MAX_EVENT_BYTES:,} (16 MiB)")
         eid = e.id
         if eid is None:
             idb = None
@@ -470,6 +471,11 @@ class _Core:
                 raise EvstoreError(f"no store at {p}")
         has_meta = os.path.exists(os.path.join(p, "evstore.meta"))
         has_log = os.path.isdir(os.path.join(p, "log"))
+        if has_meta and not has_log:
+            if os.path.lexists(os.path.join(p, "log")):
+                raise CorruptedError(os.path.join(p, "log"), 0, "log/ is not a directory")
+            raise CorruptedError(os.path.join(p, "log"), 0, "the store has its evstore.meta but no log/ directory: "
+                                 "every segment is missing")
         if not has_meta and not has_log and os.path.isdir(p):
             if not create or self.readonly:
                 raise EvstoreError(f"no store at {p} (the directory holds no evstore.meta and no log/)")
@@ -829,6 +835,22 @@ class _Core:
         if self.failed is None:
             self.flush_index()
 
+    def log_damage(self, path: str, offset: int, reason: str) -> CorruptedError:
+        """The error for damaged log bytes met by a read; the writer latches it and refuses every later
+        append (StoreFailed) so that nothing is acknowledged after damage that `recover` would cut off."""
+        err = CorruptedError(path, offset, reason)
+        if not self.readonly and self.failed is None:
+            with self.sync_cond:
+                if self.failed is None:
+                    self.failed = err
+        return err
+
+    def refusal(self) -> StoreFailed:
+        """The error every write raises once the store has latched a failure."""
+        if isinstance(self.failed, CorruptedError):
+            return StoreFailed(f"the store refuses writes: a read found the log damaged ({self.failed})")
+        return StoreFailed(f"the store stopped accepting writes after an I/O failure ({self.failed}); reopen it")
+
     def check_usable(self) -> None:
         """Raise unless this process may use the store: `ForkedStore` in a forked child, `StoreClosed`
         once closed."""
@@ -863,7 +885,7 @@ class _Core:
                 binder: Callable[[Any], Lifecycle | None] | None, ts: int | None,
                 condition: _Cond | None = None) -> list[AppendResult]:
         if self.failed is not None:
-            raise StoreFailed(f"the store stopped accepting writes after an I/O failure ({self.failed}); reopen it")
+            raise self.refusal()
         with self.wlock:
             if self.closing:
                 raise StoreClosed(self.path)
@@ -967,7 +989,7 @@ class _Core:
         `make` runs under the writer lock with the stream's current head and may raise to refuse.
         Returns the number of records written."""
         if self.failed is not None:
-            raise StoreFailed(f"the store stopped accepting writes after an I/O failure ({self.failed}); reopen it")
+            raise self.refusal()
         with self.wlock:
             if self.closing:
                 raise StoreClosed(self.path)
@@ -1010,12 +1032,24 @@ class _Core:
                 rec = self.record_at(first)
                 if rec is None or stream_key(rec.stream) != p.key:
                     break
+                if not self._same_events(p, positions):
+                    break  # the ids are those of a committed append, the events are not
                 v = rec.version
                 results.append(AppendResult(p.stream, v, v + len(positions) - 1, first, positions[-1]))
             else:
                 return results
         i, pos = next(iter(found.items()))
         raise DuplicateEventId(uuid.UUID(bytes=i), pos)
+
+    def _same_events(self, part: _Part, positions: list[int]) -> bool:
+        """Whether the committed events at `positions` are `part`'s events: same type, data, metadata,
+        schema and tags (a retry must repeat the append, not reuse its ids for other events)."""
+        for (tb, data, meta, _idb, schema, gb), pos in zip(part.events, positions):
+            rec = self.record_at(pos)
+            if (rec is None or rec.type.encode("utf-8") != tb or rec.data != data or rec.metadata != meta
+                    or rec.schema != schema or encode_tags(rec.tags) != gb):
+                return False
+        return True
 
     def _write(self, parts: list[_Part], extras: Sequence[Extra],
                ts: int | None = None) -> tuple[list[AppendResult], int]:
@@ -1235,7 +1269,7 @@ class _Core:
         """Make every commit written so far durable, and the index with it."""
         self.check_usable()
         if self.failed is not None:
-            raise StoreFailed(f"the store stopped accepting writes after an I/O failure ({self.failed}); reopen it")
+            raise self.refusal()
         self.await_durable(self.written_seq)
         self._sync_log()
         self.flush_index()
@@ -1323,7 +1357,7 @@ class _Core:
             try:
                 offsets = walk(buf, off, upto, off + nbytes)
             except LogFormatError as e:
-                raise CorruptedError(segment(seg).path, e.offset, str(e)) from None
+                raise self.log_damage(segment(seg).path, e.offset, str(e)) from None
             out.append((buf, offsets[max(lo - v, 0) :], off, off + nbytes))
         return out
 
@@ -1397,7 +1431,7 @@ class _Core:
         try:
             return self.impl.walk(buf, off, count, end)  # type: ignore[no-any-return]
         except LogFormatError as e:
-            raise CorruptedError(self.log.segment(seg).path, e.offset, str(e)) from None
+            raise self.log_damage(self.log.segment(seg).path, e.offset, str(e)) from None
 
     def _record(self, seg: int, off: int) -> RecordedEvent:
         """The verified event record at (segment, offset)."""
@@ -1421,7 +1455,7 @@ class _Core:
         if position >= first + n:
             return None
         buf = self.log.segment(seg).buffer(off + nbytes)
-        offsets = self.impl.walk(buf, off, position - first + 1, off + nbytes)
+        offsets = self._walk(seg, buf, off, position - first + 1, off + nbytes)
         return _new_record(RecordedEvent, (buf, offsets[-1], None))
 
 
@@ -1596,9 +1630,8 @@ class EventStore:
         """Events after position `gt` (of the given types), then new ones as they commit, from this
         process or another; never skips or repeats one. See `Subscription`."""
         core = self._r()
-        _check_position(gt, "gt", allow_none=False)
-        if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
-            raise ValueError("timeout must be None or a number of seconds >= 0")
+        gt = _check_position(gt, "gt") or 0
+        timeout = _check_timeout(timeout)
         return Subscription(self, core, gt, _type_filter(types), timeout)
 
     # -- reading ---------------------------------------------------------------------------
@@ -1679,7 +1712,7 @@ class EventStore:
         """Every event with `gt < position <= lte` in position order (of the given types, if any),
         as of the moment of the call; at most `limit`. Streams the log: memory stays flat."""
         core = self._r()
-        start = _check_position(gt, "gt", allow_none=False)
+        start = _check_position(gt, "gt")
         lte = _check_position(lte, "lte")
         limit = _check_position(limit, "limit")
         return self._read_all(core, start or 0, lte, limit, _type_filter(types))
@@ -1789,7 +1822,7 @@ class EventStore:
             r = scan(buf, off, off + nbytes, next_position=p, kinds=EVENT_KINDS, types=tfilter,
                      max_out=count + 1)
             if r.code != 0:
-                raise CorruptedError(seg.path, r.err_off, "bad record")
+                raise core.log_damage(seg.path, r.err_off, "bad record")
             offsets = r.offsets
             if p <= gt or p + count - 1 > stop:  # a commit across a bound: look at the positions
                 offsets = [o for o in offsets if gt < unpack(buf, o)[7] <= stop]
@@ -1814,9 +1847,13 @@ class EventStore:
             r = self._up.upcast(r)
         return r
 
-    def streams(self, *, prefix: str = "") -> Iterator[tuple[Stream, int]]:
+    def streams(self, *, prefix: str | None = "") -> Iterator[tuple[Stream, int]]:
         """(stream, version) of every stream, string ids in UTF-8 order (those starting with `prefix`),
-        then UUID ids when no prefix is given."""
+        then UUID ids when no prefix is given (None or "")."""
+        if prefix is None:
+            prefix = ""
+        elif not isinstance(prefix, str):
+            raise TypeError(f"prefix must be a str or None, not {type(prefix).__name__}")
         core = self._r()
         p = b"s" + prefix.encode("utf-8")
         with core.index.begin() as txn:
@@ -1866,8 +1903,9 @@ class EventStore:
         h = self._head(core, stream)
         if h is None:
             return None
-        return StreamInfo(stream, h.version, bool(h.flags & HEAD_CLOSED), h.hidden > 0 or bool(h.flags & HEAD_TOMBSTONE),
-                          bool(h.flags & HEAD_TOMBSTONE), h.state)
+        tombstoned = bool(h.flags & HEAD_TOMBSTONE)
+        deleted = tombstoned or (h.hidden > 0 and h.version <= h.hidden)  # nothing visible since the delete
+        return StreamInfo(stream, h.version, bool(h.flags & HEAD_CLOSED), deleted, tombstoned, h.state)
 
     def close_stream(self, stream: Stream) -> None:
         """Close the stream: it stays readable, and further appends raise `StreamClosed`.
@@ -1896,6 +1934,8 @@ class EventStore:
         nothing; any operation on a tombstoned stream raises `StreamDeleted`."""
         core = self._w()
         sb, sflag = _check_stream(stream)
+        if type(tombstone) is not bool:
+            raise TypeError(f"tombstone must be True or False, not {tombstone!r}")
 
         def make(h: Head | None) -> list[Extra]:
             if h is not None and h.flags & HEAD_TOMBSTONE:
@@ -1948,10 +1988,12 @@ class EventStore:
         tb = _check_name(type, "a snapshot type")
         raw = _check_bytes(data, "snapshot data")
         _check_position(version, "version", allow_none=False)
-        if isinstance(schema, bool) or not isinstance(schema, int) or not 0 <= schema < (1 << 32):
+        if isinstance(schema, bool) or not isinstance(schema, int):
+            raise TypeError(f"a snapshot schema must be an int, not {type(schema).__name__}")
+        if not 0 <= schema < (1 << 32):
             raise ValueError(f"a snapshot schema must be an int in 0..{(1 << 32) - 1}, not {schema!r}")
-        if len(raw) + len(tb) > MAX_EVENT_BYTES:
-            raise ValueError(f"a snapshot of {len(raw)} bytes exceeds the limit of {MAX_EVENT_BYTES}")
+        if len(raw) > MAX_EVENT_BYTES:
+            raise ValueError(f"a snapshot of {len(raw):,} bytes exceeds the limit of {MAX_EVENT_BYTES:,} (16 MiB)")
 
         def make(h: Head | None) -> list[Extra]:
             if h is not None and h.flags & HEAD_TOMBSTONE:
@@ -1990,7 +2032,7 @@ class EventStore:
             try:
                 core.impl.walk(buf, off, 1, off + ln)
             except LogFormatError as e:
-                raise CorruptedError(seg.path, e.offset, str(e)) from None
+                raise core.log_damage(seg.path, e.offset, str(e)) from None
             yield decode_snapshot(buf, off, stream)
 
     def load_snapshot(self, stream: Stream, *, lte: int | None = None) -> Snapshot | None:
@@ -2147,7 +2189,7 @@ def _scan_chunks(core: _Core, seg_first: int, off: int, next_pos: int, gt: int, 
             if r.code != 0:
                 if next_pos > stop:
                     return
-                raise CorruptedError(seg.path, r.err_off, "bad record")
+                raise core.log_damage(seg.path, r.err_off, "bad record")
             if r.commits == 0:
                 break
         if next_pos > stop:
@@ -2156,7 +2198,7 @@ def _scan_chunks(core: _Core, seg_first: int, off: int, next_pos: int, gt: int, 
         if i + 1 >= len(log.segments):
             log.load_segments()
             if i + 1 >= len(log.segments):
-                raise CorruptedError(seg.path, off, f"the log ends before position {stop}")
+                raise core.log_damage(seg.path, off, f"the log ends before position {stop}")
         seg = log.segments[i + 1]
         off = 32
 
@@ -2187,6 +2229,17 @@ def _check_condition(condition: Any) -> _Cond | None:
         raise TypeError("condition must be an evstore.Condition(items, after)")
     after = _check_position(condition.after, "condition.after", allow_none=False)
     return (_query_items(condition.items), after or 0, condition)
+
+
+def _check_timeout(timeout: Any) -> float | None:
+    """A timeout in seconds: None (wait for ever) or a real number >= 0 (inf is for ever)."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be None or a number of seconds, not {type(timeout).__name__}")
+    if timeout != timeout or timeout < 0:
+        raise ValueError(f"timeout must be None or a number of seconds >= 0, not {timeout!r}")
+    return None if timeout == float("inf") else float(timeout)
 
 
 def _tag_set(rec: RecordedEvent) -> set[bytes]:

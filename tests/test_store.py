@@ -214,7 +214,7 @@ def test_reads_see_a_snapshot_taken_when_read_all_starts(store: evstore.EventSto
         (lambda s: s.read_stream("s", gt=-1), ValueError),
         (lambda s: s.read_stream("s", limit=1.5), TypeError),
         (lambda s: s.read_stream(b"s"), TypeError),
-        (lambda s: list(s.read_all(gt=None)), TypeError),
+        (lambda s: list(s.read_all(gt="1")), TypeError),
         (lambda s: list(s.read_all(types="A")), TypeError),
         (lambda s: list(s.read_all(lte=2**64)), ValueError),
     ],

@@ -53,6 +53,8 @@ def test_soft_delete_hides_events_and_appends_continue(store: evstore.EventStore
     store.append("z-1", [ev()])
     store.delete_stream("a-1")
     assert store.read_stream("a-1") == [] and store.stream_version("a-1") == 2
+    info = store.stream_info("a-1")
+    assert info is not None and info.deleted and not info.tombstoned
     assert [e.type for e in store.read_all()] == ["A", "B", "Happened"]
     with pytest.raises(evstore.WrongExpectedVersion):
         store.append("a-1", [ev("C")], expected_version=evstore.NO_STREAM)
@@ -60,8 +62,8 @@ def test_soft_delete_hides_events_and_appends_continue(store: evstore.EventStore
     assert (r.first_version, r.last_version) == (3, 3)
     assert [(e.version, e.type) for e in store.read_stream("a-1")] == [(3, "C")]
     assert [e.version for e in store.read_stream("a-1", desc=True, gt=0)] == [3]
-    info = store.stream_info("a-1")
-    assert info is not None and info.deleted and not info.tombstoned
+    info = store.stream_info("a-1")  # appended to again: events are visible, so no longer deleted
+    assert info is not None and not info.deleted and not info.tombstoned
     before = log_bytes(store.path)
     store.delete_stream("nothing-here")  # nothing to hide: nothing written
     assert log_bytes(store.path) == before
