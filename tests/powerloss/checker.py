@@ -294,7 +294,9 @@ def check_reads(s: evstore.EventStore, commits: list[LogCommit], prune: bool, re
         expect(f"versions of {name}", [r.version for r in evs], list(range(1, len(evs) + 1)))
         expect(f"stream_version({name})", s.stream_version(st), len(evs))
         info = s.stream_info(st)
-        want_info = (len(evs), name in closed, hidden[name] > 0 or name in tomb, name in tomb)
+        # StreamInfo.deleted: tombstoned, or soft-deleted with nothing appended since the delete
+        deleted = name in tomb or (hidden[name] > 0 and len(evs) <= hidden[name])
+        want_info = (len(evs), name in closed, deleted, name in tomb)
         expect(f"stream_info({name})", None if info is None else (info.version, info.closed, info.deleted,
                                                                     info.tombstoned), want_info)
         if name in tomb:
@@ -363,17 +365,16 @@ def check_state(req: dict[str, Any], cache: dict[str, Any]) -> list[tuple[str, s
         shutil.rmtree(os.path.join(path, "index"), ignore_errors=True)
     fails: list[tuple[str, str]] = []
     kw = {"log_impl": impl, "durability": spec["durability"], "segment_size": spec["segment_size"]}
+    if spec["recover"] and not any(a.get("op") == "recover" for a in req["acked"]):
+        # Before its recover was acknowledged the store may still hold the damage the workload made:
+        # an operator runs `evstore recover` again, which must work whatever the crash left.
+        try:
+            if os.path.isdir(os.path.join(path, "log")) and not tools.verify(path).ok:
+                tools.recover(path)
+        except Exception as e:
+            return [("refuses-open", f"tools.recover of the still damaged store: {type(e).__name__}: {e}")]
     try:
         s = evstore.open(path, **kw)
-    except evstore.CorruptedError as e:
-        recovered = any(a.get("op") == "recover" for a in req["acked"])
-        if not spec["recover"] or recovered:
-            return [("refuses-open", f"{type(e).__name__}: {e}")]
-        try:  # before the recover was acknowledged the store may still be damaged: recover it now
-            tools.recover(path)
-            s = evstore.open(path, **kw)
-        except Exception as e2:
-            return [("refuses-open", f"after tools.recover: {type(e2).__name__}: {e2}")]
     except Exception as e:
         return [("refuses-open", f"{type(e).__name__}: {e}")]
     try:

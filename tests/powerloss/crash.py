@@ -56,6 +56,7 @@ class CrashState:
     model: str
     files: dict[str, bytes] = field(default_factory=dict)
     dirs: list[str] = field(default_factory=list)
+    links: dict[str, str] = field(default_factory=dict)  # path -> symbolic link target
     notes: list[str] = field(default_factory=list)  # what was chosen, for reports
 
     def digest(self) -> str:
@@ -64,10 +65,13 @@ class CrashState:
             h.update(b"D" + d.encode() + b"\0")
         for p in sorted(self.files):
             h.update(b"F" + p.encode() + b"\0" + hashlib.sha256(self.files[p]).digest())
+        for p in sorted(self.links):
+            h.update(b"L" + p.encode() + b"\0" + self.links[p].encode() + b"\0")
         return h.hexdigest()
 
-    def write(self, dest: str) -> None:
-        """Create the state as a real directory tree at `dest` (which must not exist)."""
+    def write(self, dest: str, recorded_root: str) -> None:
+        """Create the state as a real directory tree at `dest` (which must not exist); symbolic links
+        into the recorded root point into `dest` instead."""
         os.makedirs(dest, mode=0o700)
         for d in sorted(self.dirs):
             os.makedirs(os.path.join(dest, d), mode=0o700, exist_ok=True)
@@ -76,6 +80,10 @@ class CrashState:
             with open(full, "wb") as f:
                 f.write(content)
             os.chmod(full, 0o600)
+        for p, target in self.links.items():
+            if target == recorded_root or target.startswith(recorded_root + os.sep):
+                target = dest + target[len(recorded_root) :]
+            os.symlink(target, os.path.join(dest, p))
 
 
 class Prepared:
@@ -226,7 +234,9 @@ class Prepared:
             seen.add(ino)
             for name, child in sorted(entries.get(ino, {}).items()):
                 path = f"{rel}/{name}" if rel else name
-                if self.h.is_dir.get(child, False):
+                if child in self.h.links:
+                    st.links[path] = self.h.links[child]
+                elif self.h.is_dir.get(child, False):
                     st.dirs.append(path)
                     stack.append((child, path))
                 else:

@@ -77,6 +77,7 @@ class History:
     base_dirs: dict[int, dict[str, int]]
     root_ino: int
     is_dir: dict[int, bool] = field(default_factory=dict)
+    links: dict[int, str] = field(default_factory=dict)  # symbolic link inode -> target
     data: list[DataOp] = field(default_factory=list)
     meta: list[MetaOp] = field(default_factory=list)
     syncs: list[Sync] = field(default_factory=list)
@@ -96,6 +97,7 @@ class Replayer:
         self.next_ino = 1
         self.files: dict[int, bytearray] = {}
         self.dirs: dict[int, dict[str, int]] = {}
+        self.links: dict[int, str] = {}
         self.root_ino = self._new_dir()
         base_files: dict[int, bytes] = {}
         self._load_base(self.root, self.root_ino, base_files)
@@ -118,12 +120,18 @@ class Replayer:
         self.files[ino] = bytearray(content)
         return ino
 
+    def _new_link(self, target: str) -> int:
+        ino = self.next_ino
+        self.next_ino += 1
+        self.links[ino] = target
+        return ino
+
     def _load_base(self, path: str, ino: int, out: dict[int, bytes]) -> None:
         for name in sorted(os.listdir(path)):
             p = os.path.join(path, name)
             if os.path.islink(p):
-                raise TraceError(f"symbolic links are not modelled: {p}")
-            if os.path.isdir(p):
+                self.dirs[ino][name] = self._new_link(os.readlink(p))
+            elif os.path.isdir(p):
                 child = self._new_dir()
                 self.dirs[ino][name] = child
                 self._load_base(p, child, out)
@@ -145,16 +153,23 @@ class Replayer:
             return None
         return p[len(self.root) + 1 :].split(os.sep)
 
-    def lookup(self, path: str) -> int | None:
+    def lookup(self, path: str, follow: bool = True, depth: int = 0) -> int | None:
+        """The inode `path` names (following symbolic links, the last one only if `follow`)."""
         parts = self._rel(path)
-        if parts is None:
+        if parts is None or depth > 40:
             return None
         ino = self.root_ino
-        for name in parts:
+        cur = self.root
+        for i, name in enumerate(parts):
             entries = self.dirs.get(ino)
             if entries is None or name not in entries:
                 return None
-            ino = entries[name]
+            child = entries[name]
+            if child in self.links and (follow or i < len(parts) - 1):
+                target = os.path.normpath(os.path.join(cur, self.links[child]))
+                return self.lookup(os.path.join(target, *parts[i + 1 :]), follow, depth + 1)
+            ino = child
+            cur = os.path.join(cur, name)
         return ino
 
     def parent(self, path: str) -> tuple[int, str] | None:
@@ -270,7 +285,8 @@ class Replayer:
                 if handler is not None:
                     handler(call, table)
         self.h.end = trace.lines + 1
-        self.h.is_dir = {i: True for i in self.dirs} | {i: False for i in self.files}
+        self.h.is_dir = {i: True for i in self.dirs} | {i: False for i in self.files} | {i: False for i in self.links}
+        self.h.links = dict(self.links)
         return self.h
 
     def _open(self, call: Call, table: dict[int, _Ofd], dir_arg: str | None, path_arg: str, flags_arg: str) -> None:
@@ -513,11 +529,21 @@ class Replayer:
     def _do_linkat(self, call: Call, table: dict[int, _Ofd]) -> None:
         self._link(call, self._path(call, call.args[0], call.args[1]), self._path(call, call.args[2], call.args[3]))
 
-    def _do_symlink(self, call: Call, table: dict[int, _Ofd]) -> None:
-        if self._rel(self._path(call, None, call.args[-1])) is not None:
-            raise TraceError(f"line {call.seq}: symbolic links are not modelled")
+    def _symlink(self, call: Call, target: str, path: str) -> None:
+        loc = self.parent(path)
+        if loc is None:
+            return
+        ino = self._new_link(target)
+        self.dirs[loc[0]][loc[1]] = ino
+        self._meta(call.seq, "create", [loc], ino, f"{self._relname(path)} -> {target}")
 
-    _do_symlinkat = _do_symlink
+    def _do_symlink(self, call: Call, table: dict[int, _Ofd]) -> None:
+        self._symlink(call, decode(call.args[0]).decode("utf-8", "surrogateescape"),
+                      self._path(call, None, call.args[1]))
+
+    def _do_symlinkat(self, call: Call, table: dict[int, _Ofd]) -> None:
+        self._symlink(call, decode(call.args[0]).decode("utf-8", "surrogateescape"),
+                      self._path(call, call.args[1], call.args[2]))
 
 
 __all__ = ["Ack", "DataOp", "History", "MetaOp", "Replayer", "Sync"]

@@ -40,10 +40,12 @@ STATE_TIMEOUT = 60.0
 
 
 def env_for(spec: Spec) -> dict[str, str]:
-    """The environment of workload and checker processes: this checkout first; EVSTORE_PURE=1 for the
-    Python log so that the tools (recover, backup, import) use it too."""
+    """The environment of workload and checker processes: the evstore under test first (this checkout,
+    or the one EVSTORE_POWERLOSS_SRC names, e.g. an older commit's tree to compare); EVSTORE_PURE=1 for
+    the Python log so that the tools (recover, backup, import) use it too."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    src = os.environ.get("EVSTORE_POWERLOSS_SRC", REPO)
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
     env.pop("EVSTORE_PURE", None)
     if spec.impl == "python":
         env["EVSTORE_PURE"] = "1"
@@ -190,7 +192,7 @@ def run_states(rec: Recording, models: Iterable[str], states: int, seed: int, *,
         with lock:
             n = next(counter)
         dest = os.path.join(tmp, f"s{n}")
-        st.write(dest)
+        st.write(dest, rec.root)
         acked = rec.base_acks + [a.record for a in rec.history.acks if a.seq < st.point and a.record["t"] == "ack"]
         req = {"dir": dest, "spec": asdict(spec), "ack_file": rec.ack_file, "acked": acked, "index": mode}
         w = pool.get()

@@ -30,9 +30,9 @@ TRACED = (
 STRING_LIMIT = 1 << 24  # longer than any single write of the workloads (a truncated string is an error)
 
 _LINE = re.compile(r"^(\d+)\s+(\d\d:\d\d:\d\d\.\d+)\s+(.*)$")
-_DONE = re.compile(r"^(\w+)\((.*)\)\s+=\s+(.*)$", re.S)
-_UNFINISHED = re.compile(r"^(\w+)\((.*?)\s*<unfinished \.\.\.>$", re.S)
-_RESUMED = re.compile(r"^<\.\.\. (\w+) resumed>(.*)\)\s+=\s+(.*)$", re.S)
+_DONE = re.compile(r"^([\w?]+)\((.*)\)\s+=\s+(.*)$", re.S)
+_UNFINISHED = re.compile(r"^([\w?]+)\((.*?)\s*<unfinished \.\.\.>$", re.S)
+_RESUMED = re.compile(r"^<\.\.\. ([\w?]+) resumed>(.*)\)\s+=\s+(.*)$", re.S)
 _RESUMED_NORET = re.compile(r"^<\.\.\. (\w+) resumed>")
 _RET = re.compile(r"^(-?\d+|0x[0-9a-f]+|\?)(?:<(.*?)>)?(?:\s+(E[A-Z0-9]+)\b.*)?")
 _HEX = re.compile(r"(?:\\x[0-9a-f]{2})+")

@@ -333,23 +333,43 @@ def w_import(ctx: Ctx, phase: str) -> None:
         return
     rows = [json.loads(line) for line in open(src)]
     keys = []
-    i = 0
-    while i < len(rows):  # the commits import_events makes: runs of one stream with one commit time
-        j = i
-        while j < len(rows) and rows[j]["stream"] == rows[i]["stream"] and rows[j]["recorded_at_ns"] == rows[i]["recorded_at_ns"]:
-            j += 1
+    for commit in _export_commits(rows):  # the commits import_events makes
         k = ctx.key()
         keys.append(k)
-        ctx.line(t="intent", k=k, op="append", tracking=None, parts=[{"stream": rows[i]["stream"], "events": [
-            {"type": r["type"], "data": r.get("data_b64", ""), "meta": r.get("metadata_b64", ""), "id": r["id"],
-             "schema": r["schema"], "tags": r.get("tags", []), "ts": r["recorded_at_ns"],
-             "position": r["position"], "version": r["version"]} for r in rows[i:j]]}])
-        i = j
+        parts: list[dict[str, Any]] = []
+        for r in commit:
+            if not parts or parts[-1]["stream"] != r["stream"]:
+                parts.append({"stream": r["stream"], "events": []})
+            parts[-1]["events"].append(
+                {"type": r["type"], "data": r.get("data_b64", ""), "meta": r.get("metadata_b64", ""), "id": r["id"],
+                 "schema": r["schema"], "tags": r.get("tags", []), "ts": r["recorded_at_ns"],
+                 "position": r["position"], "version": r["version"]})
+        ctx.line(t="intent", k=k, op="append", tracking=None, parts=parts)
     with open(src) as f:
         n = tools.import_events(ctx.path, f)
     ctx.line(t="ack", k="import", covers=keys, count=n)
     with ctx.open() as s:
         ctx.append(s, [("i0", 1)])
+
+
+def _export_commits(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """The event lines of an export file grouped into its commits: each run ended by a commit line, or
+    (files without commit lines) each run of one stream's events with one commit time."""
+    if any(r.get("kind") == "commit" for r in rows):
+        out: list[list[dict[str, Any]]] = [[]]
+        for r in rows:
+            if r.get("kind") == "commit":
+                out.append([])
+            elif r.get("kind", "event") == "event":
+                out[-1].append(r)
+        return [c for c in out if c]
+    out = []
+    for r in rows:
+        if out and out[-1][-1]["stream"] == r["stream"] and out[-1][-1]["recorded_at_ns"] == r["recorded_at_ns"]:
+            out[-1].append(r)
+        else:
+            out.append([r])
+    return out
 
 
 def w_reindex(ctx: Ctx, phase: str) -> None:
