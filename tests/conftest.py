@@ -26,6 +26,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session")
+def long_run(request: pytest.FixtureRequest) -> bool:
+    """True under `--long`: tests that scale their effort (rather than skip) read this."""
+    return bool(request.config.getoption("--long"))
+
+
 @pytest.fixture(params=["c", "python"])
 def impl(request: pytest.FixtureRequest) -> str:
     """The log implementation under test. The C one must load: a missing build fails, never skips."""

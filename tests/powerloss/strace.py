@@ -141,7 +141,7 @@ def split_args(text: str) -> list[str]:
 
 def fd_of(arg: str) -> tuple[int | None, str | None]:
     """(descriptor, -y path) of an argument like `3</path>`, `AT_FDCWD</cwd>` (fd None) or `-1`."""
-    m = re.match(r"^(-?\d+|AT_FDCWD)(?:<(.*)>)?$", arg.strip())
+    m = re.match(r"^(-?\d+|AT_FDCWD)(?:<(.*)>)?(?:\(deleted\))?$", arg.strip())
     if m is None:
         raise TraceError(f"not a descriptor argument: {arg[:80]}")
     path = unhex(m.group(2)) if m.group(2) is not None else None
