@@ -14,7 +14,7 @@ import tempfile
 import time
 
 from .crash import MODELS
-from .runner import INDEX_MODES, all_specs, record, run_states, table
+from .runner import INDEX_MODES, all_specs, load, record, run_states, table
 from .workloads import SPECS
 
 
@@ -31,9 +31,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only-state", type=int, default=None, help="check only state number N (a reproduction)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--keep", default=None, help="keep the recordings (trace, root) and failing states here")
+    ap.add_argument("--reuse", default=None,
+                    help="a recording directory kept earlier (one workload): check its trace again instead of "
+                         "recording anew, so that --seed and --only-state give exactly the same state")
     ap.add_argument("--max-failures", type=int, default=40, help="failing states to print in full")
     args = ap.parse_args(argv)
     names = [s.name for s in all_specs()] if not args.workload or "all" in args.workload else args.workload
+    if args.reuse and len(names) != 1:
+        ap.error("--reuse needs exactly one --workload (the one recorded there)")
     models = list(MODELS) if not args.model or "both" in args.model else args.model
     modes = args.index or list(INDEX_MODES)
     results = []
@@ -41,7 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     base = args.keep or tempfile.mkdtemp(prefix="evstore-powerloss-")
     os.makedirs(base, exist_ok=True)
     for name in names:
-        rec = record(SPECS[name], tempfile.mkdtemp(prefix=f"{name}-", dir=base))
+        if args.reuse:
+            rec = load(SPECS[name], args.reuse)
+        else:
+            rec = record(SPECS[name], tempfile.mkdtemp(prefix=f"{name}-", dir=base))
         h = rec.history
         print(f"{name}: {len(h.points)} operations ({len(h.data)} data, {len(h.meta)} entry, {len(h.syncs)} syncs, "
               f"{len(h.acks)} ack lines) recorded in {rec.workdir}", file=sys.stderr)

@@ -388,7 +388,7 @@ def check_state(req: dict[str, Any], cache: dict[str, Any]) -> list[tuple[str, s
             commits = scan_log(path, impl)
         except Exception as e:
             return [("corrupt-log", f"after the open: {type(e).__name__}: {e}")]
-        fails += match_commits(commits, intents, acked, spec["durability"], expect_lost)
+        fails += match_commits(commits, intents, acked, spec["claims"] or spec["durability"], expect_lost)
         try:
             fails += check_reads(s, commits, spec["prune"], rebuilt)
         except Exception as e:  # a read that raises is a wrong answer too

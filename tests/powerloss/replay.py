@@ -91,7 +91,7 @@ class Replayer:
     """Builds a `History`: made before the traced run (it reads the root's base state from disk),
     then fed the parsed trace with `replay`."""
 
-    def __init__(self, root: str, ack_path: str) -> None:
+    def __init__(self, root: str, ack_path: str, base: str | None = None) -> None:
         self.root = os.path.realpath(root)
         self.ack_path = os.path.realpath(ack_path)
         self.next_ino = 1
@@ -100,7 +100,7 @@ class Replayer:
         self.links: dict[int, str] = {}
         self.root_ino = self._new_dir()
         base_files: dict[int, bytes] = {}
-        self._load_base(self.root, self.root_ino, base_files)
+        self._load_base(base or self.root, self.root_ino, base_files)  # a saved copy, or the root itself
         self.h = History(self.root, base_files, {d: dict(e) for d, e in self.dirs.items()}, self.root_ino)
         self.tables: dict[int, dict[int, _Ofd]] = {}
         self.group: dict[int, int] = {}
@@ -452,6 +452,16 @@ class Replayer:
         self._point(call.seq, interesting=True)
 
     _do_syncfs = _do_sync
+
+    def _do_mmap(self, call: Call, table: dict[int, _Ofd]) -> None:
+        """A shared writable mapping of a file under the root would write behind strace's back: refused,
+        except LMDB's lock.mdb (reader slots, reinitialised by the first process to open the index)."""
+        if len(call.args) < 5 or call.args[4].startswith("-1") or "MAP_SHARED" not in call.args[3]:
+            return
+        o = self._ofd(table, call, call.args[4])
+        if o is not None and o.ino is not None and "PROT_WRITE" in call.args[2] \
+                and os.path.basename(o.path) != "lock.mdb":
+            raise TraceError(f"line {call.seq}: {o.path} is mapped shared and writable; such writes are not traced")
 
     def _do_msync(self, call: Call, table: dict[int, _Ofd]) -> None:
         raise TraceError(f"line {call.seq}: msync: writes through a shared writable mapping are not modelled")

@@ -77,10 +77,24 @@ def record(spec: Spec, workdir: str) -> Recording:
     if os.path.exists(ack):
         with open(ack) as f:
             base_acks = [d for d in map(json.loads, f) if d["t"] == "ack"]
+    with open(os.path.join(workdir, "base-acks.json"), "w") as f:
+        json.dump(base_acks, f)
+    shutil.copytree(root, os.path.join(workdir, "base"), symlinks=True)  # for `load` (a reproduction)
     replayer = Replayer(root, ack)  # reads the base state now, before the traced run changes it
     trace_path = os.path.join(workdir, "trace.txt")
     run_traced([sys.executable, WORKLOADS, spec.name, "run", root, ack], trace_path, env=env, cwd=workdir)
     history = replayer.replay(parse(trace_path))
+    return Recording(spec, workdir, root, ack, base_acks, history, Prepared(history))
+
+
+def load(spec: Spec, workdir: str) -> Recording:
+    """A recording `record` made in `workdir` earlier (its base copy, acks and trace): the same trace,
+    so the same seed and state number give exactly the same crash state."""
+    root = os.path.join(workdir, "root")
+    ack = os.path.join(workdir, "acks.jsonl")
+    with open(os.path.join(workdir, "base-acks.json")) as f:
+        base_acks = json.load(f)
+    history = Replayer(root, ack, base=os.path.join(workdir, "base")).replay(parse(os.path.join(workdir, "trace.txt")))
     return Recording(spec, workdir, root, ack, base_acks, history, Prepared(history))
 
 
@@ -146,6 +160,7 @@ class Result:
     seed: int
     failures: list[tuple[str, str]]
     notes: list[str] = field(default_factory=list)
+    workdir: str = ""  # the recording (trace, base copy, acks): `--reuse` it for the very same state
 
     def describe(self) -> str:
         head = (f"{self.workload} model={self.model} index={self.index} seed={self.seed} state={self.state} "
@@ -153,7 +168,7 @@ class Result:
         body = "\n".join(f"    [{c}] {d}" for c, d in self.failures)
         notes = "\n".join(f"      - {n}" for n in self.notes[:6])
         repro = (f"    reproduce: python -m tests.powerloss --workload {self.workload} --model {self.model} "
-                 f"--seed {self.seed} --only-state {self.state}")
+                 f"--seed {self.seed} --only-state {self.state} --index {self.index} [--reuse {self.workdir}]")
         return f"{head}\n{body}\n      crash state:\n{notes}\n{repro}"
 
 
@@ -205,7 +220,7 @@ def run_states(rec: Recording, models: Iterable[str], states: int, seed: int, *,
             shutil.copytree(dest, os.path.join(keep_failing, f"{spec.name}-{model}-{mode}-{seed}-{i}"),
                             dirs_exist_ok=True)
         shutil.rmtree(dest, ignore_errors=True)
-        return Result(spec.name, model, mode, i, st.point, seed, fails, st.notes)
+        return Result(spec.name, model, mode, i, st.point, seed, fails, st.notes, rec.workdir)
 
     try:
         with ThreadPoolExecutor(max_workers=max(1, workers)) as ex:
@@ -251,4 +266,4 @@ def all_specs() -> list[Spec]:
     return list(SPECS.values())
 
 
-__all__ = ["INDEX_MODES", "Recording", "Result", "all_specs", "record", "representative", "run_states", "table"]
+__all__ = ["INDEX_MODES", "Recording", "Result", "all_specs", "load", "record", "representative", "run_states", "table"]

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 TRACED = (
     "open,openat,openat2,creat,write,pwrite64,writev,pwritev,pwritev2,ftruncate,truncate,fallocate,"
     "fsync,fdatasync,sync_file_range,rename,renameat,renameat2,unlink,unlinkat,mkdir,mkdirat,rmdir,"
-    "link,linkat,symlink,symlinkat,close,close_range,sync,syncfs,msync,clone,clone3,fork,vfork,lseek,sendfile,"
+    "link,linkat,symlink,symlinkat,close,close_range,sync,syncfs,msync,mmap,clone,clone3,fork,vfork,lseek,sendfile,"
     "copy_file_range,dup,dup2,dup3,fcntl,execve"
 )
 STRING_LIMIT = 1 << 24  # longer than any single write of the workloads (a truncated string is an error)
