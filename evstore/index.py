@@ -30,6 +30,7 @@ Sub-databases (keys big-endian so that they sort; values little-endian):
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 from collections.abc import Iterable
@@ -168,6 +169,45 @@ def check_data_file(path: str) -> None:
                              f"{txnid}) names pages up to byte {need}")
 
 
+_RESOURCE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.ENOMEM, errno.EMFILE, errno.ENFILE, errno.EACCES,
+                    errno.EPERM, errno.EROFS, errno.EAGAIN)
+_RESOURCE_TEXTS = tuple(os.strerror(n) for n in _RESOURCE_ERRNOS)
+
+
+def is_resource_error(e: BaseException) -> bool:
+    """Whether an LMDB or OS error is a lack of resources (space, memory, descriptors, permission),
+    not damage: the index is then unavailable, never rebuilt over."""
+    if isinstance(e, OSError):
+        return e.errno in _RESOURCE_ERRNOS
+    if isinstance(e, (lmdb.MapFullError, lmdb.ReadersFullError, lmdb.TxnFullError, lmdb.MemoryError)):
+        return True
+    return isinstance(e, lmdb.Error) and any(t in str(e) for t in _RESOURCE_TEXTS)
+
+
+_LOCK_FILE_BYTES = 40960  # LMDB's reader table for max_readers=512 (64 bytes a slot) and its header
+
+
+def _allocate_lock_file(path: str, readonly: bool) -> None:
+    """Allocate lock.mdb's blocks before LMDB maps it for writing: a page of a sparse file touched
+    through a shared mapping on a full disk kills the process with SIGBUS, where a failed allocation
+    here is a clean `IndexUnavailable`."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as e:
+        if readonly and e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+            return  # a reader on a read-only file system: LMDB will say what it can do
+        raise IndexUnavailable(path, f"cannot open the index lock file {path}: {e.strerror}", e.errno) from e
+    try:
+        size = os.fstat(fd).st_size
+        os.posix_fallocate(fd, 0, max(size, _LOCK_FILE_BYTES))
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL) and not (readonly and e.errno == errno.EBADF):
+            raise IndexUnavailable(path, f"cannot allocate the index lock file {path}: {e.strerror} "
+                                   "(free disk space)", e.errno) from e
+    finally:
+        os.close(fd)
+
+
 class Index:
     """One LMDB environment with the sub-databases above.
 
@@ -186,6 +226,7 @@ class Index:
             check_data_file(data)
         elif not readonly:
             created = True
+        _allocate_lock_file(os.path.join(path, "lock.mdb"), readonly)
         try:
             self.env = lmdb.open(
                 path, map_size=map_size, max_dbs=len(DB_NAMES) + 2, subdir=True, readonly=readonly,
@@ -197,12 +238,16 @@ class Index:
             raise CorruptedError(path, 0, f"the index cannot be opened ({e}); it can be rebuilt from the log") from e
         except lmdb.Error as e:  # not damage (e.g. already open, no permission): never rebuild over it
             raise IndexUnavailable(path, f"the index {path} cannot be opened: {e}") from e
+        except OSError as e:
+            raise IndexUnavailable(path, f"the index {path} cannot be opened: {e.strerror}", e.errno) from e
         try:
             self.db = {name.decode(): self.env.open_db(name, create=not readonly) for name in DB_NAMES}
             if created:
                 fsync_dir(path)  # data.mdb's entry: LMDB creates the file but does not sync its directory
         except lmdb.Error as e:
             self.env.close()
+            if is_resource_error(e):
+                raise IndexUnavailable(path, f"the index {path} cannot be opened: {e}") from e
             if isinstance(e, lmdb.ReadonlyError) or (readonly and isinstance(e, lmdb.NotFoundError)):
                 raise CorruptedError(path, 0, f"the index is incomplete ({e}); it can be rebuilt from the log") from e
             raise CorruptedError(path, 0, f"the index cannot be opened ({e}); it can be rebuilt from the log") from e

@@ -12,12 +12,13 @@ import struct
 import threading
 from itertools import chain
 import time
+import functools
 import uuid
 
 import lmdb
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import ModuleType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from evstore import _impl
 from evstore._format import (
@@ -60,6 +61,7 @@ from evstore.errors import (
 )
 from evstore.index import (
     INDEX_FILES,
+    is_resource_error,
     CHECKPOINT,
     COMMIT_KEY,
     EXTENT_KEY,
@@ -378,6 +380,14 @@ def _after_fork_in_child() -> None:
     from now on, and the child may open the store anew (it does not inherit the writer's role)."""
     for core in _registry.values():
         core.forked = True
+        # LMDB refuses to open an environment twice in a process, and the child inherited the
+        # parent's: close the child's copy (this touches neither the parent's reader slots nor its
+        # locks, which belong to the parent's pid) so the child can open the store itself.
+        if core.index is not None:
+            try:
+                core.index.close()
+            except Exception:  # pragma: no cover - best effort in a child
+                pass
     _registry.clear()
     global _registry_lock
     _registry_lock = threading.Lock()  # the parent may have held it while forking
@@ -565,6 +575,12 @@ class _Core:
             except IndexAheadOfLog:
                 raise
             except (CorruptedError, lmdb.Error, struct.error) as e:
+                if not isinstance(e, CorruptedError) and is_resource_error(e):
+                    if self.index is not None:
+                        self.index.close()
+                        self.index = None  # type: ignore[assignment]
+                    raise IndexUnavailable(ipath, f"the index cannot be used ({e}); free the resource and "
+                                           "open the store again") from e
                 if self.index is not None:
                     self.index.close()
                     self.index = None  # type: ignore[assignment]
@@ -1462,6 +1478,31 @@ class _Core:
 # -- the public handle --------------------------------------------------------------------------
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _index_errors(fn: _F) -> _F:
+    """Translate an LMDB error escaping a public method: `StoreClosed` when the store was closed under
+    the call (a read racing `close()`), `IndexUnavailable` for a lack of resources, else
+    `CorruptedError` (the index is damaged: a writer's next open rebuilds it)."""
+
+    @functools.wraps(fn)
+    def wrapper(self: EventStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(self, *args, **kwargs)
+        except lmdb.Error as e:
+            core = self._core
+            ipath = os.path.join(self.path, "index")
+            if core is None or core.closed or core.closing:
+                raise StoreClosed(self.path) from e
+            if is_resource_error(e):
+                raise IndexUnavailable(ipath, f"the index cannot be read or written ({e})") from e
+            raise CorruptedError(ipath, 0, f"the index failed ({e}); reopen the store for writing to rebuild "
+                                 "it from the log") from e
+
+    return wrapper  # type: ignore[return-value]
+
+
 class EventStore:
     """An open store. Use as a context manager, or call `close()`.
 
@@ -1536,6 +1577,7 @@ class EventStore:
 
     # -- writing ---------------------------------------------------------------------------
 
+    @_index_errors
     def append(self, stream: Stream, events: Sequence[NewEvent], *, expected_version: Any = ANY,
                expected_state: str | Iterable[str] | None = None, condition: Condition | None = None) -> AppendResult:
         """Append events to one stream in one atomic commit.
@@ -1553,6 +1595,7 @@ class EventStore:
         return core.commit([_Part(stream, events, expected_version, expected_state)], (), self._binder,
                            condition=_check_condition(condition))[0]
 
+    @_index_errors
     def append_many(self, appends: Iterable[tuple[Stream, Sequence[NewEvent], Any]], *,
                     tracking: tuple[str, int] | None = None,
                     condition: Condition | None = None) -> list[AppendResult]:
@@ -1576,6 +1619,7 @@ class EventStore:
             raise ValueError("append_many needs at least one (stream, events, expected_version)")
         return core.commit(parts, extras, self._binder, condition=_check_condition(condition))
 
+    @_index_errors
     def max_tracking(self, upstream: str) -> int | None:
         """The largest position recorded with `tracking=(upstream, ...)`, or None."""
         core = self._r()
@@ -1583,6 +1627,7 @@ class EventStore:
         with core.index.begin() as txn:
             return max_tracking(core.index, txn, name)
 
+    @_index_errors
     def has_tracking(self, upstream: str, position: int) -> bool:
         """Whether a tracking record for exactly (`upstream`, `position`) was committed."""
         core = self._r()
@@ -1591,6 +1636,7 @@ class EventStore:
         with core.index.begin() as txn:
             return txn.get(name + b"\x00" + COMMIT_KEY.pack(position), db=core.index.db["tracking"]) is not None
 
+    @_index_errors
     def query(self, items: Sequence[QueryItem], *, gt: int = 0, lte: int | None = None,
               limit: int | None = None) -> list[RecordedEvent]:
         """Events with `gt < position <= lte` that match any of `items` (an event matches an item when
@@ -1636,6 +1682,7 @@ class EventStore:
 
     # -- reading ---------------------------------------------------------------------------
 
+    @_index_errors
     def stream_version(self, stream: Stream) -> int:
         """The stream's last version (0 when it has no events)."""
         core = self._r()
@@ -1644,6 +1691,7 @@ class EventStore:
             raw = txn.get(stream_key(stream), db=core.index.db["heads"])
         return 0 if raw is None else Head.unpack(raw).version
 
+    @_index_errors
     def head(self) -> int:
         """The position of the last committed event (0 when the store is empty)."""
         core = self._r()
@@ -1651,6 +1699,7 @@ class EventStore:
             cp = core.index.get_checkpoint(txn)
         return 0 if cp is None else cp[2] - 1
 
+    @_index_errors
     def read_stream(self, stream: Stream, *, gt: int | None = None, lte: int | None = None, desc: bool = False,
                     limit: int | None = None) -> list[RecordedEvent]:
         """The stream's events with `gt < version <= lte`, oldest first (newest first with desc=True),
@@ -1690,6 +1739,7 @@ class EventStore:
                     hi = min(hi, lo + limit - 1)
             return core.extents(txn, head.num, lo, hi), lo, hi
 
+    @_index_errors
     def _stream_chunks(self, stream: Stream, *, gt: int | None = None, lte: int | None = None,
                        desc: bool = False, limit: int | None = None) -> list[tuple[Any, list[int]]]:
         """`read_stream` in raw form, for adapters that build their own objects: (mapping, record
@@ -1707,6 +1757,7 @@ class EventStore:
         if head.flags & HEAD_TOMBSTONE:
             raise StreamDeleted(stream)
 
+    @_index_errors
     def read_all(self, *, gt: int = 0, lte: int | None = None, limit: int | None = None,
                  types: Iterable[str] | None = None) -> Iterator[RecordedEvent]:
         """Every event with `gt < position <= lte` in position order (of the given types, if any),
@@ -1717,6 +1768,7 @@ class EventStore:
         limit = _check_position(limit, "limit")
         return self._read_all(core, start or 0, lte, limit, _type_filter(types))
 
+    @_index_errors
     def _read_all(self, core: _Core, gt: int, lte: int | None, limit: int | None,
                   tfilter: tuple[bytes, ...] | None) -> Iterator[RecordedEvent]:
         """Fix the snapshot (the head and where to start) now; the returned iterator scans lazily."""
@@ -1745,6 +1797,7 @@ class EventStore:
         for buf, offs, _s, _e in chunks:
             yield buf, offs
 
+    @_index_errors
     def _all_plan(self, core: _Core, gt: int, lte: int | None, tfilter: tuple[bytes, ...] | None) -> Any:
         """How a read of the log after `gt` goes, fixed now: None (nothing to read), ("runs", commits holding the types,
         stop) or ("scan", segment, offset, first position there, stop)."""
@@ -1838,6 +1891,7 @@ class EventStore:
                       limit: int | None, tfilter: tuple[bytes, ...] | None) -> Iterator[list[RecordedEvent]]:
         return _scan_batches(core, self._up, seg_first, off, next_pos, gt, stop, limit, tfilter)
 
+    @_index_errors
     def event_at(self, position: int) -> RecordedEvent | None:
         """The event at a global position, or None."""
         core = self._r()
@@ -1854,21 +1908,25 @@ class EventStore:
             prefix = ""
         elif not isinstance(prefix, str):
             raise TypeError(f"prefix must be a str or None, not {type(prefix).__name__}")
+        return iter(self._streams(prefix))
+
+    @_index_errors
+    def _streams(self, prefix: str) -> list[tuple[Stream, int]]:
         core = self._r()
         p = b"s" + prefix.encode("utf-8")
         with core.index.begin() as txn:
             cur = txn.cursor(core.index.db["heads"])
             start = p if prefix else b""
+            rows: list[tuple[Stream, int]] = []
             if not cur.set_range(start):
-                return
-            rows = []
+                return rows
             for kraw, v in cur:
                 k = bytes(kraw)
                 if prefix and not k.startswith(p):
                     break
                 rows.append((decode_stream(k[1:], FLAG_UUID_STREAM if k[:1] == b"u" else 0),
                              Head.unpack(v).version))
-        yield from rows
+        return rows
 
     # -- stream states: lifecycles and marks ------------------------------------------------
 
@@ -1883,6 +1941,7 @@ class EventStore:
         _check_stream(stream)
         return None if self._binder is None else self._binder(stream)
 
+    @_index_errors
     def stream_state(self, stream: Stream) -> str | None:
         """The stream's lifecycle state: the recorded one, else (for a stream bound to a lifecycle) the
         state its visible history leads to (the initial state for a new stream), else None."""
@@ -1897,6 +1956,7 @@ class EventStore:
             return lc.initial
         return lc.replay(e.type for e in self.read_stream(stream))
 
+    @_index_errors
     def stream_info(self, stream: Stream) -> StreamInfo | None:
         """What the index holds on the stream's head (version, marks, recorded state), or None."""
         core = self._r()
@@ -1907,6 +1967,7 @@ class EventStore:
         deleted = tombstoned or (h.hidden > 0 and h.version <= h.hidden)  # nothing visible since the delete
         return StreamInfo(stream, h.version, bool(h.flags & HEAD_CLOSED), deleted, tombstoned, h.state)
 
+    @_index_errors
     def close_stream(self, stream: Stream) -> None:
         """Close the stream: it stays readable, and further appends raise `StreamClosed`.
 
@@ -1923,6 +1984,7 @@ class EventStore:
             return [Extra(KIND_MARK, sb, sflag, _MARK_CLOSED, 0 if h is None else h.version, b"", 0)]
         core.write_marks(stream_key(stream), make)
 
+    @_index_errors
     def delete_stream(self, stream: Stream, *, tombstone: bool = False) -> None:
         """Delete the stream, softly (default) or for ever (`tombstone=True`).
 
@@ -1948,6 +2010,7 @@ class EventStore:
             return [Extra(KIND_MARK, sb, sflag, _MARK_DELETED, version, b"", 0)]
         core.write_marks(stream_key(stream), make)
 
+    @_index_errors
     def check_lifecycles(self) -> list[LifecycleViolation]:
         """Replay the event types of every stream bound to a lifecycle and list each event it refuses.
 
@@ -1978,6 +2041,7 @@ class EventStore:
 
     # -- snapshots ---------------------------------------------------------------------------
 
+    @_index_errors
     def save_snapshot(self, stream: Stream, version: int, data: bytes, *, type: str, schema: int = 1) -> None:
         """Save `data` as the stream's state at `version` (1 .. the stream's version).
 
@@ -2035,6 +2099,7 @@ class EventStore:
                 raise core.log_damage(seg.path, e.offset, str(e)) from None
             yield decode_snapshot(buf, off, stream)
 
+    @_index_errors
     def load_snapshot(self, stream: Stream, *, lte: int | None = None) -> Snapshot | None:
         """The latest snapshot of the stream at or below version `lte`, or None.
 
@@ -2047,6 +2112,7 @@ class EventStore:
         self._check_readable(stream, h)
         return next(self._snapshots(core, stream, h, lte), None)
 
+    @_index_errors
     def prune_snapshots(self, stream: Stream | None = None, *, keep: int = 1) -> int:
         """Drop the index entries of all but the newest `keep` snapshots of `stream` (of every stream
         when None); returns how many were dropped. The log keeps their bytes: a rebuild of the index
@@ -2081,6 +2147,7 @@ class EventStore:
                 core.index.write(batch)
         return len(batch.extra)
 
+    @_index_errors
     def load(self, stream: Stream, *, apply: Callable[[Any, RecordedEvent], Any], initial: Any,
              decode_snapshot: Callable[[Snapshot], Any] | None = None, schema: int = 1,
              snapshot_every: int | None = None, encode_snapshot: Callable[[Any], bytes] | None = None,
