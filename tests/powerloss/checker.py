@@ -172,8 +172,11 @@ def match_commits(commits: list[LogCommit], intents: list[dict[str, Any]], acked
                   durability: str, expect_lost: set[str]) -> list[tuple[str, str]]:
     """Pair each log commit with the intent it carries out; report what is missing or foreign."""
     fails: list[tuple[str, str]] = []
-    wanted = [(i, shape(i)) for i in intents]
-    wanted = [(i, s) for i, s in wanted if s is not None]
+    wanted: list[tuple[dict[str, Any], list[tuple[Any, ...]]]] = []
+    for i in intents:
+        sh = shape(i)
+        if sh is not None:
+            wanted.append((i, sh))
     ptr = 0
     present: set[str] = set()
     for c in commits:

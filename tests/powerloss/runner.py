@@ -127,7 +127,7 @@ class Worker:
         ready, _, _ = select.select([p.stdout], [], [], STATE_TIMEOUT)
         line = p.stdout.readline() if ready else ""
         if line:
-            return [tuple(f) for f in json.loads(line)["failures"]]  # type: ignore[misc]
+            return [(str(c), str(d)) for c, d in json.loads(line)["failures"]]
         if p.poll() is None:
             p.kill()
             what = f"hung for more than {STATE_TIMEOUT:.0f} s"

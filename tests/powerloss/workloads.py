@@ -93,6 +93,7 @@ class Ctx:
         built = [(stream, self.events(f"{k}.{j}", n, big=big)) for j, (stream, n) in enumerate(parts)]
         self.line(t="intent", k=k, op="append", parts=[{"stream": s, "events": [_ev(e) for e in evs]} for s, evs in built],
                   tracking=list(tracking) if tracking else None)
+        res: list[evstore.AppendResult]
         if built:
             res = store.append_many([(_stream(s), evs, evstore.ANY) for s, evs in built], tracking=tracking)
         else:
