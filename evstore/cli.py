@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import evstore
 from evstore import tools
@@ -54,8 +54,35 @@ def _print_events(events: Any, fmt: str) -> int:
     return n
 
 
+def _store(path: str) -> str:
+    """The store at `path`, or "no store at PATH" (nothing is created)."""
+    return tools.store_dir(path)
+
+
 def _open_ro(path: str) -> evstore.EventStore:
-    return evstore.open(path, readonly=True, create=False)
+    real = _store(path)
+    if not os.path.exists(os.path.join(real, "index", "data.mdb")):
+        raise evstore.EvstoreError(f"{path} has no index yet; run `evstore reindex {path}` to build it from the log")
+    return evstore.open(real, readonly=True, create=False)
+
+
+def _count(text: str) -> int:
+    """An argparse type: an int >= 0."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {n}")
+    return n
+
+
+def _positive(text: str) -> int:
+    """An argparse type: an int >= 1."""
+    n = _count(text)
+    if n < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return n
 
 
 def cmd_info(a: argparse.Namespace) -> int:
@@ -97,22 +124,40 @@ def cmd_read(a: argparse.Namespace) -> int:
     return 0
 
 
+def _last_events(s: evstore.EventStore, n: int, types: list[str] | None) -> tuple[list[Any], int]:
+    """The last `n` events (of `types`) and the head they were read at: windows back from the head,
+    doubled until they hold `n` matching events or reach the start."""
+    head = s.head()
+    if n == 0:
+        return [], head
+    if types is None:
+        return list(s.read_all(gt=max(head - n, 0), lte=head)), head
+    window = max(n * 4, 1024)
+    while True:
+        gt = max(head - window, 0)
+        found = list(s.read_all(gt=gt, lte=head, types=types))
+        if len(found) >= n or gt == 0:
+            return found[-n:], head
+        window *= 4
+
+
 def cmd_tail(a: argparse.Namespace) -> int:
     types = [a.type] if a.type else None
     with _open_ro(a.path) as s:
-        start = max(s.head() - a.lines, 0)
+        events, head = _last_events(s, a.lines, types)
+        _print_events(events, a.format)
         if not a.follow:
-            _print_events(s.read_all(gt=start, types=types), a.format)
             return 0
-        with s.subscribe(gt=start, types=types) as sub:
+        with s.subscribe(gt=head, types=types) as sub:
             for e in sub:
                 _print_events([e], a.format)
     return 0
 
 
 def cmd_verify(a: argparse.Namespace) -> int:
-    total = sum(os.path.getsize(os.path.join(a.path, "log", f)) for f in os.listdir(os.path.join(a.path, "log"))) \
-        if os.path.isdir(os.path.join(a.path, "log")) else None
+    real = _store(a.path)
+    logdir = os.path.join(real, "log")
+    total = sum(os.path.getsize(os.path.join(logdir, f)) for f in os.listdir(logdir))
     with _progress(total, "B", "verify") as bar:
         rep = tools.verify(a.path, bar)
     rate = rep.bytes / rep.seconds / 1e9 if rep.seconds else 0.0
@@ -122,7 +167,8 @@ def cmd_verify(a: argparse.Namespace) -> int:
         kind = "torn tail (cut off on the next open for writing)" if p.torn_tail else "CORRUPT"
         print(f"{kind}: {p.path} at offset {p.offset}: {p.reason}")
     if not rep.ok:
-        print("run `evstore recover PATH` to salvage every intact commit before the damage", file=sys.stderr)
+        print(f"evstore: the log is damaged; run `evstore recover {a.path}` to salvage every intact commit "
+              "before the damage", file=sys.stderr)
         return 1
     if a.lifecycles:
         violations = _check_lifecycles(a.path, a.lifecycles)
@@ -135,11 +181,28 @@ def cmd_verify(a: argparse.Namespace) -> int:
 
 
 def _check_lifecycles(path: str, spec: str) -> list[Any]:
-    from evstore.lifecycle import load_object
+    from evstore.lifecycle import Lifecycle, load_object
 
-    obj = load_object(spec)
-    with evstore.open(path, readonly=True, create=False, lifecycles=obj) as s:
-        return list(s.check_lifecycles())
+    try:
+        obj = load_object(spec)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise evstore.EvstoreError(f"cannot load the lifecycles {spec!r}: {e}") from None
+    if isinstance(obj, Lifecycle):
+        lc = obj
+        if lc.name and "-" not in lc.name:
+            obj = {lc.name: lc}  # the streams of the category it is named for
+        else:
+            obj = lambda _stream: lc  # noqa: E731 - every stream
+    elif not callable(obj) and not isinstance(obj, dict):
+        raise evstore.EvstoreError(f"{spec} is a {type(obj).__name__}: give a dict category -> Lifecycle, a "
+                                   "Lifecycle, or a function stream -> Lifecycle | None")
+    try:
+        with evstore.open(_store(path), readonly=True, create=False, lifecycles=obj) as s:
+            return list(s.check_lifecycles())
+    except evstore.EvstoreError:
+        raise
+    except Exception as e:  # the user's lifecycles function (or mapping) failed
+        raise evstore.EvstoreError(f"the lifecycles {spec} failed: {type(e).__name__}: {e}") from None
 
 
 def cmd_reindex(a: argparse.Namespace) -> int:
@@ -151,7 +214,10 @@ def cmd_reindex(a: argparse.Namespace) -> int:
 
 def cmd_recover(a: argparse.Namespace) -> int:
     rep = tools.recover(a.path)
-    print(f"head before: {rep.head_before}, after: {rep.head_after}")
+    before = "unknown (no readable index)" if rep.head_before is None else f"{rep.head_before:,}"
+    print(f"head before: {before}, after: {rep.head_after:,}")
+    for f in rep.findings:
+        print(f"found: {f}")
     if rep.damaged:
         print(f"dropped {rep.dropped_bytes:,} bytes after the damage; the damaged files are kept in {rep.moved_to}:")
         for p in rep.damaged:
@@ -169,7 +235,7 @@ def cmd_backup(a: argparse.Namespace) -> int:
 
 
 def cmd_compact_snapshots(a: argparse.Namespace) -> int:
-    with evstore.open(a.path, create=False) as s:
+    with evstore.open(_store(a.path), create=False) as s:
         n = s.prune_snapshots(keep=a.keep)
     print(f"dropped {n:,} older snapshot(s) from the index, keeping the newest {a.keep} of each stream")
     return 0
@@ -178,25 +244,50 @@ def cmd_compact_snapshots(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     with _progress(None, "ev", "export") as bar:
         if a.output in (None, "-"):
-            n = tools.export(a.path, sys.stdout, gt=a.gt, progress=bar)
+            n = tools.export_records(a.path, sys.stdout, gt=a.gt, progress=bar)
+            sys.stdout.flush()
         else:
-            target = tools.check_target(a.output, "export file")
-            with open(target, "x", encoding="utf-8") as f:
-                n = tools.export(a.path, f, gt=a.gt, progress=bar)
-    print(f"exported {n:,} events", file=sys.stderr)
+            n = _export_file(a, bar)
+    print(f"exported {n.events:,} events and {n.records:,} other records in {n.commits:,} commits",
+          file=sys.stderr)
     return 0
+
+
+def _export_file(a: argparse.Namespace, bar: tools.Progress) -> tools.ExportCount:
+    """Export into a new file, durably: written as FILE.partial, synced, renamed to FILE."""
+    from evstore import durable
+
+    _store(a.path)
+    target = tools.check_target(a.output, "export file")
+    tmp = target + ".partial"
+    durable.remove(tmp)
+    try:
+        with open(tmp, "x", encoding="utf-8") as f:
+            n = tools.export_records(a.path, f, gt=a.gt, progress=bar)
+            f.flush()
+            os.fsync(f.fileno())
+        if os.path.lexists(target):
+            raise evstore.EvstoreError(f"export file {a.output} appeared during the export; the export is in {tmp}")
+        durable.rename(tmp, target)
+    except BaseException:
+        if not os.path.lexists(target) or os.path.lexists(tmp):
+            durable.remove(tmp)
+        raise
+    return n
 
 
 def cmd_import(a: argparse.Namespace) -> int:
     with open(a.file, encoding="utf-8") as f, _progress(None, "ev", "import") as bar:
-        n = tools.import_events(a.path, f, merge=a.merge, progress=bar)
-    print(f"imported {n:,} events")
+        r = tools.import_file(a.path, f, merge=a.merge, progress=bar)
+    print(f"imported {r.events:,} events and {r.records:,} other records in {r.commits:,} commits"
+          + (f"; {r.skipped_events:,} events were in the store already" if r.skipped_events else ""))
     return 0
 
 
 def cmd_copy(a: argparse.Namespace) -> int:
     from evstore.migrate import copy_to_module
 
+    _store(a.path)
     with _progress(None, "ev", "copy") as bar:
         n, last = copy_to_module(a.path, a.to_module, batch=a.batch, progress=bar)
     print(f"copied {n:,} events to {a.to_module}; the target holds every event up to position {last:,}")
@@ -240,10 +331,18 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as every other error: one line on stderr, exit 1."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"evstore: {_one_line(message)} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(1)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="evstore", description="Inspect, verify, repair and exercise evstore stores.")
+    parser = _Parser(prog="evstore", description="Inspect, verify, repair and exercise evstore stores.")
     parser.add_argument("--version", action="version", version=f"evstore {evstore.__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     p = sub.add_parser("info", help="format, counts, sizes, head, segments and index lag")
     p.add_argument("path")
@@ -260,16 +359,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p.add_argument("stream")
     p.add_argument("--uuid", action="store_true", help="the stream id is a UUID")
-    p.add_argument("--from", dest="from_", type=int, help="first version to print")
-    p.add_argument("--to", type=int, help="last version to print")
+    p.add_argument("--from", dest="from_", type=_count, help="first version to print")
+    p.add_argument("--to", type=_count, help="last version to print")
     p.add_argument("--desc", action="store_true", help="newest first")
-    p.add_argument("--limit", type=int)
+    p.add_argument("--limit", type=_count)
     p.add_argument("--format", **fmt)  # type: ignore[arg-type]
     p.set_defaults(func=cmd_read)
 
     p = sub.add_parser("tail", help="print the last events of the log; --follow waits for new ones")
     p.add_argument("path")
-    p.add_argument("-n", "--lines", type=int, default=10, help="how many of the last events (default 10)")
+    p.add_argument("-n", "--lines", type=_count, default=10,
+                   help="how many of the last events (of --type, if given) to print (default 10)")
     p.add_argument("-f", "--follow", action="store_true")
     p.add_argument("--type", help="only events of this type")
     p.add_argument("--format", **fmt)  # type: ignore[arg-type]
@@ -279,7 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p.add_argument("--lifecycles", metavar="MODULE:ATTR",
                    help="also replay every stream through these lifecycles (a dict category -> Lifecycle, "
-                        "a Lifecycle, or a function stream -> Lifecycle | None) and list each violation")
+                        "a Lifecycle (for the streams of the category it is named for), or a function "
+                        "stream -> Lifecycle | None) and list each violation")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("reindex", help="rebuild the index from the log")
@@ -297,12 +398,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compact-snapshots", help="keep only the newest snapshots of each stream in the index")
     p.add_argument("path")
-    p.add_argument("--keep", type=int, default=1, help="snapshots to keep per stream (default 1)")
+    p.add_argument("--keep", type=_count, default=1, help="snapshots to keep per stream (default 1)")
     p.set_defaults(func=cmd_compact_snapshots)
 
     p = sub.add_parser("export", help="every event as JSON lines (byte-exact, base64 payloads)")
     p.add_argument("path")
-    p.add_argument("--gt", type=int, default=0, help="only events after this position")
+    p.add_argument("--gt", type=_count, default=0, help="only events after this position")
     p.add_argument("-o", "--output", help="file to create (default: standard output)")
     p.set_defaults(func=cmd_export)
 
@@ -315,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("copy", help="copy every event into an eventsourcing persistence module (resumable)")
     p.add_argument("path")
     p.add_argument("--to-module", required=True, help="e.g. eventsourcing.postgres, configured by environment")
-    p.add_argument("--batch", type=int, default=1000, help="events per target transaction (default 1000)")
+    p.add_argument("--batch", type=_positive, default=1000, help="events per target transaction (default 1000)")
     p.set_defaults(func=cmd_copy)
 
     p = sub.add_parser("consumers", help="list checkpointed consumers and their lag")
@@ -344,12 +445,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except BrokenPipeError:  # `evstore read ... | head`
         return 0
-    except (evstore.EvstoreError, OSError, ValueError, ImportError, AttributeError) as e:
-        print(f"evstore: {e}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("evstore: interrupted; the store is unchanged past its last commit", file=sys.stderr)
         return 130
+    except (evstore.EvstoreError, OSError, ValueError, ImportError, AttributeError) as e:
+        print(f"evstore: {_one_line(str(e))}", file=sys.stderr)
+        return 1
+    except Exception as e:  # never a traceback: name what failed, on one line
+        print(f"evstore: {type(e).__name__}: {_one_line(str(e))}", file=sys.stderr)
+        return 1
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) or "failed"
 
 
 if __name__ == "__main__":  # pragma: no cover

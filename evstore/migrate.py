@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable, Mapping
 
 import evstore
+from evstore.errors import EvstoreError
 
 COPY_TRACKING = "evstore-copy"
 
@@ -30,18 +31,24 @@ def copy_to_module(path: str, module: str, *, env: Mapping[str, str] | None = No
 
     settings = dict(os.environ if env is None else env)
     settings["PERSISTENCE_MODULE"] = module
-    factory = InfrastructureFactory.construct(Environment(env=settings))
     try:
-        recorder = factory.process_recorder()
+        factory = InfrastructureFactory.construct(Environment(env=settings))
+    except Exception as e:  # an unknown module, a missing driver, a missing setting
+        raise EvstoreError(f"cannot use the persistence module {module!r}: {_reason(e)}") from e
+    try:
+        try:
+            recorder = factory.process_recorder()
+        except Exception as e:
+            raise EvstoreError(f"cannot open a recorder of {module!r}: {_reason(e)}") from e
         done = recorder.max_tracking_id(name) or 0
         copied = 0
         with evstore.open(path, readonly=True, create=False) as store:
             pending: list[StoredEvent] = []
             last = done
-            for e in store.read_all(gt=done):
-                pending.append(StoredEvent(originator_id=e.stream, originator_version=e.version, topic=e.type,
-                                           state=e.data))
-                last = e.position
+            for ev in store.read_all(gt=done):
+                pending.append(StoredEvent(originator_id=ev.stream, originator_version=ev.version, topic=ev.type,
+                                           state=ev.data))
+                last = ev.position
                 if len(pending) >= batch or (stop_after is not None and copied + len(pending) >= stop_after):
                     recorder.insert_events(pending, tracking=Tracking(application_name=name, notification_id=last))
                     copied += len(pending)
@@ -58,3 +65,11 @@ def copy_to_module(path: str, module: str, *, env: Mapping[str, str] | None = No
         return copied, last if copied else done
     finally:
         factory.close()
+
+
+def _reason(e: BaseException) -> str:
+    cause = e.__cause__ or e.__context__
+    text = f"{type(e).__name__}: {e}"
+    if isinstance(cause, ImportError):
+        text += f" ({cause}; install the module's driver)"
+    return " ".join(text.split())
