@@ -26,6 +26,7 @@ The checks, in order (each failure has a category):
 from __future__ import annotations
 
 import base64
+import faulthandler
 import json
 import os
 import shutil
@@ -448,6 +449,7 @@ def check_backup(req: dict[str, Any], intents: list[dict[str, Any]], acked: dict
 
 def main() -> None:
     """Serve requests: {"dir", "spec", "ack_file", "acked", "index"} -> {"failures": [[category, detail]]}."""
+    faulthandler.enable()  # a SIGBUS or SIGSEGV leaves the Python stack on stderr for the crash report
     cache: dict[str, Any] = {}
     for line in sys.stdin:
         req = json.loads(line)
