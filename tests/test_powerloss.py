@@ -3,7 +3,7 @@ strace, and crash states derived from the trace (un-synced data lost, kept or ke
 un-synced directory entries lost under strict POSIX or journaling rules) are opened and checked
 with evstore, with the index as it was on disk and with the index deleted.
 
-The default run checks a few states per workload, model and index mode; `--long` checks 100 per
+The default run checks 8 states per workload, model and index mode; `--long` checks 100 per
 workload and model. `EVSTORE_POWERLOSS_SEED` picks the seed (default 1); every failure names its
 workload, model, index mode, seed and state number, and how to rerun it on its own. Never skipped:
 strace must be installed (the CI script installs it).
@@ -22,7 +22,7 @@ from powerloss.replay import DataOp, History, MetaOp, Sync
 from powerloss.runner import Result, record, representative, run_states, table
 from powerloss.workloads import SELFTEST, SPECS
 
-DEFAULT_STATES = 5  # per workload and model; each checked in both index modes
+DEFAULT_STATES = 8  # per workload and model; each checked in both index modes
 LONG_STATES = 100
 SEED = int(os.environ.get("EVSTORE_POWERLOSS_SEED", "1"))
 
