@@ -151,3 +151,21 @@ def test_model_pages_are_kept_or_lost_independently() -> None:
             assert got[k * PAGE : (k + 1) * PAGE] in (data[k * PAGE : (k + 1) * PAGE], bytes(PAGE), b"")
         seen.add(pages)
     assert (True, False, True, True) in seen and (False, False, False, True) in seen
+
+
+def test_model_never_keeps_a_later_write_to_a_page_without_the_earlier_ones() -> None:
+    """A page goes to disk whole, as it was in the cache at some moment: writes A then B to one page
+    give A, A+B or neither, never B alone; on different pages any combination can survive."""
+    h = History("/r", {}, {1: {"f": 2}}, 1)
+    h.is_dir = {1: True, 2: False}
+    h.data = [DataOp(5, 2, "w", 0, b"A" * 100), DataOp(6, 2, "w", 100, b"B" * 100),
+              DataOp(7, 2, "w", PAGE, b"C" * 100)]
+    h.points = [5, 6, 7]
+    h.end = 10
+    seen = set()
+    for i in range(600):
+        got = Prepared(h).state(10, "posix", random.Random(i)).files["f"]
+        a, b, c = got[:100] == b"A" * 100, got[100:200] == b"B" * 100, got[PAGE : PAGE + 100] == b"C" * 100
+        assert not (b and not a)
+        seen.add((a, b, c))
+    assert (False, False, True) in seen and (True, False, False) in seen and (True, True, False) in seen

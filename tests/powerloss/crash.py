@@ -5,14 +5,18 @@ page cache), nothing after it did. From there:
 
 **File data** (both metadata models). For each inode, the writes and truncates it received before
 `p` are split into the *synced* ones, those that completed before the start of an fsync/fdatasync
-of that inode (or a sync/syncfs) that itself completed before `p`, together with writes through
-O_DSYNC/O_SYNC descriptors, which are kept, and the others, each of which may be lost. A state picks
-one of five ways to lose un-synced operations (the same for every inode of the state): all lost,
-all kept, a random prefix kept (in-order writeback), each operation kept or lost independently
-(reordered writeback), or each 4 KiB page of each write kept or lost independently (reordered at
-page granularity). Independently, with probability 1/4 an inode's size is the size after *all* its
-operations even though their data was lost: bytes past the synced size come back as zeros (ext4
-data=writeback, XFS). A write is never torn inside a page (no sector model).
+of that inode (or a sync/syncfs) that itself completed before `p`, which are kept, and the others.
+The page cache writes a file back page by page, each page as it was in the cache at that moment:
+so after the crash each 4 KiB page holds one of its *versions* since the sync (its synced content
+plus a prefix of the un-synced writes that touched it), pages independently of each other, and the
+size is one of the sizes the file had since the sync, zeros wherever it runs past the data that
+survived (ext4 data=writeback, XFS). An O_DSYNC/O_SYNC write put its pages at least at the version
+it made. A state picks one way for all inodes: all un-synced writes lost; all kept; a prefix kept
+(in-order writeback); each write kept or lost (a page keeping a write only with the earlier writes
+to that page, since a page is written whole); each page at a random version ("reordered at page
+granularity"). Independently, with probability 1/4 an inode keeps its newest size even where its
+data is lost. Bytes are never torn inside a page (no sector model): a page never holds a later
+write without an earlier one to the same page, because no moment of the cache looked like that.
 
 **Directory entries** (create, mkdir, link, rename, unlink, rmdir), per model:
 
@@ -125,41 +129,65 @@ class Prepared:
         return best
 
     def file_content(self, ino: int, point: int, mode: str, rng: random.Random, notes: list[str]) -> bytes:
-        buf = bytearray(self.h.base_files.get(ino, b""))
+        """The inode's bytes after the crash: synced operations applied, then each page at one of its
+        versions since (a prefix of the un-synced writes that touched it), and the size at one of
+        its values since, zeros where the size runs past the data that survived."""
         ops = self.ops.get(ino, [])
         n = bisect.bisect_left(self.op_seqs.get(ino, []), point)
         synced = self._synced_count(ino, point)
-        keep_prefix = rng.randint(synced, n) if mode == "prefix" else n
-        nominal = len(buf)
-        lost = 0
-        for i, op in enumerate(ops[:n]):
-            nominal = _size_after(op, nominal)
-            forced = i < synced or op.dsync
-            if forced or mode == "keep-all" or (mode == "prefix" and i < keep_prefix):
-                _apply(buf, op, None)
-                continue
-            if mode in ("lose-all", "prefix"):
-                lost += 1
-                continue
-            if op.kind != "w" or mode == "ops":
-                if rng.random() < 0.5:
-                    _apply(buf, op, None)
-                else:
-                    lost += 1
-                continue
-            first, last = op.off // PAGE, (op.off + len(op.data) - 1) // PAGE if op.data else op.off // PAGE
-            pages = {p for p in range(first, last + 1) if rng.random() < 0.5}
-            lost += (last - first + 1) - len(pages)
-            _apply(buf, op, pages)
-        if n > synced and mode != "keep-all" and rng.random() < 0.25 and nominal != len(buf):
-            notes.append(f"inode {ino}: size {nominal} kept without its data (was {len(buf)})")
-            if nominal < len(buf):
-                del buf[nominal:]
-            else:
-                buf.extend(bytes(nominal - len(buf)))
-        if lost:
-            notes.append(f"inode {ino}: {lost} of {n - synced} un-synced writes/pages lost")
-        return bytes(buf)
+        durable = bytearray(self.h.base_files.get(ino, b""))
+        for op in ops[:synced]:
+            _apply(durable, op)
+        tail = ops[synced:n]
+        if not tail:
+            return bytes(durable)
+        sizes = [len(durable)]
+        for op in tail:
+            sizes.append(_size_after(op, sizes[-1]))
+        touching: dict[int, list[int]] = {}  # page -> the un-synced operations that changed it, in order
+        for j, op in enumerate(tail):
+            for page in _pages(op, sizes[j]):
+                touching.setdefault(page, []).append(j)
+        cut = rng.randint(0, len(tail))  # "prefix": in-order writeback of the first `cut` operations
+        chosen = {j for j in range(len(tail)) if rng.random() < 0.5}  # "ops": each kept or lost
+        out = bytearray(durable)
+        old_pages = 0
+        for page, lst in touching.items():
+            # An O_DSYNC write wrote its pages back as they were then, earlier writes included.
+            floor = max((i + 1 for i, j in enumerate(lst) if tail[j].dsync), default=0)
+            if mode == "keep-all":
+                k = len(lst)
+            elif mode == "lose-all":
+                k = 0
+            elif mode == "prefix":
+                k = sum(1 for j in lst if j < cut)
+            elif mode == "ops":  # a page keeps a write only together with every earlier write to it
+                k = 0
+                while k < len(lst) and lst[k] in chosen:
+                    k += 1
+            else:  # "pages": each page at any of its versions, independently of the others
+                k = rng.randint(0, len(lst))
+            k = max(k, floor)
+            old_pages += k < len(lst)
+            content = bytearray(durable[page * PAGE : (page + 1) * PAGE])
+            content.extend(bytes(PAGE - len(content)))
+            for j in lst[:k]:
+                _apply_to_page(content, tail[j], page)
+            end = (page + 1) * PAGE
+            if len(out) < end:
+                out.extend(bytes(end - len(out)))
+            out[page * PAGE : end] = content
+        ks = {"keep-all": len(tail), "lose-all": 0, "prefix": cut}.get(mode, rng.randint(0, len(tail)))
+        if mode != "keep-all" and rng.random() < 0.25:
+            ks = len(tail)  # the size made it to disk without (all) the data
+        ks = max(ks, max((j + 1 for j, op in enumerate(tail) if op.dsync), default=0))
+        size = sizes[ks]
+        if old_pages or size != sizes[-1]:
+            notes.append(f"inode {ino}: {old_pages} of {len(touching)} changed pages at an older version, "
+                         f"size {size} of {sizes[-1]}")
+        if len(out) < size:
+            out.extend(bytes(size - len(out)))
+        return bytes(out[:size])
 
     # -- metadata ----------------------------------------------------------------------------------
 
@@ -249,26 +277,43 @@ class Prepared:
 def _size_after(op: DataOp, size: int) -> int:
     if op.kind == "t":
         return op.size
-    return max(size, op.off + len(op.data))
+    return max(size, op.off + len(op.data)) if op.data else size
 
 
-def _apply(buf: bytearray, op: DataOp, pages: set[int] | None) -> None:
-    """Apply `op` to `buf`: whole, or only the 4 KiB pages in `pages` (a write)."""
+def _pages(op: DataOp, size: int) -> range:
+    """The pages whose bytes `op` changes, given the file's size before it."""
+    if op.kind == "t":
+        return range(op.size // PAGE, (size + PAGE - 1) // PAGE) if op.size < size else range(0)
+    if not op.data:
+        return range(0)
+    return range(op.off // PAGE, (op.off + len(op.data) - 1) // PAGE + 1)
+
+
+def _apply(buf: bytearray, op: DataOp) -> None:
+    """Apply `op` to the whole file `buf`."""
     if op.kind == "t":
         if op.size < len(buf):
             del buf[op.size :]
         else:
             buf.extend(bytes(op.size - len(buf)))
         return
-    start, end = op.off, op.off + len(op.data)
-    if pages is None:
-        spans = [(start, end)]
-    else:
-        spans = [(max(start, p * PAGE), min(end, (p + 1) * PAGE)) for p in sorted(pages)]
-    for a, b in spans:
-        if b > len(buf):
-            buf.extend(bytes(b - len(buf)))
-        buf[a:b] = op.data[a - start : b - start]
+    end = op.off + len(op.data)
+    if end > len(buf):
+        buf.extend(bytes(end - len(buf)))
+    buf[op.off : end] = op.data
+
+
+def _apply_to_page(content: bytearray, op: DataOp, page: int) -> None:
+    """Apply `op` to one page's bytes (`content`, PAGE long): a truncate zeroes what it cut off."""
+    lo, hi = page * PAGE, (page + 1) * PAGE
+    if op.kind == "t":
+        if op.size < hi:
+            start = max(op.size, lo) - lo
+            content[start:] = bytes(PAGE - start)
+        return
+    a, b = max(op.off, lo), min(op.off + len(op.data), hi)
+    if a < b:
+        content[a - lo : b - lo] = op.data[a - op.off : b - op.off]
 
 
 __all__ = ["CrashState", "MODELS", "PAGE", "Prepared"]
