@@ -372,14 +372,15 @@ def check_state(req: dict[str, Any], cache: dict[str, Any]) -> list[tuple[str, s
     if spec["recover"] and not any(a.get("op") == "recover" for a in req["acked"]):
         # Before its recover was acknowledged the store may still hold the damage the workload made,
         # or be half-way through the recover: an operator runs `evstore recover` again (what the
-        # CorruptedError and IndexAheadOfLog messages say to do), which must then work whatever the
-        # crash left. Once the recover is acknowledged the store must open on its own.
+        # messages of CorruptedError, IndexAheadOfLog and an interrupted recover say to do), which
+        # must then work whatever the crash left. Once the recover is acknowledged the store must
+        # open on its own.
         try:
             if os.path.isdir(os.path.join(path, "log")) and not tools.verify(path).ok:
                 tools.recover(path)
             try:
                 evstore.open(path, **kw).close()
-            except (evstore.CorruptedError, evstore.IndexAheadOfLog):
+            except evstore.EvstoreError:
                 tools.recover(path)
         except Exception as e:
             return [("refuses-open", f"tools.recover of a store whose recover was cut off: {type(e).__name__}: {e}")]
