@@ -22,6 +22,7 @@ import pytest
 
 import evstore
 from evstore import bench as B
+from evstore.bench.context import Ctx, popo_recorder, sqlite_recorder, stored
 
 SCALE = float(os.environ.get("EVSTORE_BENCH_SCALE", "0.1"))
 STORE_BACKENDS = ["c", "python"]
@@ -48,10 +49,10 @@ def sizes() -> B.Sizes:
 
 
 @pytest.fixture(scope="session")
-def ctx(sizes: B.Sizes) -> Iterator[B._Ctx]:
+def ctx(sizes: B.Sizes) -> Iterator[Ctx]:
     """The shared read datasets (built once per backend, on first use) in a session folder."""
     tmp = tempfile.mkdtemp(prefix="evstore-pytest-bench-")
-    c = B._Ctx(tmp, sizes, 1, B.BACKENDS, lambda msg: None)
+    c = Ctx(tmp, sizes, 1, B.BACKENDS, lambda msg: None)
     try:
         yield c
     finally:
@@ -72,9 +73,9 @@ class Writer:
         if backend in STORE_BACKENDS:
             self.store = evstore.open(path, durability=durability, log_impl=backend)
         elif backend == "sqlite":
-            self.recorder = B._sqlite_recorder(path + ".sqlite", pool_size=10)
+            self.recorder = sqlite_recorder(path + ".sqlite", pool_size=10)
         else:
-            self.recorder = B._popo_recorder()
+            self.recorder = popo_recorder()
 
     def stream(self) -> Writer:
         """A writer on a new stream of the same store (for threads)."""
@@ -90,7 +91,7 @@ class Writer:
             self.store.append(self.oid, [evstore.NewEvent("Ev", B.PAYLOAD) for _ in range(k)],
                               expected_version=v if v else evstore.NO_STREAM)
         else:
-            self.recorder.insert_events([B._stored(self.oid, i) for i in range(v + 1, v + k + 1)])
+            self.recorder.insert_events([stored(self.oid, i) for i in range(v + 1, v + k + 1)])
         self.version = v + k
 
     def conflict(self) -> None:
@@ -101,7 +102,7 @@ class Writer:
             if self.store is not None:
                 self.store.append(self.oid, [evstore.NewEvent("Ev", B.PAYLOAD)], expected_version=self.version + 5)
             else:
-                self.recorder.insert_events([B._stored(self.oid, 1)])
+                self.recorder.insert_events([stored(self.oid, 1)])
         except (evstore.WrongExpectedVersion, IntegrityError):
             return
         raise AssertionError("the append was not rejected")

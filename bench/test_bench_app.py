@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from evstore import bench as B
+from evstore.bench.context import es_module
 
 BACKENDS = ["c", "python", "sqlite", "popo"]
 
@@ -17,7 +18,7 @@ def _app(tmp_path: Any, backend: str) -> Any:
 
     env = {"IS_SNAPSHOTTING_ENABLED": "y"}
     if backend in ("c", "python"):
-        B._es_module()  # a clear error when the eventsourcing library is missing
+        es_module()  # a clear error when the eventsourcing library is missing
         env.update(PERSISTENCE_MODULE="evstore.eventsourcing", EVSTORE_PATH=str(tmp_path / "app"),
                    EVSTORE_DURABILITY="os")
     elif backend == "sqlite":

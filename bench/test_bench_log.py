@@ -7,20 +7,21 @@ from typing import Any
 import pytest
 
 import evstore
-from evstore import bench as B
+from evstore.bench.context import Ctx
+from evstore.bench.maintenance import verify_log
 
 
 @pytest.mark.parametrize("backend", ["c", "python"])
-def test_verify(benchmark: Any, ctx: B._Ctx, backend: str) -> None:
+def test_verify(benchmark: Any, ctx: Ctx, backend: str) -> None:
     d = ctx.dataset(backend)
     benchmark.group = "verify the whole log"
-    _dt, nbytes = B._verify_log(d.path, backend)
+    _dt, nbytes = verify_log(d.path, backend)
     benchmark.extra_info["bytes"] = nbytes
-    benchmark(B._verify_log, d.path, backend)
+    benchmark(verify_log, d.path, backend)
 
 
 @pytest.mark.parametrize("backend", ["c", "python", "sqlite"])
-def test_open_clean(benchmark: Any, ctx: B._Ctx, backend: str) -> None:
+def test_open_clean(benchmark: Any, ctx: Ctx, backend: str) -> None:
     """evstore: open+close of the dataset store; SQLite: connect + max_notification_id."""
     d = ctx.dataset(backend)
     benchmark.group = "open after a clean close"

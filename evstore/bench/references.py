@@ -1,0 +1,65 @@
+"""The physical floors the workloads are compared with: write (+ fdatasync) of the same bytes per
+commit, a py-lmdb cursor scan of the same number of values, a memcpy of the same bytes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+from evstore.bench.context import PAYLOAD, Ctx, best, count
+
+
+def raw_write(ctx: Ctx, commits: int, commit_bytes: int, sync: bool) -> float:
+    """write (+ fdatasync) of `commits` buffers of `commit_bytes`, appending to a file."""
+    path = ctx.path("raw.log")
+    buf = b"r" * commit_bytes
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(fd, buf)
+        os.fdatasync(fd)
+        t = time.perf_counter()
+        for _ in range(commits):
+            os.write(fd, buf)
+            if sync:
+                os.fdatasync(fd)
+        dt = time.perf_counter() - t
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return dt
+
+
+def lmdb_scan(ctx: Ctx, n: int) -> float:
+    """Best time of a py-lmdb cursor scan over n entries (16-byte keys, 200-byte values)."""
+    import lmdb
+
+    path = ctx.path("ref.lmdb")
+    env = lmdb.open(path, map_size=1 << 30, sync=False, metasync=False)
+    try:
+        with env.begin(write=True) as txn:
+            for i in range(n):
+                txn.put(i.to_bytes(16, "big"), PAYLOAD, append=True)
+
+        def scan() -> int:
+            with env.begin() as txn:
+                return count(txn.cursor().iternext(keys=True, values=True))
+
+        dt, _ = best(scan, ctx.repeat)
+    finally:
+        env.close()
+        shutil.rmtree(path, ignore_errors=True)
+    return dt
+
+
+def memcpy(ctx: Ctx, nbytes: int) -> float:
+    """Best time of copying nbytes into an existing buffer (memcpy through a memoryview)."""
+    src = bytearray(b"m" * nbytes)
+    dst = bytearray(nbytes)  # an existing, already faulted-in buffer: the copy alone is timed
+    view = memoryview(dst)
+
+    def cp() -> None:
+        view[:] = src
+
+    dt, _ = best(cp, ctx.repeat)
+    return dt
