@@ -430,13 +430,19 @@ def build_parser() -> argparse.ArgumentParser:
     from evstore import lifecycle
 
     lifecycle.add_draw_parser(sub)
-    try:
-        from evstore import bench
-    except ImportError:  # pragma: no cover - the benchmark module ships with the package
-        pass
-    else:
-        bench.add_parser(sub)
+    # `evstore bench` parses its own arguments (evstore.bench.runner, imported only when it runs): this
+    # parser takes every argument after "bench" as they are, --help included.
+    p = sub.add_parser("bench", help="compare evstore with the eventsourcing SQLite and in-memory recorders",
+                       add_help=False, prefix_chars="\0")
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_bench)
     return parser
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    from evstore.bench.runner import main as bench_main
+
+    return bench_main(a.args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,183 @@
+"""The `evstore.bench` package: only `evstore bench` imports it, its public API, its targets, and its
+helper processes run as real modules."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import evstore
+from evstore import bench
+from evstore.bench.results import Row, judge
+
+from conftest import python_env
+
+
+def _evstore(*args: str, importtime: bool = False) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """Run `python -m evstore ARGS`; with importtime, also the names of the modules it imported."""
+    flags = ["-X", "importtime"] if importtime else []
+    out = subprocess.run([sys.executable, *flags, "-m", "evstore", *args], env=python_env(), capture_output=True,
+                         text=True, timeout=120)
+    mods = {line.rsplit("|", 1)[1].strip() for line in out.stderr.splitlines()
+            if line.startswith("import time:") and line.count("|") == 2}
+    return out, mods
+
+
+def _heavy(mods: set[str]) -> list[str]:
+    return sorted(m for m in mods if m == "evstore.bench" or m.startswith("evstore.bench.")
+                  or m == "eventsourcing" or m.startswith("eventsourcing."))
+
+
+@pytest.fixture
+def store_path(tmp_path: Path) -> str:
+    path = str(tmp_path / "s.evs")
+    with evstore.open(path) as s:
+        s.append("order-1", [evstore.NewEvent("Placed", b'{"n": 1}')])
+    return path
+
+
+def test_help_imports_neither_the_bench_nor_eventsourcing() -> None:
+    out, mods = _evstore("--help", importtime=True)
+    assert out.returncode == 0 and "bench" in out.stdout, out.stderr[-2000:]
+    assert "evstore.cli" in mods  # the parse of -X importtime works
+    assert _heavy(mods) == []
+
+
+def test_info_imports_neither_the_bench_nor_eventsourcing(store_path: str) -> None:
+    out, mods = _evstore("info", store_path, importtime=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "evstore.cli" in mods
+    assert _heavy(mods) == []
+
+
+def test_bench_list() -> None:
+    out, mods = _evstore("bench", "--list", importtime=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == list(bench.WORKLOADS)
+    assert "evstore.bench.runner" in mods
+
+
+def test_bench_help_is_complete() -> None:
+    out, _ = _evstore("bench", "--help")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: evstore bench [-h] [--quick]")
+    assert "physical floor" in out.stdout  # the description
+    for opt in ("--quick", "--scale", "--repeat", "--json", "--workloads", "--backends", "--dir", "--no-progress",
+                "--list", "--total", "--stream", "--aggregate", "--appends1", "--appends100", "--conflicts",
+                "--crash"):
+        assert opt in out.stdout
+
+
+def test_bench_errors_are_one_line() -> None:
+    out, _ = _evstore("bench", "--workloads", "nope", "--no-progress")
+    assert out.returncode == 1
+    assert out.stderr.startswith("evstore: unknown workload 'nope'") and out.stderr.count("\n") == 1
+    out, _ = _evstore("bench", "--no-such-option")
+    assert out.returncode == 2 and "usage: evstore bench" in out.stderr
+
+
+def test_importing_the_package_loads_nothing_else() -> None:
+    code = ("import sys, evstore.bench; "
+            "print(sorted(m for m in sys.modules if m.startswith(('evstore.bench.', 'eventsourcing'))))")
+    out = subprocess.run([sys.executable, "-c", code], env=python_env(), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_public_api() -> None:
+    for name in ("run", "format_table", "Row", "Sizes", "Target", "Workload", "WORKLOADS", "TARGETS", "BACKENDS",
+                 "machine", "add_parser", "add_arguments", "main", "Ctx", "Dataset", "PAYLOAD", "TOPICS",
+                 "BenchAggregate"):
+        assert getattr(bench, name) is not None, name
+    assert set(bench.__all__) <= set(dir(bench))
+    with pytest.raises(AttributeError):
+        bench.no_such_name  # noqa: B018
+
+
+def test_every_target_is_one_definition() -> None:
+    assert {name: t.text for name, t in bench.TARGETS.items()} == {
+        "append1_fsync_8threads": ">= 5x SQLite (group commit)",
+        "append100_fsync": ">= 2x SQLite and >= 60% of write+fdatasync",
+        "append1_os": ">= 0.3x in-memory",
+        "append_conflict": ">= 5x SQLite",
+        "read_stream_100k": ">= 5x SQLite select_events",
+        "read_all": ">= 2,000,000 events/s",
+        "es_select_events": ">= 3x SQLite",
+        "es_select_notifications": ">= 3x SQLite",
+        "repository_get": "faster than SQLite",
+        "verify": ">= 1 GB/s (C scan)",
+        "open_clean": "< 50 ms",
+        "open_after_crash": ">= 200 MB/s of log",
+        "bytes_per_event": "<= SQLite",
+        "replay_memory": "< 100 MB above baseline",
+    }
+    assert all(bench.WORKLOADS[name].target is t for name, t in bench.TARGETS.items())
+
+
+def _row(wl: str, backend: str, value: float | None, unit: str = "events/s") -> Row:
+    return Row(wl, backend, 1, value, unit)
+
+
+def test_judge() -> None:
+    rows = [
+        _row("append1_os", bench.C, 40.0), _row("append1_os", bench.SQLITE, 10.0),
+        _row("append100_fsync", bench.C, 70.0), _row("append100_fsync", bench.SQLITE, 30.0),
+        _row("append100_fsync", bench.REF, 100.0),
+        _row("open_clean", bench.C, 60.0, "ms"), _row("open_clean", bench.SQLITE, 30.0, "ms"),
+        _row("read_all", bench.C, None),
+        _row("read_1000_streams", bench.C, 5.0),
+    ]
+    judge(rows, bench.TARGETS)
+    os_c, os_sq, a100, _, _, open_c, _, read_all, streams = rows
+    assert (os_c.target, os_c.met, os_c.note, os_c.vs_sqlite) == (">= 0.3x in-memory", None, "", 4.0)  # no peer
+    assert os_sq.met is None and os_sq.target == "" and os_sq.vs_sqlite == 1.0
+    assert (a100.met, a100.note) == (True, "70% of write+fdatasync")
+    assert (open_c.met, open_c.vs_sqlite) == (False, 0.5)  # lower is better in ms
+    assert (read_all.target, read_all.met) == (">= 2,000,000 events/s", None)
+    assert (streams.target, streams.met) == ("", None)
+    rows = [_row("append1_os", bench.C, 40.0), _row("append1_os", bench.POPO, 100.0)]
+    judge(rows, bench.TARGETS)
+    assert (rows[0].met, rows[0].note) == (True, "0.40x in-memory")
+
+
+def test_a_small_run() -> None:
+    rows = bench.run(scale=0.001, repeat=1, workloads=["read_all", "verify", "bytes_per_event"],
+                     backends=("c", "sqlite", "ref"), progress=False)
+    assert [(r.workload, r.backend) for r in rows] == [
+        ("read_all", bench.C), ("read_all", bench.SQLITE), ("read_all", bench.REF),
+        ("verify", bench.C), ("verify", bench.SQLITE), ("verify", bench.REF),
+        ("bytes_per_event", bench.C), ("bytes_per_event", bench.SQLITE)]
+    judged = {r.workload: r.met for r in rows if r.target}
+    assert set(judged) == {"read_all", "verify", "bytes_per_event"} and None not in judged.values()
+    table = bench.format_table(rows)
+    assert table.splitlines()[0].startswith("| workload") and len(table.splitlines()) == 2 + len(rows)
+    with pytest.raises(ValueError, match="unknown workload"):
+        bench.run(workloads=["nope"])
+
+
+def test_memory_reader_is_a_module(store_path: str) -> None:
+    out = subprocess.run([sys.executable, "-m", "evstore.bench.memory_reader", store_path, "c"], env=python_env(),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    m = json.loads(out.stdout)
+    assert m["n"] == 1 and m["hwm"] >= m["base_rss"] > 0
+
+
+def test_crash_writer_is_a_module(tmp_path: Path) -> None:
+    path = str(tmp_path / "c.evs")
+    p = subprocess.Popen([sys.executable, "-m", "evstore.bench.crash_writer", path, "python", "200"],
+                         env=python_env(), stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None and p.stdout.readline().strip() == "done"
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+        if p.stdout:
+            p.stdout.close()
+    with evstore.open(path) as s:
+        assert s.head() == 200
