@@ -79,7 +79,7 @@ UPSTREAMS = ["up1", "up2"]
 CONSUMERS = ["c1", "c2"]
 
 settings.register_profile(
-    "interactions-short", max_examples=25, stateful_step_count=30, derandomize=True, deadline=None,
+    "interactions-short", max_examples=15, stateful_step_count=25, derandomize=True, deadline=None,
     database=None, print_blob=True, phases=[Phase.explicit, Phase.generate, Phase.shrink],
     suppress_health_check=list(HealthCheck),
 )
