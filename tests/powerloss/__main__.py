@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             rec = record(SPECS[name], tempfile.mkdtemp(prefix=f"{name}-", dir=base))
         h = rec.history
         print(f"{name}: {len(h.points)} operations ({len(h.data)} data, {len(h.meta)} entry, {len(h.syncs)} syncs, "
-              f"{len(h.acks)} ack lines) recorded in {rec.workdir}", file=sys.stderr)
+              f"{len(h.acks)} ack lines) {'loaded from' if args.reuse else 'recorded in'} {rec.workdir}", file=sys.stderr)
         results += run_states(rec, models, args.states, args.seed, workers=args.workers, index_modes=modes,
                               only_state=args.only_state,
                               keep_failing=os.path.join(base, "failing") if args.keep else None)
