@@ -42,13 +42,8 @@ class _Target:
         st = self.streams.get(stream)
         if st is None:
             s = self.s
-            h = None if s is None else s._head(s._r(), stream)
-            if h is None:
-                st = _StreamState(0, 0, False, False)
-            else:
-                from evstore.index import HEAD_CLOSED, HEAD_TOMBSTONE
-
-                st = _StreamState(h.version, h.hidden, bool(h.flags & HEAD_CLOSED), bool(h.flags & HEAD_TOMBSTONE))
+            h = None if s is None else s.stream_head(stream)
+            st = _StreamState(0, 0, False, False) if h is None else _StreamState(*h)
             self.streams[stream] = st
         return st
 
@@ -59,14 +54,7 @@ class _Target:
         return v
 
     def id_position(self, idb: bytes) -> int | None:
-        from evstore.recovery import store_index
-
-        if self.s is None:
-            return None
-        idx = store_index(self.s)
-        with idx.begin() as txn:
-            raw = txn.get(idb, db=idx.db["ids"])
-        return None if raw is None else int.from_bytes(bytes(raw), "little")
+        return None if self.s is None else self.s.event_id_position(idb)
 
 
 def _fail(line: int, reason: str) -> EvstoreError:
@@ -86,7 +74,7 @@ def plan_import(s: EventStore | None, commits: list[_Commit], *,
                 merge: bool) -> list[tuple[_Commit, list[_Record]]]:
     """The commits to write (with the non-event records of each to write), or `ImportFileError`.
     `s` None: a target that does not exist yet (checked as an empty store)."""
-    from evstore.store import MAX_COMMIT_BYTES
+    from evstore.format.encode import MAX_COMMIT_BYTES
 
     head = 0 if s is None else s.head()
     if s is not None and head and not merge:
@@ -139,7 +127,7 @@ def plan_import(s: EventStore | None, commits: list[_Commit], *,
         records = []
         for r in c.records:
             x = r.extra
-            size += HEADER_SIZE + len(x.sb) + len(x.tb) + len(x.data)
+            size += HEADER_SIZE + len(x.stream) + len(x.name) + len(x.data)
             if _plan_record(t, r, has_events=bool(c.events)):
                 records.append(r)
         if size > MAX_COMMIT_BYTES:
@@ -172,23 +160,23 @@ def _plan_record(t: _Target, r: _Record, *, has_events: bool) -> bool:
             raise _fail(r.line, f"a snapshot of stream {r.stream!r} at version {x.version}, outside 1..{st.version}")
         if not has_events and t.s is not None:
             snap = t.s.load_snapshot(r.stream, lte=x.version)
-            if (snap is not None and snap.version == x.version and snap.type.encode() == x.tb
+            if (snap is not None and snap.version == x.version and snap.type.encode() == x.name
                     and snap.schema == x.schema and bytes(snap.data) == x.data):
                 return False
         return True
-    name = x.tb
-    if name == b"$closed":
+    mark = x.name
+    if mark == b"$closed":
         if st.closed and not has_events:
             return False
         if st.tombstoned:
             raise _fail(r.line, f"stream {r.stream!r} is closed after it was tombstoned")
         st.closed = True
-    elif name == b"$tombstone":
+    elif mark == b"$tombstone":
         if st.tombstoned and not has_events:
             return False
         st.tombstoned = True
         st.hidden = max(st.hidden, x.version)
-    elif name == b"$deleted":
+    elif mark == b"$deleted":
         if x.version > st.version:
             raise _fail(r.line, f"stream {r.stream!r} is deleted up to version {x.version}, past its version "
                         f"{st.version}")

@@ -16,7 +16,7 @@ import evstore
 from evstore import _impl, durable
 from evstore._logscan import list_segments
 from evstore.errors import CorruptedError, EvstoreError
-from evstore.recovery import store_dir, store_index
+from evstore.recovery import store_dir
 
 Progress = Callable[[int], None]
 
@@ -58,9 +58,7 @@ def backup(path: str, dest: str, progress: Progress = _no_progress) -> int:
     real = store_dir(path)
     target = check_target(dest, "backup destination")
     with evstore.open(real, readonly=True, create=False) as s:
-        idx = store_index(s)
-        with idx.begin() as txn:
-            cp = idx.get_checkpoint(txn)
+        cp = s.index_checkpoint()
     if cp is None:
         raise EvstoreError(f"{path} has no indexed commits to back up")
     seg_first, end, _next = cp

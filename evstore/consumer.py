@@ -9,12 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from evstore.records import ANY, NewEvent, RecordedEvent, Stream
+from evstore.records import ANY, AppendResult, NewEvent, RecordedEvent, Stream
 
-if TYPE_CHECKING:
-    from evstore.store import EventStore
+
+class ConsumingStore(Protocol):
+    """What a consumer needs of a store (an `EventStore` has it)."""
+
+    def max_tracking(self, upstream: str) -> int | None: ...
+    def subscribe(self, *, gt: int = 0, types: Iterable[str] | None = None,
+                  timeout: float | None = None) -> Any: ...
+    def append_many(self, appends: Iterable[tuple[Stream, Sequence[NewEvent], Any]], *,
+                    tracking: tuple[str, int] | None = None, condition: Any = None) -> list[AppendResult]: ...
 
 CONSUMER_PREFIX = "$consumer:"
 
@@ -22,14 +29,14 @@ CONSUMER_PREFIX = "$consumer:"
 class ConsumerContext:
     """What a handler may append; committed with the consumer's position after the handler returns."""
 
-    __slots__ = ("_parts",)
+    __slots__ = ("parts",)
 
     def __init__(self) -> None:
-        self._parts: list[tuple[Stream, Sequence[NewEvent], Any]] = []
+        self.parts: list[tuple[Stream, Sequence[NewEvent], Any]] = []  # the queued appends
 
     def append(self, stream: Stream, events: Sequence[NewEvent], *, expected_version: Any = ANY) -> None:
         """Queue an append, to commit atomically with the consumer's position."""
-        self._parts.append((stream, list(events), expected_version))
+        self.parts.append((stream, list(events), expected_version))
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,12 +48,12 @@ class ConsumerStats:
     position: int
 
 
-def consumer_position(store: EventStore, name: str) -> int:
+def consumer_position(store: ConsumingStore, name: str) -> int:
     """The position after which consumer `name` will resume (0 when it never ran)."""
     return store.max_tracking(CONSUMER_PREFIX + name) or 0
 
 
-def consume(store: EventStore, name: str, handler: Callable[[RecordedEvent, ConsumerContext], None], *,
+def consume(store: ConsumingStore, name: str, handler: Callable[[RecordedEvent, ConsumerContext], None], *,
             types: Iterable[str] | None = None, timeout: float | None = None, limit: int | None = None,
             checkpoint_every: int = 100) -> ConsumerStats:
     """Run `handler(event, ctx)` for each event after the consumer's position, following new commits.
@@ -67,27 +74,27 @@ def consume(store: EventStore, name: str, handler: Callable[[RecordedEvent, Cons
     if limit == 0:
         return ConsumerStats(name, 0, start)
     handled = 0
-    position = start
-    unsaved = 0
+    position = start  # every event up to here has been handled and its effects committed
+    saved = start  # the position last committed as the checkpoint
     sub = store.subscribe(gt=start, types=types, timeout=timeout)
     try:
         for event in sub:
             ctx = ConsumerContext()
             handler(event, ctx)
+            if ctx.parts:
+                # The event's effects and its position commit together; if the commit is refused the
+                # event is not handled (the exception propagates) and the checkpoint stays before it.
+                store.append_many(ctx.parts, tracking=(tracking, event.position))
+                saved = event.position
             position = event.position
             handled += 1
-            if ctx._parts:
-                store.append_many(ctx._parts, tracking=(tracking, position))
-                unsaved = 0
-            else:
-                unsaved += 1
-                if unsaved >= checkpoint_every:
-                    store.append_many([], tracking=(tracking, position))
-                    unsaved = 0
+            if position - saved and handled % checkpoint_every == 0:
+                store.append_many([], tracking=(tracking, position))
+                saved = position
             if limit is not None and handled >= limit:
                 break
     finally:
         sub.stop()
-        if unsaved:
+        if position > saved:  # only events that were handled whole
             store.append_many([], tracking=(tracking, position))
     return ConsumerStats(name, handled, position)

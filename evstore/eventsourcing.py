@@ -245,7 +245,7 @@ class EvstoreRecorder:
                 limit: int | None) -> list[StoredEvent]:
         if limit is not None and limit <= 0:
             return []
-        read = self.store._stream_chunks  # (mapping, offsets) pairs: no record objects in between
+        read = self.store.stream_chunks  # (mapping, offsets) pairs: no record objects in between
         base = self._bases.get(oid)
         if base is None and gt is None and lte is None and not desc:
             chunks = read(oid, limit=limit)
@@ -325,7 +325,7 @@ class EvstoreRecorder:
             hi = a
         if lo > hi:
             return []
-        return self._build(oid, self.store._stream_chunks(oid, gt=lo - 1, lte=hi, desc=desc, limit=limit), None)
+        return self._build(oid, self.store.stream_chunks(oid, gt=lo - 1, lte=hi, desc=desc, limit=limit), None)
 
     @staticmethod
     def _build(oid: uuid.UUID | str, chunks: list[tuple[Any, list[int]]], off: int | None) -> list[StoredEvent]:
@@ -429,7 +429,7 @@ class EvstoreApplicationRecorder(EvstoreAggregateRecorder, ApplicationRecorder):
         if limit is None or limit <= 0 or (stop is not None and stop <= gt):
             return []
         types = list(topics) if topics else None
-        return self._notifications(self.store._all_chunks(gt=gt, lte=stop, limit=limit, types=types))
+        return self._notifications(self.store.all_chunks(gt=gt, lte=stop, limit=limit, types=types))
 
     def max_notification_id(self) -> int | None:
         """The last notification id, or None when nothing is recorded."""

@@ -30,6 +30,8 @@ from typing import IO, Any
 
 import evstore
 from evstore import _impl
+from evstore.engine.checks import MAX_EVENT_BYTES, check_name, check_stream, tracking_name, validate_events
+from evstore.format.encode import ControlRecord
 from evstore._format import (
     FLAG_UUID_STREAM,
     HEADER,
@@ -213,13 +215,12 @@ def _time(n: int, ts: int) -> int:
 
 def _stream(n: int, d: dict[str, Any]) -> tuple[Any, bytes, int]:
     """The stream id of a line, its stored bytes and flags."""
-    from evstore.store import _check_stream
 
     try:
         if d["stream_kind"] not in ("str", "uuid"):
             raise ValueError("stream_kind must be 'str' or 'uuid'")
         stream: Any = uuid.UUID(d["stream"]) if d["stream_kind"] == "uuid" else d["stream"]
-        sb, sflag = _check_stream(stream)
+        sb, sflag = check_stream(stream)
     except (ValueError, TypeError) as e:
         raise ImportFileError(n, str(e)) from None
     return stream, sb, sflag
@@ -239,7 +240,7 @@ class _Event:
 @dataclass
 class _Record:
     line: int
-    extra: Any  # evstore.store.Extra
+    extra: ControlRecord
     stream: Any  # the stream (marks, snapshots) or upstream name (tracking), else None
 
 
@@ -253,7 +254,6 @@ class _Commit:
 
 
 def _parse_event(n: int, d: dict[str, Any]) -> _Event:
-    from evstore.store import _encode_events
 
     _fields(n, d, _EVENT_FIELDS)
     stream, sb, _flag = _stream(n, d)
@@ -265,7 +265,7 @@ def _parse_event(n: int, d: dict[str, Any]) -> _Event:
         if not isinstance(tags, list):
             raise TypeError("tags must be a list of str")
         event = evstore.NewEvent(d["type"], data, metadata=meta, id=eid, schema=d["schema"], tags=tuple(tags))
-        enc = _encode_events([event])[0]  # the store's own checks, now, before anything is written
+        enc = validate_events([event])[0]  # the store's own checks, now, before anything is written
     except (ValueError, TypeError) as e:
         raise ImportFileError(n, str(e)) from None
     if d["version"] < 1 or d["position"] < 1:
@@ -280,7 +280,6 @@ _MARKS = (b"$closed", b"$deleted", b"$tombstone", b"$state")
 
 
 def _parse_record(n: int, d: dict[str, Any], kind: int) -> _Record:
-    from evstore.store import MAX_EVENT_BYTES, Extra, _check_name
 
     _fields(n, d, _RECORD_FIELDS)
     data = _payload(n, d, "data")
@@ -291,11 +290,10 @@ def _parse_record(n: int, d: dict[str, Any], kind: int) -> _Record:
     tb = d["type"].encode("utf-8", "surrogateescape")
     try:
         if kind == KIND_TRACKING:
-            from evstore.store import _tracking_name
 
             if d["stream_kind"] != "str" or tb:
                 raise ValueError("a tracking record names its upstream in 'stream' (a str) and has no type")
-            sb, sflag, stream = _tracking_name(d["stream"]), 0, d["stream"]
+            sb, sflag, stream = tracking_name(d["stream"]), 0, d["stream"]
             if d["version"] < 1:
                 raise ValueError("a tracking position must be >= 1")
         elif kind == KIND_AUX:
@@ -309,10 +307,10 @@ def _parse_record(n: int, d: dict[str, Any], kind: int) -> _Record:
             if kind == KIND_MARK and tb not in _MARKS:
                 raise ValueError(f"unknown mark {d['type']!r} (known: {', '.join(m.decode() for m in _MARKS)})")
             if kind == KIND_SNAPSHOT:
-                _check_name(d["type"], "a snapshot type")
+                check_name(d["type"], "a snapshot type")
     except (ValueError, TypeError, UnicodeError) as e:
         raise ImportFileError(n, str(e)) from None
-    return _Record(n, Extra(kind, sb, sflag, tb, d["version"], data, d["schema"]), stream)
+    return _Record(n, ControlRecord(kind, sb, sflag, tb, d["version"], data, d["schema"]), stream)
 
 
 def parse_file(src: IO[str]) -> list[_Commit]:
@@ -414,7 +412,7 @@ def import_file(path: str, src: IO[str], *, merge: bool = False, progress: Progr
                     runs.append((e.stream, [e.event], e.version - 1))
             parts: list[tuple[Any, Sequence[evstore.NewEvent], Any]] = list(runs)
             try:
-                s._import_commit(parts, c.ts, [r.extra for r in records])
+                s.import_commit(parts, c.ts, [r.extra for r in records])
             except EvstoreError as e:
                 raise EvstoreError(f"line {c.line}: {e}; the {res.commits} commits before it were imported") from e
             res.events += len(c.events)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import errno
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import lmdb
@@ -341,6 +341,182 @@ class Index:
 
     def size(self) -> int:
         return sum(os.path.getsize(os.path.join(self.path, f)) for f in os.listdir(self.path))
+
+
+# -- typed readers: every key layout and cursor walk of the index is here ------------------------
+
+Extent = tuple[int, int, int, int, int]  # first version, segment, offset, count, bytes
+CommitLoc = tuple[int, int, int, int, int]  # first position, segment, offset, events, bytes
+
+
+def head(index: Index, txn: lmdb.Transaction, key: bytes) -> Head | None:
+    """The head of the stream with index key `key`, or None."""
+    raw = txn.get(key, db=index.db["heads"])
+    return None if raw is None else Head.unpack(raw)
+
+
+def heads_from(index: Index, txn: lmdb.Transaction, prefix: bytes) -> list[tuple[bytes, Head]]:
+    """(stream key, head) of every stream whose key starts with `prefix`, in key order."""
+    cur = txn.cursor(index.db["heads"])
+    out: list[tuple[bytes, Head]] = []
+    if not cur.set_range(prefix):
+        return out
+    for kraw, v in cur:
+        k = bytes(kraw)
+        if prefix and not k.startswith(prefix):
+            break
+        out.append((k, Head.unpack(v)))
+    return out
+
+
+def extents(index: Index, txn: lmdb.Transaction, num: int, lo: int, hi: int) -> list[Extent]:
+    """Stream `num`'s extents covering versions lo..hi, in version order."""
+    out = []
+    cur = txn.cursor(index.db["extents"])
+    if not cur.set_range(EXTENT_KEY.pack(num, lo)):
+        cur.last()
+    k = EXTENT_KEY.unpack(cur.key())
+    if k[0] != num or k[1] > lo:
+        cur.prev()
+    for kraw, vraw in cur.iternext():
+        n, v = EXTENT_KEY.unpack(kraw)
+        if n != num or v > hi:
+            break
+        if n == num:
+            out.append((v, *EXTENT_VAL.unpack(vraw)))
+    return out
+
+
+def commit_holding(index: Index, txn: lmdb.Transaction, position: int) -> CommitLoc | None:
+    """The indexed commit whose events include `position`, or None."""
+    cur = txn.cursor(index.db["commits"])
+    if not cur.set_range(COMMIT_KEY.pack(position)) or COMMIT_KEY.unpack(cur.key())[0] > position:
+        if not cur.prev():
+            return None
+    first = COMMIT_KEY.unpack(cur.key())[0]
+    seg, off, n, nbytes = EXTENT_VAL.unpack(cur.value())
+    if position >= first + n:
+        return None
+    return first, seg, off, n, nbytes
+
+
+def scan_start(index: Index, txn: lmdb.Transaction, gt: int) -> tuple[int, int, int]:
+    """(first position, segment, offset) of the commit a scan of the log after `gt` starts at: the
+    commit holding position gt + 1, else the first one (the index must hold a commit)."""
+    cur = txn.cursor(index.db["commits"])
+    if not cur.set_range(COMMIT_KEY.pack(gt + 1)) or COMMIT_KEY.unpack(cur.key())[0] > gt + 1:
+        if not cur.prev():
+            cur.first()
+    first = COMMIT_KEY.unpack(cur.key())[0]
+    seg, off = EXTENT_VAL.unpack(cur.value())[:2]
+    return first, seg, off
+
+
+def type_postings(index: Index, txn: lmdb.Transaction, names: tuple[bytes, ...], gt: int,
+                  stop: int) -> list[CommitLoc]:
+    """The commits holding events of any of the type `names` with positions in gt+1..stop, in
+    position order (one posting per type per commit)."""
+    commits: dict[int, CommitLoc] = {}
+    db = index.db["types"]
+    for tb in names:
+        raw = txn.get(tb, db=index.db["typenames"])
+        if raw is None:
+            continue
+        tid = U32.unpack(raw)[0]
+        cur = txn.cursor(db)
+        if not cur.set_range(TYPE_KEY.pack(tid, gt + 1)):
+            cur.last()
+        t, p = TYPE_KEY.unpack(cur.key())
+        if t != tid or p > gt + 1:  # the commit before may still hold positions above gt
+            if cur.prev():
+                t, p = TYPE_KEY.unpack(cur.key())
+                if t != tid or p + EXTENT_VAL.unpack(cur.value())[2] <= gt + 1:
+                    cur.next()
+            else:
+                cur.first()
+        for k, v in cur:
+            t, p = TYPE_KEY.unpack(k)
+            if t != tid or p > stop:
+                break
+            if p not in commits:
+                commits[p] = (p, *EXTENT_VAL.unpack(v))
+    return [commits[p] for p in sorted(commits)]
+
+
+def tag_postings(index: Index, txn: lmdb.Transaction, tag: bytes, gt: int,
+                 stop: int) -> Iterator[tuple[int, int, int]]:
+    """(position, segment, offset) of the events carrying `tag` with positions in gt+1..stop."""
+    first = tag + b"\x00"
+    cur = txn.cursor(index.db["tags"])
+    if not cur.set_range(first + COMMIT_KEY.pack(gt + 1)):
+        return
+    for kraw, v in cur:
+        k = bytes(kraw)
+        if not k.startswith(first):
+            break
+        pos = COMMIT_KEY.unpack_from(k, len(first))[0]
+        if pos > stop:
+            break
+        seg, off = TAG_VAL.unpack(v)
+        yield pos, seg, off
+
+
+def snapshots_below(index: Index, txn: lmdb.Transaction, num: int, hi: int, hidden: int) -> list[tuple[int, int]]:
+    """(segment, offset) of stream `num`'s snapshots at versions hidden+1..hi, newest first."""
+    cur = txn.cursor(index.db["snapshots"])
+    locs = []
+    ok = cur.prev() if cur.set_range(EXTENT_KEY.pack(num, hi + 1)) else cur.last()
+    while ok:
+        n, v = EXTENT_KEY.unpack(cur.key())
+        if n != num or v <= hidden:
+            break
+        locs.append(SNAPSHOT_VAL.unpack(cur.value()))
+        ok = cur.prev()
+    return locs
+
+
+def snapshot_keys(index: Index, txn: lmdb.Transaction, num: int | None) -> dict[int, list[bytes]]:
+    """The snapshot keys of stream `num` (of every stream when None), by stream, oldest first."""
+    cur = txn.cursor(index.db["snapshots"])
+    ok = cur.set_range(EXTENT_KEY.pack(num, 0)) if num is not None else cur.first()
+    per: dict[int, list[bytes]] = {}
+    while ok:
+        k = bytes(cur.key())
+        n = EXTENT_KEY.unpack(k)[0]
+        if num is not None and n != num:
+            break
+        per.setdefault(n, []).append(k)
+        ok = cur.next()
+    return per
+
+
+def has_tracking(index: Index, txn: lmdb.Transaction, name: bytes, position: int) -> bool:
+    """Whether a tracking record for exactly (`name`, `position`) is indexed."""
+    return txn.get(name + b"\x00" + COMMIT_KEY.pack(position), db=index.db["tracking"]) is not None
+
+
+def tracked(index: Index, txn: lmdb.Transaction, prefix: bytes) -> dict[bytes, int]:
+    """The largest tracked position of every upstream whose name starts with `prefix`."""
+    best: dict[bytes, int] = {}
+    cur = txn.cursor(index.db["tracking"])
+    if cur.set_range(prefix):
+        for kraw in cur.iternext(values=False):
+            k = bytes(kraw)
+            if not k.startswith(prefix):
+                break
+            name, pos = k[:-9], int.from_bytes(k[-8:], "big")
+            best[name] = max(best.get(name, 0), pos)
+    return best
+
+
+def id_position(index: Index, txn: lmdb.Transaction, event_id: bytes) -> int | None:
+    """The position of the event with caller-given id `event_id` (16 bytes), or None."""
+    raw = txn.get(event_id, db=index.db["ids"])
+    return None if raw is None else int(U64.unpack(raw)[0])
+
+
+def stream_count(index: Index, txn: lmdb.Transaction) -> int:
+    return int(txn.stat(index.db["heads"])["entries"])
 
 
 def stream_key(stream: Any) -> bytes:

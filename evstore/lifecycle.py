@@ -13,13 +13,25 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Union
+from typing import Any, NamedTuple, Union
 
 from evstore.errors import InvalidLifecycle
 
 Binding = Union[Mapping[str, "Lifecycle"], Callable[[Any], "Lifecycle | None"]]
 
 _MAX_NAME = 400
+
+
+class Fold(NamedTuple):
+    """Where `Lifecycle.fold` ended: the state reached, and the first refused event (index, type) if
+    it stopped at one."""
+
+    state: str
+    refused_at: int | None
+    refused_type: str | None
+
+
+_NO_ROW: dict[bytes, str] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,12 +151,37 @@ class Lifecycle:
 
     def replay(self, event_types: Iterable[str]) -> str | None:
         """The state after `event_types` from the initial state, or None when one is not allowed."""
-        s: str | None = self.initial
-        for t in event_types:
-            s = self.transitions.get((s, t))  # type: ignore[arg-type]
-            if s is None:
-                return None
-        return s
+        f = self.fold(event_types)
+        return f.state if f.refused_at is None else None
+
+    def step(self, state: str, event_type: str | bytes) -> str | None:
+        """The state after one event of `event_type` in `state`, or None when it is not allowed."""
+        key = event_type if type(event_type) is bytes else str(event_type).encode("utf-8")
+        return self._rows.get(state, _NO_ROW).get(key)
+
+    def fold(self, event_types: Iterable[str | bytes], state: str | None = None, *,
+             on_refused: Callable[[int, str, str], None] | None = None) -> Fold:
+        """Walk `event_types` from `state` (the initial state when None): the one place transitions
+        are stepped through (the writer's check, deriving a state from history, `check_lifecycles`).
+
+        Stops at the first event the state does not accept, unless `on_refused(index, state, type)` is
+        given: then it is called, the event is skipped and the walk goes on."""
+        cur = self.initial if state is None else state
+        rows = self._rows
+        row = rows.get(cur, _NO_ROW)
+        for i, t in enumerate(event_types):
+            key = t if type(t) is bytes else str(t).encode("utf-8")
+            nxt = row.get(key)  # the one dict lookup per event
+            if nxt is None:
+                name = key.decode("utf-8")
+                if on_refused is None:
+                    return Fold(cur, i, name)
+                on_refused(i, cur, name)
+                continue
+            if nxt is not cur:
+                cur = nxt
+                row = rows.get(cur, _NO_ROW)
+        return Fold(cur, None, None)
 
     def _edges(self) -> list[tuple[str, str, str]]:
         return sorted((s, t, d) for (s, t), d in self.transitions.items())

@@ -12,7 +12,7 @@ from evstore._format import FLAG_CALLER_ID, FLAG_UUID_STREAM, HEADER, HEADER_SIZ
 Stream = Union[str, uuid.UUID]
 
 
-class _Expected:
+class ExpectedVersion:
     """A symbolic expected version (`ANY`, `NO_STREAM`, `STREAM_EXISTS`)."""
 
     __slots__ = ("name",)
@@ -27,9 +27,9 @@ class _Expected:
         return self.name
 
 
-ANY = _Expected("ANY")
-NO_STREAM = _Expected("NO_STREAM")
-STREAM_EXISTS = _Expected("STREAM_EXISTS")
+ANY = ExpectedVersion("ANY")
+NO_STREAM = ExpectedVersion("NO_STREAM")
+STREAM_EXISTS = ExpectedVersion("STREAM_EXISTS")
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,6 @@ from evstore import _impl, durable
 from evstore._format import SEGMENT_HEADER_SIZE
 from evstore._logscan import SegFile, first_position, list_segments, read_meta, scan_segment
 from evstore.errors import EvstoreError, StoreLocked
-from evstore.index import Index
 from evstore.log import segment_name
 
 Progress = Callable[[int], None]
@@ -62,14 +61,6 @@ def take_lock(path: str) -> int:
         os.close(fd)
         raise StoreLocked(path, None) from None
     return fd
-
-
-def store_index(s: evstore.EventStore) -> Index:
-    """The index of an open store, for a read; `EvstoreError` when the store has none at the moment."""
-    idx: Index | None = s._r().index
-    if idx is None:
-        raise EvstoreError(f"the index of {s.path} is not available; run `evstore reindex {s.path}`")
-    return idx
 
 
 # -- verify ------------------------------------------------------------------------------------
@@ -394,4 +385,4 @@ def recover(path: str) -> RecoverReport:
 
 
 __all__ = ["Problem", "VerifyReport", "RecoverReport", "verify", "reindex", "recover", "rebuild_index",
-           "store_dir", "store_index", "take_lock", "index_head"]
+           "store_dir", "take_lock", "index_head"]

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
 
-if TYPE_CHECKING:
-    from evstore.records import RecordedEvent
-    from evstore.store import EventStore
+from evstore.records import RecordedEvent
+
+Fetch = Callable[[int, int, int], list[RecordedEvent]]  # (after, up to, at most) -> events in position order
 
 _BATCH = 1000
 _POLL = 0.05  # seconds between looks at the index for commits by another process
@@ -23,12 +24,12 @@ class Subscription:
     it from any thread. Use as a context manager to stop on exit.
     """
 
-    def __init__(self, store: EventStore, core: Any, gt: int, types: tuple[bytes, ...] | None,
+    def __init__(self, fetch: Fetch, head: Callable[[], int], notifier: threading.Condition, gt: int,
                  timeout: float | None) -> None:
-        self._store = store
-        self._core = core
+        self._fetch = fetch
+        self._head = head
+        self._cond = notifier  # notified when commits of this process become durable or indexed
         self._last = gt
-        self._types = types
         self._timeout = timeout
         self._ready: deque[RecordedEvent] = deque()
         self._stopped = False
@@ -41,8 +42,8 @@ class Subscription:
     def stop(self) -> None:
         """End the iteration (a waiting `next()` returns within one poll interval)."""
         self._stopped = True
-        with self._core.commit_cond:
-            self._core.commit_cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
 
     def __enter__(self) -> Subscription:
         return self
@@ -62,7 +63,7 @@ class Subscription:
                 return self._ready.popleft()
             if self._fill():
                 continue
-            cond = self._core.commit_cond
+            cond = self._cond
             wait = _POLL
             if deadline is not None:
                 left = deadline - time.monotonic()
@@ -75,10 +76,10 @@ class Subscription:
 
     def _fill(self) -> bool:
         """Read the next batch after the last position seen; False when there is nothing new."""
-        head = self._store.head()
+        head = self._head()
         if head <= self._last:
             return False
-        batch = list(self._store._read_all(self._core, self._last, head, _BATCH, self._types))
+        batch = self._fetch(self._last, head, _BATCH)
         if len(batch) == _BATCH:
             self._last = batch[-1].position
         else:

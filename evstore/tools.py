@@ -33,7 +33,6 @@ from evstore.recovery import (
     recover,
     reindex,
     store_dir,
-    store_index,
     verify,
 )
 
@@ -72,11 +71,9 @@ def info(path: str) -> dict[str, Any]:
     checkpoint = None
     if os.path.exists(os.path.join(ipath, "data.mdb")):
         with evstore.open(real, readonly=True, create=False) as s:
-            idx = store_index(s)
-            with idx.begin() as txn:
-                checkpoint = idx.get_checkpoint(txn)
-                ihead = 0 if checkpoint is None else checkpoint[2] - 1
-                streams = txn.stat(idx.db["heads"])["entries"]
+            checkpoint = s.index_checkpoint()
+            ihead = 0 if checkpoint is None else checkpoint[2] - 1
+            streams = s.stream_count()
     log_head = ihead or 0
     try:
         for c in log.recover(checkpoint):
@@ -95,20 +92,9 @@ def consumers(path: str) -> list[tuple[str, int, int]]:
     """(name, position, lag) of every checkpointed consumer (see evstore.consumer)."""
     from evstore.consumer import CONSUMER_PREFIX
 
-    prefix = CONSUMER_PREFIX.encode()
-    best: dict[str, int] = {}
     with evstore.open(_store_dir(path), readonly=True, create=False) as s:
         head = s.head()
-        idx = store_index(s)
-        with idx.begin() as txn:
-            cur = txn.cursor(idx.db["tracking"])
-            if cur.set_range(prefix):
-                for k in cur.iternext(values=False):
-                    k = bytes(k)
-                    if not k.startswith(prefix):
-                        break
-                    name, pos = k[len(prefix) : -9].decode(), int.from_bytes(k[-8:], "big")
-                    best[name] = max(best.get(name, 0), pos)
+        best = {name[len(CONSUMER_PREFIX):]: pos for name, pos in s.tracked(CONSUMER_PREFIX).items()}
     return [(n, p, head - p) for n, p in sorted(best.items())]
 
 

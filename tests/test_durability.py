@@ -20,10 +20,7 @@ import evstore
 import evstore.tools as tools
 from evstore.index import Index
 from tests.conftest import PY, python_env
-
-
-def ev(t: str = "Happened", data: bytes = b"{}") -> evstore.NewEvent:
-    return evstore.NewEvent(t, data)
+from tests.support import ev
 
 
 class SyncRecorder:

@@ -110,14 +110,14 @@ class TestVersionMapping(TempStoreMixin):
         u = uuid4()
         r.insert_events([ev(u, v) for v in range(1000)])
         calls: list[dict[str, object]] = []
-        orig = r.store._stream_chunks
+        orig = r.store.stream_chunks
 
         def spy(stream: object, **kw: object) -> object:
             res = orig(stream, **kw)  # type: ignore[arg-type]
             calls.append({**kw, "n": sum(len(offs) for _buf, offs in res)})
             return res
 
-        r.store._stream_chunks = spy  # type: ignore[method-assign]
+        r.store.stream_chunks = spy  # type: ignore[method-assign]
         got = r.select_events(u, gt=500, lte=510)
         self.assertEqual([e.originator_version for e in got], list(range(501, 511)))
         self.assertEqual(len(calls), 1)

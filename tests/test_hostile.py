@@ -19,14 +19,7 @@ import evstore
 import evstore.tools as tools
 from evstore.index import Index
 from tests.conftest import PY, python_env
-
-
-def ev(t: str = "Happened", data: bytes = b"{}", **kw: object) -> evstore.NewEvent:
-    return evstore.NewEvent(t, data, **kw)  # type: ignore[arg-type]
-
-
-def segments(path: str) -> list[str]:
-    return sorted(os.listdir(os.path.join(path, "log")))
+from tests.support import ev, segments
 
 
 # -- segment names are chosen once ---------------------------------------------------------------
@@ -272,10 +265,10 @@ def test_an_append_that_starts_while_close_runs_is_refused_with_store_closed(sto
     core = s._c()
     extra = evstore.open(store_path)  # a second handle keeps the core alive while the first closes
     with core.wlock:
-        core.closing = True
+        core.writer.closing = True
     with pytest.raises(evstore.StoreClosed):
         extra.append("s", [ev()])
-    core.closing = False
+    core.writer.closing = False
     extra.close()
     s.close()
 
@@ -672,3 +665,79 @@ def test_reads_racing_close_raise_store_closed(store_path: str, impl: str) -> No
     for t in threads:
         t.join()
     assert errors == []
+
+
+# -- found by the interaction test (tests/test_interactions.py) ----------------------------------
+
+
+def test_a_reader_left_open_across_a_reindex_follows_the_new_index(store_path: str, impl: str) -> None:
+    with evstore.open(store_path, log_impl=impl) as w:
+        w.append("s", [ev()])
+    code = textwrap.dedent(f"""
+        import sys, time, evstore
+        r = evstore.open({store_path!r}, readonly=True)
+        print(r.head(), flush=True)
+        sys.stdin.readline()
+        time.sleep(0.15)
+        print(r.head(), len(list(r.read_all())), flush=True)
+    """)
+    p = subprocess.Popen([PY, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                         env=python_env())
+    assert p.stdout is not None and p.stdin is not None
+    assert p.stdout.readline().split() == ["1"]
+    tools.reindex(store_path)
+    with evstore.open(store_path, log_impl=impl) as w:
+        w.append("s", [ev()])
+    p.stdin.write("\n")
+    p.stdin.flush()
+    assert p.stdout.readline().split() == ["2", "2"]
+    p.wait(10)
+
+
+def test_a_consumer_whose_handler_append_is_refused_does_not_checkpoint_that_event(store: evstore.EventStore) -> None:
+    store.append("in", [ev("A"), ev("B"), ev("C")])
+    store.close_stream("out")
+
+    def handler(e: evstore.RecordedEvent, ctx: object) -> None:
+        if e.type == "B":
+            ctx.append("out", [ev("Effect")])  # type: ignore[attr-defined]
+
+    with pytest.raises(evstore.StreamClosed):
+        store.consume("c", handler, timeout=0.2, checkpoint_every=10)
+    assert store.max_tracking("$consumer:c") == 1  # A was handled; B's effect was not committed
+
+
+def test_close_from_another_thread_while_appends_run_never_raises_or_hangs(store_path: str, impl: str) -> None:
+    for _round in range(20):
+        s = evstore.open(store_path, log_impl=impl, durability="os")
+        errors: list[BaseException] = []
+
+        def appender() -> None:
+            try:
+                while True:
+                    s.append("s", [ev()])
+            except evstore.StoreClosed:
+                return
+            except BaseException as e:
+                errors.append(e)
+
+        threads = [threading.Thread(target=appender) for _ in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(0.005)
+        s.close()
+        for t in threads:
+            t.join(10)
+            assert not t.is_alive()
+        assert errors == []
+    with evstore.open(store_path, log_impl=impl) as s:
+        versions = [e.version for e in s.read_stream("s")]
+        assert versions == list(range(1, len(versions) + 1))
+
+
+def test_ids_of_several_streams_retried_in_one_stream_are_refused(store: evstore.EventStore) -> None:
+    a, b = uuid.uuid4(), uuid.uuid4()
+    store.append_many([("s1", [ev(id=a)], evstore.ANY), ("s2", [ev(id=b)], evstore.ANY)])
+    with pytest.raises(evstore.DuplicateEventId):
+        store.append("s1", [ev(id=a), ev(id=b)])
+    assert store.head() == 2

@@ -11,24 +11,8 @@ import textwrap
 import pytest
 
 import evstore
-from evstore import NewEvent
 from evstore.lifecycle import add_draw_parser, draw_command
-
-ORDER = evstore.Lifecycle(
-    "order", initial="new",
-    transitions={("new", "Placed"): "open", ("open", "ItemAdded"): "open", ("open", "Paid"): "paid",
-                 ("paid", "Shipped"): "shipped", ("open", "Cancelled"): "cancelled"},
-    final={"shipped", "cancelled"},
-)
-
-
-def ev(t: str, data: bytes = b"{}") -> NewEvent:
-    return NewEvent(t, data)
-
-
-def log_bytes(path: str) -> int:
-    d = os.path.join(path, "log")
-    return sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d))
+from tests.support import ORDER, ev, log_bytes
 
 
 @pytest.fixture

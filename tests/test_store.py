@@ -12,15 +12,7 @@ import pytest
 
 import evstore
 from evstore import ANY, NO_STREAM, STREAM_EXISTS, NewEvent
-
-
-def ev(t: str = "Happened", data: bytes = b"{}", **kw: object) -> NewEvent:
-    return NewEvent(t, data, **kw)  # type: ignore[arg-type]
-
-
-def log_bytes(path: str) -> int:
-    d = os.path.join(path, "log")
-    return sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d))
+from tests.support import ev, log_bytes
 
 
 def test_append_and_read_back_a_stream(store: evstore.EventStore) -> None:

@@ -10,17 +10,8 @@ import uuid
 import pytest
 
 import evstore
-from evstore import NewEvent
 from tests.conftest import PY, python_env
-
-
-def ev(t: str = "Happened", data: bytes = b"{}") -> NewEvent:
-    return NewEvent(t, data)
-
-
-def log_bytes(path: str) -> int:
-    d = os.path.join(path, "log")
-    return sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d))
+from tests.support import ev, log_bytes
 
 
 def test_closed_stream_is_readable_but_takes_no_appends(store: evstore.EventStore) -> None:

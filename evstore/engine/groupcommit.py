@@ -1,0 +1,292 @@
+"""Durability: group commit, the index writer thread and the failure latch.
+
+A commit goes through three states: *written* (in the log, not yet synced: `pending`), *durable*
+(synced per the durability mode: `unindexed`), *indexed* (its entries in a durable LMDB
+transaction). One thread syncs every commit written so far while the others wait (group commit);
+waiters return as soon as the log is durable; the indexer thread then writes the index in batches,
+off the append path. A read of this process first indexes every durable commit (read-your-writes).
+
+With durability="os" a commit is durable once written (the OS has it); the indexer fdatasyncs the
+log before each index transaction, so the index on disk never covers a commit the log could lose.
+
+Locks (the order in which they may be taken is that of `Core`'s docstring):
+- the writer lock (`core.wlock`) guards `written_seq`, `pending` and `pending_ids`;
+- `index_lock` guards `indexed_seq`, `index_error` and every index write transaction;
+- `queue_lock` guards `unindexed` and `unindexed_seq`;
+- `sync_cond` guards `syncing`, `durable_seq` and `failed`.
+`failed` is sticky: once set (an fsync failed, or a read found the log damaged) every write raises
+`StoreFailed` until the store is reopened.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import lmdb
+
+from evstore.errors import CorruptedError, EvstoreError, IndexUnavailable, StoreFailed
+from evstore.index import Index, IndexBatch
+
+if TYPE_CHECKING:
+    from evstore.engine.core import Core
+
+# Seconds the indexer waits after a commit before it writes the index, batching the commits of that
+# time into one durable transaction.
+INDEX_DELAY = {"fsync": 0.005, "os": 0.02}
+
+
+class GroupCommit:
+    """The durability state of one store (see the module docstring)."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self.sync_cond = threading.Condition(threading.Lock())
+        self.syncing = False  # GUARDED_BY(sync_cond): a thread is syncing for the group
+        self.durable_seq = 0  # GUARDED_BY(sync_cond)
+        self.failed: BaseException | None = None  # GUARDED_BY(sync_cond); sticky
+        self.written_seq = 0  # GUARDED_BY(writer lock)
+        self.pending: list[IndexBatch] = []  # GUARDED_BY(writer lock): written, not yet durable
+        self.pending_ids: dict[bytes, int] = {}  # GUARDED_BY(writer lock): caller ids written, not indexed
+        self.queue_lock = threading.Lock()
+        self.unindexed: list[IndexBatch] = []  # GUARDED_BY(queue_lock): durable, not yet indexed
+        self.unindexed_seq = 0  # GUARDED_BY(queue_lock)
+        self.index_lock = threading.Lock()
+        self.indexed_seq = 0  # GUARDED_BY(index_lock) for writes; read without it as a hint
+        self.index_error: BaseException | None = None  # GUARDED_BY(index_lock): the last failed write
+        self.indexer: threading.Thread | None = None  # GUARDED_BY(indexer_lock): set once, started
+        self.indexer_lock = threading.Lock()
+        self.index_wake = threading.Event()
+        self.stopping = False
+
+    # -- the writer's side -------------------------------------------------------------------
+
+    def add_written(self, batch: IndexBatch, ids: list[tuple[bytes, int]]) -> int:
+        """Record a commit just written to the log; returns its sequence number. Requires the writer lock."""
+        for idb, pos in ids:
+            self.pending_ids[idb] = pos
+        self.pending.append(batch)
+        self.written_seq += 1
+        return self.written_seq
+
+    def check_writable(self) -> None:
+        """Raise `StoreFailed` once a failure is latched."""
+        if self.failed is not None:
+            raise self.refusal()
+
+    def refusal(self) -> StoreFailed:
+        """The error every write raises once the store has latched a failure."""
+        if isinstance(self.failed, CorruptedError):
+            return StoreFailed(f"the store refuses writes: a read found the log damaged ({self.failed})")
+        return StoreFailed(f"the store stopped accepting writes after an I/O failure ({self.failed}); reopen it")
+
+    def log_damage(self, path: str, offset: int, reason: str) -> CorruptedError:
+        """The error for damaged log bytes met by a read; the writer latches it and refuses every later
+        append, so that nothing is acknowledged after damage that `recover` would cut off."""
+        err = CorruptedError(path, offset, reason)
+        if not self.core.readonly and self.failed is None:
+            with self.sync_cond:
+                if self.failed is None:
+                    self.failed = err
+        return err
+
+    # -- durable ---------------------------------------------------------------------------
+
+    def await_durable(self, seq: int) -> None:
+        """Return once commit `seq` is durable (per the durability mode).
+
+        Group commit: one thread syncs every commit written so far while the others wait; commits
+        written during that sync are served by the next one. Raises `StoreFailed` when the sync fails
+        (latched); a KeyboardInterrupt during the sync leaves the commits pending for the next one."""
+        core = self.core
+        cond = self.sync_cond
+        with cond:
+            while self.durable_seq < seq:
+                if self.failed is not None:
+                    raise StoreFailed(f"the commit may not be durable: {self.failed}; reopen the store")
+                if self.syncing:
+                    cond.wait()
+                    continue
+                self.syncing = True
+                break
+            else:
+                return
+        err: BaseException | None = None
+        interrupted: BaseException | None = None
+        target = seq
+        batches: list[IndexBatch] = []
+        try:
+            with core.wlock:
+                target = self.written_seq
+                batches, self.pending = self.pending, []
+                fd = core.log.sync_fd()
+                retired, core.log.retired_fds = core.log.retired_fds, []
+            try:
+                if core.durability == "fsync" and fd >= 0:
+                    os.fdatasync(fd)
+            finally:
+                for rfd in retired:
+                    os.close(rfd)
+        except OSError as e:  # an fsync failure: the kernel may have dropped the pages; stop writing
+            err = e
+        except BaseException as e:  # KeyboardInterrupt and the like: the commits stay pending
+            interrupted = e
+            with core.wlock:
+                self.pending[:0] = batches
+        if err is None and interrupted is None:
+            with self.queue_lock:
+                self.unindexed.extend(batches)
+                self.unindexed_seq = target
+        with cond:
+            self.syncing = False
+            if err is None and interrupted is None:
+                self.durable_seq = max(self.durable_seq, target)
+            elif err is not None:
+                self.failed = err
+            cond.notify_all()
+        if interrupted is not None:
+            raise interrupted
+        if err is not None:
+            raise StoreFailed(f"the commit may not be durable: {err}; reopen the store") from err
+        core.notify_commits()
+        self.kick_indexer()
+
+    def sync_log(self) -> None:
+        """fdatasync the active segment (sealed ones were synced when they were sealed). A failure
+        latches the store failed, as a failed fsync of an append does."""
+        core = self.core
+        with core.wlock:
+            fd = core.log.sync_fd()
+            fd = os.dup(fd) if fd >= 0 else -1
+        if fd < 0:
+            return
+        try:
+            os.fdatasync(fd)
+        except OSError as e:
+            with self.sync_cond:
+                self.failed = e
+            raise StoreFailed(f"the log could not be synced ({e}); reopen the store") from e
+        finally:
+            os.close(fd)
+
+    def sync(self) -> None:
+        """Make every commit written so far durable, and the index with it."""
+        self.check_writable()
+        self.await_durable(self.written_seq)
+        self.sync_log()
+        self.flush_index()
+        try:
+            self.core.index.sync()
+        except lmdb.Error as e:
+            raise IndexUnavailable(self.core.index.path, f"the index could not be synced ({e})") from e
+
+    # -- indexed ---------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Index every durable commit before a read (read-your-writes); cheap when there is none."""
+        if self.indexed_seq < self.durable_seq:
+            self.flush_index()
+
+    def flush_index(self) -> None:
+        """Write the index entries of every durable commit not indexed yet, in one durable LMDB
+        transaction that carries their checkpoint.
+
+        With durability="os" the log is fdatasynced first. A failed index write (a full disk) keeps the
+        entries queued, in order, for the next flush and raises `IndexUnavailable`; the commits are in
+        the log, so nothing is lost and no later flush can skip them."""
+        core = self.core
+        with self.index_lock:
+            with self.queue_lock:
+                batches, self.unindexed = self.unindexed, []
+                target = self.unindexed_seq
+            if not batches:
+                return
+            try:
+                if core.durability == "os":
+                    self.sync_log()
+                batch = IndexBatch()
+                for b in batches:
+                    batch.merge(b)
+                core.index.write(batch)
+            except BaseException as e:
+                with self.queue_lock:
+                    self.unindexed[:0] = batches  # keep them, first, for the next attempt
+                if isinstance(e, StoreFailed):
+                    raise
+                if isinstance(e, (OSError, lmdb.Error)):
+                    self.index_error = e
+                    self._reopen_after(e)
+                    raise IndexUnavailable(core.index.path, f"the index could not be written ({e}); every "
+                                           "acknowledged commit is in the log and will be indexed once the "
+                                           "index can be written (free disk space)",
+                                           getattr(e, "errno", None)) from e
+                raise
+            self.index_error = None
+            with core.wlock:
+                for k, _v in batch.ids:
+                    self.pending_ids.pop(k, None)
+            self.indexed_seq = target
+        core.notify_commits()
+
+    def _reopen_after(self, e: BaseException) -> None:
+        """After a failed index transaction: LMDB refuses every later call once it has panicked (a
+        failed meta write); reopen the environment so that the next flush can succeed."""
+        if not isinstance(e, lmdb.PanicError) and "MDB_PANIC" not in str(e):
+            return
+        core = self.core
+        try:
+            core.index.close()
+        except lmdb.Error:  # pragma: no cover
+            pass
+        core.index = Index(os.path.join(core.path, "index"), readonly=False, map_size=core.map_size)
+
+    def kick_indexer(self) -> None:
+        """Have the indexer thread index the durable commits after a short batching delay.
+
+        Index transactions are durable (an fdatasync of data.mdb each), so they are kept off the
+        append path: appenders return once the log is durable, and the indexer writes the commits of
+        a few milliseconds in one transaction."""
+        if self.indexer is None:
+            with self.indexer_lock:
+                if self.indexer is None and not self.stopping:
+                    t = threading.Thread(target=self._indexer_loop, name=f"evstore-indexer {self.core.path}",
+                                         daemon=True)
+                    t.start()
+                    self.indexer = t  # published only once started: close() may join it
+        self.index_wake.set()
+
+    def _indexer_loop(self) -> None:
+        delay = INDEX_DELAY[self.core.durability]
+        while True:
+            self.index_wake.wait()
+            self.index_wake.clear()  # before the check: a wake during the work below is not lost
+            if self.stopping:
+                return
+            time.sleep(delay)
+            try:
+                self.flush_index()
+            except EvstoreError:  # kept queued (or latched in failed); retried on the next wake
+                if not self.stopping and self.failed is None:
+                    time.sleep(0.2)
+                    self.index_wake.set()
+
+    # -- closing ---------------------------------------------------------------------------
+
+    def flush_all(self) -> None:
+        """Wait until every written commit is durable and indexed (never under the writer lock: the
+        syncer needs it)."""
+        if self.durable_seq < self.written_seq and self.failed is None:
+            self.await_durable(self.written_seq)
+        if self.failed is None:
+            self.flush_index()
+
+    def stop(self) -> None:
+        """Stop the indexer thread (after `flush_all`)."""
+        with self.indexer_lock:
+            self.stopping = True  # no indexer starts after this
+            t = self.indexer
+        if t is not None:
+            self.index_wake.set()
+            t.join()

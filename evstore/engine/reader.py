@@ -1,0 +1,325 @@
+"""The reader: every read of the store, composed from index lookups (evstore.index's typed readers)
+and verified log records (the log implementation's `walk` and `scan`).
+
+A read fixes its snapshot — an LMDB read transaction and the checkpoint it names — before it returns;
+lazy iterators then read only the log, whose sealed segments never change. Damage met in the log is
+reported through `Core.log_damage` (the writer then refuses appends).
+
+Thread-safety: no state of its own; any number of threads read at once.
+"""
+
+from __future__ import annotations
+
+import mmap
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from evstore import index as ix
+from evstore._format import EFULL, HEADER, HEADER_SIZE, LogFormatError
+from evstore.errors import StreamDeleted
+from evstore.index import HEAD_TOMBSTONE, Extent, Head, stream_key
+from evstore.log import EVENT_KINDS
+from evstore.records import RecordedEvent, Stream
+from evstore.snapshots import Snapshot, decode_snapshot
+
+if TYPE_CHECKING:
+    from evstore.engine.core import Core
+
+new_record = tuple.__new__
+Chunk = tuple[Any, list[int], int, int]  # mapping, record offsets, region start, region end
+QueryItems = list[tuple["frozenset[bytes] | None", tuple[bytes, ...]]]
+_PAGE = mmap.PAGESIZE
+
+
+class Reader:
+    """Reads of one store (see the module docstring)."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    # -- verified records ------------------------------------------------------------------
+
+    def walk(self, seg: int, buf: Any, off: int, count: int, end: int) -> list[int]:
+        """Offsets of `count` records from `off` in segment `seg`, each verified."""
+        core = self.core
+        try:
+            return core.impl.walk(buf, off, count, end)  # type: ignore[no-any-return]
+        except LogFormatError as e:
+            raise core.log_damage(core.log.segment(seg).path, e.offset, str(e)) from None
+
+    def record(self, seg: int, off: int) -> RecordedEvent:
+        """The verified event record at (segment, offset)."""
+        s = self.core.log.segment(seg)
+        buf = s.buffer(off + HEADER_SIZE)
+        n = HEADER.unpack_from(buf, off)[1]
+        if off + n > len(buf):
+            buf = s.buffer(off + n)
+        self.walk(seg, buf, off, 1, off + n)
+        return new_record(RecordedEvent, (buf, off, None))
+
+    def record_at(self, position: int) -> RecordedEvent | None:
+        """The event at a global position (indexed commits only), or None."""
+        index = self.core.index
+        with index.begin() as txn:
+            c = ix.commit_holding(index, txn, position)
+        if c is None:
+            return None
+        first, seg, off, _n, nbytes = c
+        buf = self.core.log.segment(seg).buffer(off + nbytes)
+        offsets = self.walk(seg, buf, off, position - first + 1, off + nbytes)
+        return new_record(RecordedEvent, (buf, offsets[-1], None))
+
+    # -- heads -----------------------------------------------------------------------------
+
+    def head_of(self, stream: Stream) -> Head | None:
+        """The indexed head of `stream` (a checked stream id), or None."""
+        index = self.core.index
+        with index.begin() as txn:
+            return ix.head(index, txn, stream_key(stream))
+
+    def last_position(self) -> int:
+        """The position of the last indexed event (0 when none)."""
+        index = self.core.index
+        with index.begin() as txn:
+            cp = index.get_checkpoint(txn)
+        return 0 if cp is None else cp[2] - 1
+
+    # -- streams ---------------------------------------------------------------------------
+
+    def stream_range(self, stream: Stream, gt: int | None, lte: int | None, desc: bool,
+                     limit: int | None) -> tuple[list[Extent], int, int] | None:
+        """(extents, lo, hi) of a read of versions gt < v <= lte of `stream` (at most `limit`, from the
+        end with `desc`), or None when it reads nothing. Raises StreamDeleted when tombstoned."""
+        index = self.core.index
+        with index.begin() as txn:
+            head = ix.head(index, txn, stream_key(stream))
+            if head is None:
+                return None
+            if head.flags & HEAD_TOMBSTONE:
+                raise StreamDeleted(stream)
+            lo = max(gt or 0, head.hidden) + 1
+            hi = head.version if lte is None else min(lte, head.version)
+            if lo > hi or limit == 0:
+                return None
+            if limit is not None:  # versions are contiguous: fetch only the records asked for
+                if desc:
+                    lo = max(lo, hi - limit + 1)
+                else:
+                    hi = min(hi, lo + limit - 1)
+            return ix.extents(index, txn, head.num, lo, hi), lo, hi
+
+    def extents(self, num: int, lo: int, hi: int) -> list[Extent]:
+        index = self.core.index
+        with index.begin() as txn:
+            return ix.extents(index, txn, num, lo, hi)
+
+    def extent_chunks(self, extents: list[Extent], lo: int, hi: int) -> list[Chunk]:
+        """(mapping, record offsets, region start, region end) of versions lo..hi held by `extents`,
+        verified by the log implementation: the raw form of a stream read."""
+        out = []
+        core = self.core
+        segment = core.log.segment
+        for v, seg, off, count, nbytes in extents:
+            if v + count <= lo:
+                continue
+            buf = segment(seg).buffer(off + nbytes)
+            upto = min(hi - v + 1, count)  # walk (and verify) no further than the last record wanted
+            offsets = self.walk(seg, buf, off, upto, off + nbytes)
+            out.append((buf, offsets[max(lo - v, 0) :], off, off + nbytes))
+        return out
+
+    def stream_records(self, extents: list[Extent], lo: int, hi: int, stream: Stream) -> list[RecordedEvent]:
+        """The records of versions lo..hi held by `extents` (not upcast)."""
+        out: list[RecordedEvent] = []
+        for buf, offsets, _s, _e in self.extent_chunks(extents, lo, hi):
+            out.extend([new_record(RecordedEvent, (buf, o, stream)) for o in offsets])
+        return out
+
+    # -- the log in position order -----------------------------------------------------------
+
+    def all_plan(self, gt: int, lte: int | None, tfilter: tuple[bytes, ...] | None) -> Any:
+        """How a read of the log after `gt` goes, fixed now: None (nothing to read), ("runs", commits
+        holding the types, stop) or ("scan", segment, offset, first position there, stop)."""
+        if tfilter == ():
+            return None
+        index = self.core.index
+        with index.begin() as txn:
+            cp = index.get_checkpoint(txn)
+            if cp is None:
+                return None
+            stop = cp[2] - 1 if lte is None else min(lte, cp[2] - 1)
+            if gt >= stop:
+                return None
+            if tfilter is not None:
+                return "runs", ix.type_postings(index, txn, tfilter, gt, stop), stop
+            next_pos, seg_first, off = ix.scan_start(index, txn, gt)
+        return "scan", seg_first, off, next_pos, stop
+
+    def plan_chunks(self, plan: Any, gt: int, limit: int | None,
+                    tfilter: tuple[bytes, ...] | None) -> Iterator[Chunk]:
+        """The chunks of a plan from `all_plan` (not None)."""
+        if plan[0] == "runs":
+            return self.run_chunks(plan[1], gt, plan[2], limit, tfilter or ())
+        _kind, seg_first, off, next_pos, stop = plan
+        return self.scan_chunks(seg_first, off, next_pos, gt, stop, limit, tfilter)
+
+    def run_chunks(self, runs: list[ix.CommitLoc], gt: int, stop: int, limit: int | None,
+                   tfilter: tuple[bytes, ...]) -> Iterator[Chunk]:
+        """The events of the given types in each listed commit (scanned and verified in C with the
+        type filter), within gt < position <= stop."""
+        core = self.core
+        left = -1 if limit is None else limit
+        scan = core.impl.scan
+        unpack = HEADER.unpack_from
+        for p, seg_first, off, count, nbytes in runs:
+            seg = core.log.segment(seg_first)
+            buf = seg.buffer(off + nbytes)
+            r = scan(buf, off, off + nbytes, next_position=p, kinds=EVENT_KINDS, types=tfilter, max_out=count + 1)
+            if r.code != 0:
+                raise core.log_damage(seg.path, r.err_off, "bad record")
+            offsets = r.offsets
+            if p <= gt or p + count - 1 > stop:  # a commit across a bound: look at the positions
+                offsets = [o for o in offsets if gt < unpack(buf, o)[7] <= stop]
+            if left >= 0:
+                del offsets[left:]
+                left -= len(offsets)
+            if offsets:
+                yield buf, offsets, off, off + nbytes
+            if left == 0:
+                return
+
+    def scan_chunks(self, seg_first: int, off: int, next_pos: int, gt: int, stop: int, limit: int | None,
+                    tfilter: tuple[bytes, ...] | None) -> Iterator[Chunk]:
+        """Scanned batches of event records (C: verify and filter whole commits) from `off` of segment
+        `seg_first`, within gt < position <= stop, at most `limit`."""
+        core = self.core
+        log = core.log
+        scan = core.impl.scan
+        unpack = HEADER.unpack_from
+        left = limit if limit is not None else -1
+        seg = log.segment(seg_first)
+        max_out = 8192 if limit is None else min(8192, limit + 16)  # a page reads little more than it returns
+        while True:
+            buf = seg.full_buffer()
+            n = len(buf)
+            while off < n and next_pos <= stop:
+                r = scan(buf, off, n, next_position=next_pos, kinds=EVENT_KINDS, types=tfilter, max_out=max_out,
+                         stop_position=stop)
+                offs = r.offsets
+                if r.code == EFULL:
+                    max_out *= 4
+                    continue
+                if offs:
+                    if unpack(buf, offs[0])[7] <= gt:
+                        offs = [o for o in offs if unpack(buf, o)[7] > gt]
+                    if offs and unpack(buf, offs[-1])[7] > stop:
+                        offs = [o for o in offs if unpack(buf, o)[7] <= stop]
+                    if left >= 0:
+                        del offs[left:]
+                        left -= len(offs)
+                    yield buf, offs, off, r.end
+                    if left == 0:
+                        return
+                    release(buf, off, r.end)
+                off, next_pos = r.end, r.next_position
+                if r.code != 0:
+                    if next_pos > stop:
+                        return
+                    raise core.log_damage(seg.path, r.err_off, "bad record")
+                if r.commits == 0:
+                    break
+            if next_pos > stop:
+                return
+            segments = log.segments
+            i = segments.index(seg)
+            if i + 1 >= len(segments):
+                log.load_segments()
+                segments = log.segments
+                if i + 1 >= len(segments):
+                    raise core.log_damage(seg.path, off, f"the log ends before position {stop}")
+            seg = segments[i + 1]
+            off = 32
+
+    def read_range(self, gt: int, stop: int, limit: int | None) -> list[RecordedEvent]:
+        """Every event with gt < position <= stop (at most `limit`), from the log."""
+        index = self.core.index
+        with index.begin() as txn:
+            next_pos, seg_first, off = ix.scan_start(index, txn, gt)
+        out: list[RecordedEvent] = []
+        for buf, offs, _s, _e in self.scan_chunks(seg_first, off, next_pos, gt, stop, limit, None):
+            out.extend([new_record(RecordedEvent, (buf, o, None)) for o in offs])
+        return out
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def query(self, items: QueryItems, gt: int, lte: int | None, limit: int | None) -> list[RecordedEvent]:
+        """Events after `gt` (up to `lte`) matching any item, in position order: tag postings (for
+        items with tags, checking type and the other tags from each candidate's header) or type
+        postings (items with types only); an item with neither matches every event."""
+        index = self.core.index
+        with index.begin() as txn:
+            cp = index.get_checkpoint(txn)
+            if cp is None:
+                return []
+            stop = cp[2] - 1 if lte is None else min(lte, cp[2] - 1)
+            if gt >= stop:
+                return []
+            found: dict[int, RecordedEvent] = {}
+            for types, tags in items:
+                if not tags and types is None:
+                    return self.read_range(gt, stop, limit)
+                if not tags:
+                    tf = tuple(sorted(types or ()))
+                    runs = ix.type_postings(index, txn, tf, gt, stop)
+                    for buf, offsets, _s, _e in self.run_chunks(runs, gt, stop, None, tf):
+                        for o in offsets:
+                            found.setdefault(HEADER.unpack_from(buf, o)[7], new_record(RecordedEvent, (buf, o, None)))
+                    continue
+                for pos, seg, off in ix.tag_postings(index, txn, tags[0], gt, stop):
+                    if pos in found:
+                        continue
+                    rec = self.record(seg, off)
+                    if (types is None or rec.type.encode("utf-8") in types) and set(tags) <= tag_set(rec):
+                        found[pos] = rec
+        out = [found[p] for p in sorted(found)]
+        if limit is not None:
+            del out[limit:]
+        return out
+
+    # -- snapshots ---------------------------------------------------------------------------
+
+    def snapshots(self, stream: Stream, h: Head, lte: int | None) -> Iterator[Snapshot]:
+        """The stream's indexed snapshots at or below `lte` and above its delete watermark, newest first."""
+        core = self.core
+        hi = h.version if lte is None else min(lte, h.version)
+        if hi <= h.hidden:
+            return
+        index = core.index
+        with index.begin() as txn:
+            locs = ix.snapshots_below(index, txn, h.num, hi, h.hidden)
+        for seg_first, off in locs:
+            seg = core.log.segment(seg_first)
+            buf = seg.buffer(off + HEADER_SIZE)
+            ln = HEADER.unpack_from(buf, off)[1]
+            buf = seg.buffer(off + ln)
+            self.walk(seg_first, buf, off, 1, off + ln)
+            yield decode_snapshot(buf, off, stream)
+
+
+def tag_set(rec: RecordedEvent) -> set[bytes]:
+    return {t.encode("utf-8") for t in rec.tags}
+
+
+def release(buf: Any, start: int, end: int) -> None:
+    """Drop the mapped pages of a region a replay has moved past, so that replaying a large log keeps a
+    flat resident size. Safe for records still held: their pages fault back in from the page cache."""
+    a = (start + _PAGE - 1) // _PAGE * _PAGE
+    b = end // _PAGE * _PAGE
+    if b > a and isinstance(buf, mmap.mmap):
+        try:
+            buf.madvise(mmap.MADV_DONTNEED, a, b - a)
+        except (OSError, ValueError):  # pragma: no cover - advice only
+            pass
+
+
+__all__ = ["Reader", "new_record", "release", "tag_set"]

@@ -1,0 +1,255 @@
+"""The writer: every check of a commit under the writer lock (idempotency, conditions, tracking,
+expected versions and states, lifecycles, closed and tombstoned streams), then the write itself.
+
+Nothing is written unless every check passed: a rejected append leaves no trace and consumes no
+position. Checks read the in-memory heads (`Indexer.heads`, current with every written commit) and,
+for conditions and caller ids, the index, which first indexes what is written (`NeedFlush`).
+
+Requires: every method except `commit`/`write_marks` runs under the writer lock (`core.wlock`), which
+also guards `next_position` and `closing`.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from evstore import index as ix
+from evstore._format import KIND_MARK, KIND_TRACKING
+from evstore.engine.checks import CheckedCondition, Part
+from evstore.engine.indexer import MARK_STATE
+from evstore.errors import (
+    ConditionFailed,
+    DuplicateEventId,
+    EvstoreError,
+    InvalidTransition,
+    StoreClosed,
+    StreamClosed,
+    StreamDeleted,
+    TrackingConflict,
+    WrongExpectedVersion,
+)
+from evstore.format.encode import ControlRecord, PartToEncode, encode_commit
+from evstore.index import HEAD_CLOSED, HEAD_TOMBSTONE, Head, IndexBatch, stream_key
+from evstore.lifecycle import Lifecycle
+from evstore.records import ANY, NO_STREAM, STREAM_EXISTS, AppendResult, Stream, encode_tags
+
+if TYPE_CHECKING:
+    from evstore.engine.core import Core
+
+Binder = Callable[[Any], "Lifecycle | None"]
+
+
+class NeedFlush(Exception):
+    """Raised under the writer lock when a check needs commits that are written but not yet indexed."""
+
+
+class Writer:
+    """Checks and writes the commits of one store (see the module docstring)."""
+
+    def __init__(self, core: Core, next_position: int) -> None:
+        self.core = core
+        self.next_position = next_position  # GUARDED_BY(core.wlock): the next global position
+        self.closing = False  # GUARDED_BY(core.wlock): close() has begun; appends are refused
+
+    def commit(self, parts: list[Part], controls: Sequence[ControlRecord] = (), binder: Binder | None = None,
+               ts: int | None = None, condition: CheckedCondition | None = None) -> list[AppendResult]:
+        """Check, write and (per durability) sync one commit of several streams' events.
+
+        `binder` gives each stream's lifecycle (None: no lifecycles): every event is checked against
+        it and a `$state` mark is added to the commit when a stream's state changes. `ts` overrides
+        the commit time (imports keep the original times)."""
+        group = self.core.group
+        for _attempt in range(100):
+            try:
+                return self._commit(parts, controls, binder, ts, condition)
+            except NeedFlush:
+                group.await_durable(group.written_seq)  # index what is written, then check again
+                group.flush_index()
+        try:
+            return self._commit(parts, controls, binder, ts, condition)
+        except NeedFlush:
+            raise EvstoreError("other writers kept the index behind: the append's checks (condition or "
+                               "lifecycle state) could not be made; retry") from None
+
+    def _commit(self, parts: list[Part], controls: Sequence[ControlRecord], binder: Binder | None,
+                ts: int | None, condition: CheckedCondition | None) -> list[AppendResult]:
+        core = self.core
+        group = core.group
+        indexer = core.indexer
+        group.check_writable()
+        with core.wlock:
+            if self.closing:
+                raise StoreClosed(core.path)
+            done = self.idempotent(parts)
+            if done is not None:
+                return done
+            if condition is not None:
+                if group.indexed_seq < group.written_seq:
+                    raise NeedFlush  # the check reads the index: index what is written first
+                hit = core.reader.query(condition[0], condition[1], None, 1)
+                if hit:
+                    raise ConditionFailed(condition[2], hit[0].position)
+            for x in controls:
+                if x.kind == KIND_TRACKING and x.version <= indexer.tracking_max(x.stream):
+                    raise TrackingConflict(x.stream.decode(), x.version, indexer.tracking_max(x.stream))
+            for p in parts:
+                h = indexer.head_of(p.key)
+                p.head = h
+                actual = 0 if h is None else h.version
+                check_appendable(p.stream, h)
+                e = p.expected
+                if e is ANY:
+                    pass
+                elif e is NO_STREAM:
+                    if actual != 0:
+                        raise WrongExpectedVersion(p.stream, e, actual)
+                elif e is STREAM_EXISTS:
+                    if actual == 0:
+                        raise WrongExpectedVersion(p.stream, e, actual)
+                elif e != actual:
+                    raise WrongExpectedVersion(p.stream, e, actual)
+                if binder is not None or p.expected_state is not None:
+                    mark = self.check_state(p, h, binder)
+                    if mark is not None:
+                        controls = [*controls, mark]
+            if len({p.key for p in parts}) != len(parts):
+                raise ValueError("append_many names a stream twice; put its events in one entry")
+            results, seq = self.write(parts, controls, ts)
+        group.await_durable(seq)
+        return results
+
+    def check_state(self, p: Part, h: Head | None, binder: Binder | None) -> ControlRecord | None:
+        """Check expected_state and the lifecycle of one part; the `$state` mark to write, if any."""
+        lc = binder(p.stream) if binder is not None else None
+        state = None if h is None else h.state
+        if lc is not None and state is None:
+            state = self.derive_state(p.stream, h, lc)
+        es = p.expected_state
+        if es is not None and state not in es:
+            raise WrongExpectedVersion(p.stream, next(iter(es)) if len(es) == 1 else set(es), state, "state")
+        if lc is None:
+            return None
+        f = lc.fold([e[0] for e in p.events], state)
+        if f.refused_at is not None:
+            raise InvalidTransition(p.stream, f.state, f.refused_type or "", lc.allowed(f.state), lc.name)
+        if h is not None and f.state == h.state:
+            return None
+        return ControlRecord(KIND_MARK, p.sb, p.sflag, MARK_STATE, (0 if h is None else h.version) + len(p.events),
+                             f.state.encode("utf-8"), 0)
+
+    def derive_state(self, stream: Stream, h: Head | None, lc: Lifecycle) -> str:
+        """The state that a stream's visible history leads to in `lc` (for streams with no recorded state).
+
+        Raises `InvalidTransition` when the history does not fit the lifecycle, and `NeedFlush` when the
+        stream has written events that are not indexed yet."""
+        if h is None or h.version <= h.hidden:
+            return lc.initial
+        reader = self.core.reader
+        records = reader.stream_records(reader.extents(h.num, h.hidden + 1, h.version), h.hidden + 1, h.version,
+                                        stream)
+        if not records or records[-1].version != h.version:
+            raise NeedFlush()
+        f = lc.fold(r.type for r in records)
+        if f.refused_at is not None:
+            raise InvalidTransition(stream, f.state, f.refused_type or "", lc.allowed(f.state), lc.name)
+        return f.state
+
+    def write_marks(self, key: bytes, make: Callable[[Head | None], list[ControlRecord]]) -> int:
+        """Write, in a commit of their own, the records `make(head)` returns (none: nothing is written).
+
+        `make` runs under the writer lock with the stream's current head and may raise to refuse.
+        Returns the number of records written."""
+        core = self.core
+        core.group.check_writable()
+        with core.wlock:
+            if self.closing:
+                raise StoreClosed(core.path)
+            controls = make(core.indexer.head_of(key))
+            if not controls:
+                return 0
+            _, seq = self.write([], controls)
+        core.group.await_durable(seq)
+        return len(controls)
+
+    def idempotent(self, parts: list[Part]) -> list[AppendResult] | None:
+        """The original results when every event id of this append is already committed, by the same
+        events in the same shape; `DuplicateEventId` when some id is used otherwise."""
+        if not any(getattr(e, "id", None) is not None for p in parts for e in p.raw):
+            return None  # no caller ids: nothing to look up, and no need to encode the events yet
+        ids = [e[3] for p in parts for e in p.events if e[3] is not None]
+        if len(set(ids)) != len(ids):
+            seen: set[bytes] = set()
+            for i in ids:
+                if i in seen:
+                    raise DuplicateEventId(uuid.UUID(bytes=i))
+                seen.add(i)
+        core = self.core
+        pending = core.group.pending_ids
+        found: dict[bytes, int] = {}
+        index = core.index
+        with index.begin() as txn:
+            for i in ids:
+                if i in pending:
+                    raise NeedFlush  # a retry of a commit not indexed yet: index it, then compare
+                pos = ix.id_position(index, txn, i)
+                if pos is not None:
+                    found[i] = pos
+        if not found:
+            return None
+        results = []
+        if len(found) == len(ids) == sum(len(p.events) for p in parts):
+            for p in parts:
+                positions = [found[e[3]] for e in p.events]  # type: ignore[index]
+                first = positions[0]
+                if positions != list(range(first, first + len(positions))):
+                    break
+                rec = core.reader.record_at(first)
+                if rec is None or stream_key(rec.stream) != p.key:
+                    break
+                if not self.same_events(p, positions):
+                    break  # the ids are those of a committed append, the events are not
+                v = rec.version
+                results.append(AppendResult(p.stream, v, v + len(positions) - 1, first, positions[-1]))
+            else:
+                return results
+        i, pos = next(iter(found.items()))
+        raise DuplicateEventId(uuid.UUID(bytes=i), pos)
+
+    def same_events(self, part: Part, positions: list[int]) -> bool:
+        """Whether the committed events at `positions` are `part`'s events: same type, data, metadata,
+        schema and tags (a retry must repeat the append, not reuse its ids for other events)."""
+        record_at = self.core.reader.record_at
+        for (tb, data, meta, _idb, schema, gb), pos in zip(part.events, positions):
+            rec = record_at(pos)
+            if (rec is None or stream_key(rec.stream) != part.key or rec.type.encode("utf-8") != tb
+                    or rec.data != data or rec.metadata != meta or rec.schema != schema
+                    or encode_tags(rec.tags) != gb):
+                return False
+        return True
+
+    def write(self, parts: list[Part], controls: Sequence[ControlRecord],
+              ts: int | None = None) -> tuple[list[AppendResult], int]:
+        """Encode and write one checked commit, and install its effects (heads, index entries to come).
+        Requires the writer lock. Returns the results and the commit's sequence number."""
+        core = self.core
+        enc = encode_commit(core.impl.seal, [
+            PartToEncode(p.stream, p.key, p.sb, p.sflag, 0 if p.head is None else p.head.version, p.events)
+            for p in parts], controls, self.next_position, time.time_ns() if ts is None else ts)
+        seg, off = core.log.append(enc.buf, enc.first_position, enc.n_events)
+        # The commit is in the log: from here on, state changes are installed.
+        batch = IndexBatch()
+        core.indexer.index_encoded(batch, seg.first, off, enc, controls)
+        self.next_position = enc.first_position + enc.n_events
+        return enc.results, core.group.add_written(batch, enc.ids)
+
+
+def check_appendable(stream: Stream, head: Head | None) -> None:
+    """Refuse appends to streams that cannot take them: tombstoned or closed streams."""
+    if head is not None and head.flags:
+        if head.flags & HEAD_TOMBSTONE:
+            raise StreamDeleted(stream)
+        if head.flags & HEAD_CLOSED:
+            raise StreamClosed(stream)
