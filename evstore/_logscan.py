@@ -16,20 +16,15 @@ from types import ModuleType
 from typing import Any
 
 from evstore._format import (
-    COMMIT_SIZE,
-    EFULL,
     ERROR_TEXT,
     FORMAT_VERSION,
-    HEADER,
-    HEADER_SIZE,
-    KIND_COMMIT,
     SEGMENT_HEADER,
     SEGMENT_HEADER_SIZE,
     SEGMENT_MAGIC,
-    U64,
 )
 from evstore.errors import UnsupportedFormat
-from evstore.log import ALL_KINDS, segment_name
+from evstore.log import segment_name
+from evstore.storage.scan import SegmentScanner
 
 _NUMBERED = re.compile(r"^(\d+)\.seg$")
 META_MAGIC = b"EVSTMETA"
@@ -140,41 +135,19 @@ class SegScan:
         return ERROR_TEXT.get(self.code, f"error {self.code}")
 
 
-def torn_tail(impl: ModuleType, buf: Any, good_end: int, err_off: int, size: int) -> bool:
-    """Whether damage at `err_off`, after whole commits up to `good_end`, is a torn tail: no valid
-    COMMIT record follows it, or the only one that does ends the damaged commit itself (a power cut
-    kept its last page and lost an earlier one). The rule the writer applies on open."""
-    c = int(impl.find_commit(buf, err_off, size))
-    if c < 0:
-        return True
-    body = U64.unpack_from(buf, c + HEADER_SIZE)[0]
-    if c - body != good_end:
-        return False
-    return int(impl.find_commit(buf, c + COMMIT_SIZE, size)) < 0
-
-
 def scan_segment(impl: ModuleType, seg: SegFile, next_position: int,
                  progress: Callable[[int], None] | None = None) -> SegScan:
     """Check every commit of a segment with a valid header, expecting `next_position` first."""
     size = os.path.getsize(seg.path)
-    buf = map_file(seg.path)
-    off = SEGMENT_HEADER_SIZE
-    commits = events = 0
-    nxt = next_position
-    while True:
-        r = impl.scan(buf, off, size, next_position=nxt, kinds=0, max_out=0)
-        commits += r.commits
-        events += r.events
-        if progress is not None:
-            progress(r.end - off)
-        off, nxt = int(r.end), int(r.next_position)
-        if r.code == 0 and r.end < size and r.commits:
-            continue
-        break
-    if r.code == 0 and off < size:  # pragma: no cover - a scan stops early only on an error
-        return SegScan(off, nxt, commits, events, -1, off, False)
-    torn = r.code != 0 and torn_tail(impl, buf, off, int(r.err_off), size)
-    return SegScan(off, nxt, commits, events, int(r.code), int(r.err_off) if r.code else 0, torn)
+    sc = SegmentScanner(impl, seg.path, map_file(seg.path), size, SEGMENT_HEADER_SIZE, next_position, last=True,
+                        kinds=0, report=_collect, progress=progress)
+    for _ in sc:  # kinds=0: checks and counts, yields nothing
+        pass
+    return SegScan(sc.end, sc.next_position, sc.commits, sc.events, sc.code, sc.err_off, sc.torn)
+
+
+def _collect(path: str, offset: int, reason: str, torn: bool) -> None:
+    """The reporter of verify and recover: the damage is kept in the scan's result."""
 
 
 @dataclass
@@ -194,21 +167,10 @@ def iter_commits(impl: ModuleType, segs: list[SegFile], first: int) -> Iterator[
     nxt = first
     for seg in segs:
         size = os.path.getsize(seg.path)
-        buf = map_file(seg.path)
-        off = SEGMENT_HEADER_SIZE
-        max_out = 65536
-        while off < size:
-            r = impl.scan(buf, off, size, next_position=nxt, kinds=ALL_KINDS, max_out=max_out)
-            if r.code == EFULL:
-                max_out *= 4
-                continue
-            start = 0
-            offsets = list(r.offsets)
-            for j, o in enumerate(offsets):
-                if buf[o + 8] == KIND_COMMIT:
-                    h = HEADER.unpack_from(buf, o)
-                    yield CommitView(buf, offsets[start : j + 1], int(h[7]), int(h[8]), int(h[9]))
-                    start = j + 1
-            off, nxt = int(r.end), int(r.next_position)
-            if r.code != 0 or not r.commits:
-                return
+        sc = SegmentScanner(impl, seg.path, map_file(seg.path), size, SEGMENT_HEADER_SIZE, nxt, last=True,
+                            report=_collect)
+        for c in sc:
+            yield CommitView(c.buf, c.records, c.first_position, c.n_events, c.recorded_at_ns)
+        nxt = sc.next_position
+        if sc.code or not sc.commits:
+            return

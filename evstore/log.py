@@ -13,22 +13,17 @@ from typing import Any
 
 from evstore._format import (
     COMMIT_SIZE,
-    EFULL,
-    HEADER_SIZE,
     FORMAT_VERSION,
     HEADER,
-    KIND_COMMIT,
     SEGMENT_HEADER,
     SEGMENT_HEADER_SIZE,
     SEGMENT_MAGIC,
-    U64,
 )
 from evstore.durable import fsync_dir, remove
 from evstore.errors import CorruptedError, IndexAheadOfLog, IndexDamaged, StorageError, UnsupportedFormat
+from evstore.storage.scan import SegmentScanner
 
 _SEGMENT_NAME = re.compile(r"^(\d{20})\.seg$")
-ALL_KINDS = 0b1111110  # every kind 1..6
-EVENT_KINDS = 1 << 1
 
 
 def segment_name(first_position: int) -> str:
@@ -270,38 +265,14 @@ class Log:
                 raise CorruptedError(seg.path, 0, f"the log starts at position {seg.first}, not {next_pos}")
             self._recovered.append(seg)
             buf = seg.buffer(size)
-            max_out = 65536
-            while True:
-                r = self.impl.scan(buf, off, size, next_position=next_pos, kinds=ALL_KINDS, max_out=max_out)
-                if r.code == EFULL:  # one commit holds more records than the output array: grow it
-                    max_out *= 4
-                    continue
-                yield from self._commits(seg, buf, off, r.offsets)
-                off, next_pos = r.end, r.next_position
-                if r.code == 0 and r.end < size:
-                    continue  # output array full: go on
-                break
+            scanner = SegmentScanner(self.impl, seg.path, buf, size, off, next_pos, last=last)
+            for c in scanner:  # raises CorruptedError on damage that is not a torn tail
+                yield Commit(seg, c.offset, c.end, c.first_position, c.n_events, c.records)
+            off, next_pos = scanner.end, scanner.next_position
             seg.end = off
-            if r.code != 0:
-                if not last or not self.torn_tail(buf, off, r.err_off, size):
-                    raise CorruptedError(seg.path, r.err_off, self._reason(r.code))
-                if self.writable:
-                    self._truncate(seg, off)
+            if scanner.code and self.writable:  # a torn tail: cut it off (durably)
+                self._truncate(seg, off)
         self.next_position = next_pos
-
-    def torn_tail(self, buf: Any, good_end: int, err_off: int, size: int) -> bool:
-        """Whether damage at `err_off` of the last segment, after whole commits up to `good_end`, is a
-        torn tail: no valid COMMIT record follows it, or the only one that does ends the damaged commit
-        itself (it starts at `good_end`: a power cut kept its last page and lost an earlier one) and no
-        valid commit follows that. Anything else is corruption followed by committed data."""
-        find = self.impl.find_commit
-        c = find(buf, err_off, size)
-        if c < 0:
-            return True
-        body = U64.unpack_from(buf, c + HEADER_SIZE)[0]
-        if c - body != good_end:
-            return False
-        return bool(find(buf, c + COMMIT_SIZE, size) < 0)
 
     def sync_all(self) -> None:
         """fsync every segment the last `recover()` scanned, and the log directory: what recovery
@@ -314,22 +285,6 @@ class Log:
                 os.close(fd)
         fsync_dir(self.dir)
         self._recovered = []
-
-    def _reason(self, code: int) -> str:
-        from evstore._format import ERROR_TEXT
-
-        return ERROR_TEXT.get(code, f"error {code}")
-
-    @staticmethod
-    def _commits(seg: Segment, buf: Any, off: int, offsets: list[int]) -> Iterator[Commit]:
-        unpack = HEADER.unpack_from
-        start = 0
-        for j, o in enumerate(offsets):
-            if buf[o + 8] == KIND_COMMIT:  # the kind byte: no full header unpack per record
-                h = unpack(buf, o)
-                body = U64.unpack_from(buf, o + 64)[0]
-                yield Commit(seg, o - body, o + 72, h[7], h[8], offsets[start : j + 1])
-                start = j + 1
 
     def _truncate(self, seg: Segment, end: int) -> None:
         fd = os.open(seg.path, os.O_WRONLY)

@@ -18,7 +18,7 @@ from evstore import index as ix
 from evstore._format import EFULL, HEADER, HEADER_SIZE, LogFormatError
 from evstore.errors import StreamDeleted
 from evstore.index import HEAD_TOMBSTONE, Extent, Head, stream_key
-from evstore.log import EVENT_KINDS
+from evstore.storage.scan import EVENT_KINDS
 from evstore.records import RecordedEvent, Stream
 from evstore.snapshots import Snapshot, decode_snapshot
 

@@ -1,0 +1,122 @@
+"""The one loop that scans the log's commits, and the torn-tail rule (docs/log_format.md).
+
+Recovery on open, `verify`, `recover`, `export` and the benchmarks all scan through `SegmentScanner`;
+what differs is the reporter they hand it for the damage it meets (LevelDB's `log::Reader` and its
+`Reporter`): recovery raises `CorruptedError` unless the damage is a torn tail of the last segment,
+`verify` collects it, `recover` salvages what comes before it. Reads of records found through the
+index verify them with the log implementation's `walk`/`scan` and report damage the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from types import ModuleType
+from typing import Any, NamedTuple, Protocol
+
+from evstore._format import COMMIT_SIZE, EFULL, ERROR_TEXT, HEADER, HEADER_SIZE, KIND_COMMIT, U64
+from evstore.errors import CorruptedError
+
+ALL_KINDS = 0b1111110  # every kind 1..6
+EVENT_KINDS = 1 << 1
+
+
+class ScannedCommit(NamedTuple):
+    """A whole commit found by scanning: where it is and the offsets of its records (COMMIT last)."""
+
+    buf: Any  # the mapping it was found in
+    offset: int
+    end: int
+    first_position: int
+    n_events: int
+    recorded_at_ns: int
+    records: list[int]
+
+
+class Reporter(Protocol):
+    """What a scan does with damage at `offset` of `path` (`torn`: a torn tail, see `torn_tail`)."""
+
+    def __call__(self, path: str, offset: int, reason: str, torn: bool) -> None: ...
+
+
+def raise_unless_torn(path: str, offset: int, reason: str, torn: bool) -> None:
+    """The reporter of recovery and readers: damage that is not a torn tail is corruption."""
+    if not torn:
+        raise CorruptedError(path, offset, reason)
+
+
+def torn_tail(impl: ModuleType, buf: Any, good_end: int, err_off: int, size: int) -> bool:
+    """Whether damage at `err_off` of a last segment, after whole commits up to `good_end`, is a torn
+    tail: no valid COMMIT record follows it, or the only one that does ends the damaged commit itself
+    (it starts at `good_end`: a power cut kept its last page and lost an earlier one) and no valid
+    commit follows that. Anything else is corruption followed by committed data."""
+    c = int(impl.find_commit(buf, err_off, size))
+    if c < 0:
+        return True
+    body = U64.unpack_from(buf, c + HEADER_SIZE)[0]
+    if c - body != good_end:
+        return False
+    return int(impl.find_commit(buf, c + COMMIT_SIZE, size)) < 0
+
+
+class SegmentScanner:
+    """Scan one segment's commits from `start`, expecting `next_position` first.
+
+    Iterate it for the commits (with `kinds=0` the scan only checks and counts them, yielding
+    nothing: the fastest verify). Afterwards `end`, `next_position`, `commits`, `events` describe the
+    whole commits found and `code`, `err_off`, `torn` the damage that stopped the scan (`code` 0: none),
+    which was handed to `report` (`torn` is only ever True for the `last` segment).
+    """
+
+    def __init__(self, impl: ModuleType, path: str, buf: Any, size: int, start: int, next_position: int, *,
+                 last: bool, kinds: int = ALL_KINDS, report: Reporter = raise_unless_torn,
+                 progress: Callable[[int], None] | None = None) -> None:
+        self.impl, self.path, self.buf, self.size = impl, path, buf, size
+        self.kinds, self.last, self.report, self.progress = kinds, last, report, progress
+        self.start = start
+        self.end = start
+        self.next_position = next_position
+        self.commits = 0
+        self.events = 0
+        self.code = 0
+        self.err_off = 0
+        self.torn = False
+
+    @property
+    def reason(self) -> str:
+        return ERROR_TEXT.get(self.code, f"error {self.code}")
+
+    def __iter__(self) -> Iterator[ScannedCommit]:
+        impl, buf, size, kinds = self.impl, self.buf, self.size, self.kinds
+        off, nxt = self.end, self.next_position
+        max_out = 65536 if kinds else 0
+        unpack = HEADER.unpack_from
+        while True:
+            r = impl.scan(buf, off, size, next_position=nxt, kinds=kinds, max_out=max_out)
+            if r.code == EFULL:  # one commit holds more records than the output array: grow it
+                max_out *= 4
+                continue
+            if kinds:
+                begin = 0
+                offsets = r.offsets
+                for j, o in enumerate(offsets):
+                    if buf[o + 8] == KIND_COMMIT:  # the kind byte: no full header unpack per record
+                        h = unpack(buf, o)
+                        body = U64.unpack_from(buf, o + HEADER_SIZE)[0]
+                        yield ScannedCommit(buf, o - body, o + COMMIT_SIZE, h[7], h[8], h[9], offsets[begin : j + 1])
+                        begin = j + 1
+            if self.progress is not None:
+                self.progress(r.end - off)
+            self.commits += r.commits
+            self.events += r.events
+            off, nxt = int(r.end), int(r.next_position)
+            self.end, self.next_position = off, nxt
+            if r.code == 0 and off < size and r.commits:
+                continue  # the output array was full: go on
+            break
+        if r.code == 0 and off < size:  # pragma: no cover - a scan stops early only on an error
+            self.code, self.err_off = -1, off
+        elif r.code != 0:
+            self.code, self.err_off = int(r.code), int(r.err_off)
+        if self.code:
+            self.torn = self.last and torn_tail(impl, buf, off, self.err_off, size)
+            self.report(self.path, self.err_off, self.reason, self.torn)
