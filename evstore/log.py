@@ -229,11 +229,13 @@ class Log:
             if p + n > next_pos or (cseg, coff + nbytes) > (seg_first, end):
                 raise IndexDamaged(seg.path, end, "the index holds a commit past its own checkpoint")
 
-    def recover(self, checkpoint: tuple[int, int, int] | None) -> Iterator[Commit]:
+    def recover(self, checkpoint: tuple[int, int, int] | None, unsynced_tail: bool = False) -> Iterator[Commit]:
         """Scan from the index checkpoint to the end of the log, yielding each whole commit.
 
         A torn tail of the last segment is cut off (writer) or ignored (reader); damage followed by
-        committed data, or any damage in a sealed segment, raises `CorruptedError`. An index
+        committed data, or any damage in a sealed segment, raises `CorruptedError` — except, with
+        `unsynced_tail` (the last writer used durability="os"), damage in the last segment after
+        the checkpoint, which that writer never synced: the log is cut there. An index
         checkpoint beyond the log's end raises `IndexAheadOfLog`. A gap in positions between
         segments (a missing segment) raises `CorruptedError`.
         """
@@ -265,7 +267,8 @@ class Log:
                 raise CorruptedError(seg.path, 0, f"the log starts at position {seg.first}, not {next_pos}")
             self._recovered.append(seg)
             buf = seg.buffer(size)
-            scanner = SegmentScanner(self.impl, seg.path, buf, size, off, next_pos, last=last)
+            scanner = SegmentScanner(self.impl, seg.path, buf, size, off, next_pos, last=last,
+                                     unsynced_from=off if unsynced_tail and last else None)
             for c in scanner:  # raises CorruptedError on damage that is not a torn tail
                 yield Commit(seg, c.offset, c.end, c.first_position, c.n_events, c.records)
             off, next_pos = scanner.end, scanner.next_position

@@ -278,3 +278,61 @@ def test_damage_followed_by_a_later_whole_commit_is_still_corruption(store_path:
     os.unlink(os.path.join(store_path, "index", "data.mdb"))
     with pytest.raises(evstore.CorruptedError):
         evstore.open(store_path, log_impl=impl)
+
+
+# -- durability="os": what a power cut leaves after the last checkpoint is an unsynced tail ---------
+
+
+def _os_writer_killed_with_an_unsynced_tail(path: str, impl: str) -> None:
+    code = textwrap.dedent(f"""
+        import os, signal, evstore
+        from evstore.engine import groupcommit
+        groupcommit.INDEX_DELAY["os"] = 600  # the indexer never checkpoints during this run
+        s = evstore.open({path!r}, log_impl={impl!r}, durability="os")
+        for i in range(20):
+            s.append("s", [evstore.NewEvent("T", b"%04d" % i + b"." * 200)])
+        s.sync()  # the checkpoint: everything up to here is durable
+        for i in range(20, 80):
+            s.append("s", [evstore.NewEvent("T", b"%04d" % i + b"." * 200)])
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    p = subprocess.run([PY, "-c", code], env=python_env(), capture_output=True)
+    assert p.returncode == -signal.SIGKILL, p.stderr
+
+
+def _lose_a_page_after_the_checkpoint(path: str) -> tuple[int, int]:
+    env = lmdb.open(os.path.join(path, "index"), max_dbs=16)
+    meta = env.open_db(b"meta")
+    with env.begin() as txn:
+        _seg, end, nxt = struct.unpack("<QQQ", txn.get(b"checkpoint", db=meta))
+    env.close()
+    seg = os.path.join(path, "log", "00000000000000000001.seg")
+    size = os.path.getsize(seg)
+    page = (end // 4096 + 2) * 4096  # a page of the unsynced region with whole commits after it
+    assert page + 4096 < size, (end, size)
+    with open(seg, "r+b") as f:
+        f.seek(page)
+        f.write(bytes(4096))  # the page never reached the disk
+    return nxt - 1, page
+
+
+def test_an_os_writers_unsynced_tail_that_lost_a_middle_page_is_cut_and_the_store_opens(
+        store_path: str, impl: str) -> None:
+    _os_writer_killed_with_an_unsynced_tail(store_path, impl)
+    synced, _page = _lose_a_page_after_the_checkpoint(store_path)
+    assert synced == 20
+    with evstore.open(store_path, log_impl=impl) as s:  # the promise of "os": a prefix, and it opens
+        data = [e.data[:4] for e in s.read_all()]
+        assert 20 <= len(data) < 80 and data == [b"%04d" % i for i in range(len(data))]
+        s.append("s", [ev()])
+    assert tools.verify(store_path).ok
+
+
+def test_the_same_damage_after_an_fsync_writer_is_corruption(store_path: str, impl: str) -> None:
+    _os_writer_killed_with_an_unsynced_tail(store_path, impl)
+    _lose_a_page_after_the_checkpoint(store_path)
+    lock = os.path.join(store_path, "LOCK")
+    with open(lock, "w") as f:
+        f.write("1\nfsync\n")  # an fsync writer synced every commit it acknowledged: this is damage
+    with pytest.raises(evstore.CorruptedError):
+        evstore.open(store_path, log_impl=impl)

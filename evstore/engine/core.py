@@ -76,11 +76,16 @@ class Core:
         try:
             directory.prepare(path, create=create, readonly=readonly)
             if not readonly:
-                self.lock_fd = directory.take_lock(path)
+                self.lock_fd, previous = directory.take_lock(path, durability)
+            else:
+                previous = directory.last_writer_durability(path)
+            self.unsynced_tail = previous == "os"  # the last writer synced only at checkpoints
             self.meta = directory.load_meta(path, self.impl, segment_size, readonly)
             self.log = Log(os.path.join(path, "log"), self.impl, segment_size=self.meta["segment_size"],
                            writable=not readonly, first_position=int(self.meta.get("first_position", 1)))
             self._open_index_and_catch_up(map_size)
+            if self.unsynced_tail and durability != "os" and not readonly:
+                directory.record_writer(self.lock_fd, durability)  # the tail is cut: the strict rule again
         except BaseException:
             if self.index is not None:
                 try:
@@ -136,7 +141,7 @@ class Core:
             self.log.check_checkpoint(checkpoint, last)
         elif last is not None:
             raise IndexDamaged(self.index.path, 0, "the index holds commits but no checkpoint")
-        self.indexer.catch_up(self.log, checkpoint, self.readonly)
+        self.indexer.catch_up(self.log, checkpoint, self.readonly, self.unsynced_tail)
         with self.index.begin() as txn:
             cp = self.index.get_checkpoint(txn)
         self.writer.next_position = cp[2] if cp else self.log.next_position

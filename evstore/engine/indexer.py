@@ -87,14 +87,15 @@ class Indexer:
         self.tracking = {}
         return checkpoint, last
 
-    def catch_up(self, log: Log, checkpoint: tuple[int, int, int] | None, readonly: bool) -> int:
+    def catch_up(self, log: Log, checkpoint: tuple[int, int, int] | None, readonly: bool,
+                 unsynced_tail: bool = False) -> int:
         """Index every commit the log holds past `checkpoint`; returns how many. The log is synced
         before the first index transaction: never make the index durable ahead of the log."""
         batch = IndexBatch()
         n = 0
         events = 0
         synced = False
-        for c in log.recover(checkpoint):
+        for c in log.recover(checkpoint, unsynced_tail):
             self.index_scanned(batch, c)
             n += 1
             events += c.n_events

@@ -20,7 +20,7 @@ from types import ModuleType
 from typing import Any
 
 from evstore._format import FORMAT_VERSION
-from evstore.durable import make_dirs, remove, replace_file
+from evstore.durable import fsync_dir, make_dirs, remove, replace_file
 from evstore.errors import CorruptedError, EvstoreError, StorageError, StoreLocked, UnsupportedFormat
 from evstore.index import INDEX_FILES, U32
 
@@ -74,10 +74,23 @@ def prepare(path: str, *, create: bool, readonly: bool) -> None:
         raise EvstoreError(f"no store at {path} (no log/ directory)")
 
 
-def take_lock(path: str) -> int:
-    """Take the writer's LOCK of the store at `path`; returns its descriptor (closing it releases the
-    lock). Raises `StoreLocked` with the holder's pid when another process writes the store."""
+def last_writer_durability(path: str) -> str | None:
+    """The durability the last writer of the store at `path` wrote with ("fsync", "os"), from LOCK."""
+    try:
+        with open(os.path.join(path, "LOCK"), "rb") as f:
+            lines = f.read(64).split()
+    except OSError:
+        return None
+    return lines[1].decode("ascii", "replace") if len(lines) > 1 else None
+
+
+def take_lock(path: str, durability: str) -> tuple[int, str | None]:
+    """Take the writer's LOCK of the store at `path` and record in it this writer's pid and
+    durability (synced); returns the descriptor (closing it releases the lock) and the previous
+    writer's durability (recovery needs it: an "os" writer leaves an unsynced tail).
+    Raises `StoreLocked` with the holder's pid when another process writes the store."""
     lock_path = os.path.join(path, "LOCK")
+    created = not os.path.exists(lock_path)
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as e:
@@ -93,9 +106,23 @@ def take_lock(path: str) -> int:
         if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
             raise StoreLocked(path, pid) from None
         raise StorageError(lock_path, e.errno, f"cannot lock {lock_path}: {e.strerror}") from e
+    try:
+        previous = last_writer_durability(path)
+        # Until recovery has cut an unsynced tail an "os" writer left, the next open must know of it.
+        record_writer(fd, "os" if previous == "os" else durability)
+        if created:
+            fsync_dir(path)
+    except OSError as e:
+        os.close(fd)
+        raise StorageError(lock_path, e.errno, f"cannot write {lock_path}: {e.strerror}") from e
+    return fd, previous
+
+
+def record_writer(fd: int, durability: str) -> None:
+    """Write this process's pid and durability into the LOCK it holds (`fd`), synced."""
     os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
+    os.pwrite(fd, f"{os.getpid()}\n{durability}\n".encode(), 0)
+    os.fsync(fd)
 
 
 def load_meta(path: str, impl: ModuleType, segment_size: int, readonly: bool) -> dict[str, Any]:

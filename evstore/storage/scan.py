@@ -65,13 +65,18 @@ class SegmentScanner:
     nothing: the fastest verify). Afterwards `end`, `next_position`, `commits`, `events` describe the
     whole commits found and `code`, `err_off`, `torn` the damage that stopped the scan (`code` 0: none),
     which was handed to `report` (`torn` is only ever True for the `last` segment).
+
+    `unsynced_from`: the offset of a last segment from which nothing was synced (a writer with
+    durability="os" syncs only at index checkpoints, rolls and close): damage there is a torn tail
+    even when whole commits follow it, since a power cut keeps any subset of the unsynced pages.
     """
 
     def __init__(self, impl: ModuleType, path: str, buf: Any, size: int, start: int, next_position: int, *,
                  last: bool, kinds: int = ALL_KINDS, report: Reporter = raise_unless_torn,
-                 progress: Callable[[int], None] | None = None) -> None:
+                 progress: Callable[[int], None] | None = None, unsynced_from: int | None = None) -> None:
         self.impl, self.path, self.buf, self.size = impl, path, buf, size
         self.kinds, self.last, self.report, self.progress = kinds, last, report, progress
+        self.unsynced_from = unsynced_from  # of a last segment: where the bytes never synced begin
         self.start = start
         self.end = start
         self.next_position = next_position
@@ -118,5 +123,6 @@ class SegmentScanner:
         elif r.code != 0:
             self.code, self.err_off = int(r.code), int(r.err_off)
         if self.code:
-            self.torn = self.last and torn_tail(impl, buf, off, self.err_off, size)
+            unsynced = self.unsynced_from is not None and self.err_off >= self.unsynced_from
+            self.torn = self.last and (unsynced or torn_tail(impl, buf, off, self.err_off, size))
             self.report(self.path, self.err_off, self.reason, self.torn)
