@@ -14,7 +14,7 @@ class TestApplication(TempStoreMixin, lib_app.ApplicationTestCase):
 
 
 class TestExampleApplication(TempStoreMixin, lib_app.ExampleApplicationTestCase):
-    expected_factory_topic = "evstore.eventsourcing:EvstoreFactory"
+    expected_factory_topic = "evstore.eventsourcing.factory:EvstoreFactory"
 
 
 class TestEventCountersView(TempStoreMixin, lib_proj.EventCountersViewTestCase):

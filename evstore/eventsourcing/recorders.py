@@ -1,50 +1,18 @@
-"""Persistence module for the `eventsourcing` library, backed by evstore.
-
-Switch an application over with two settings::
-
-    PERSISTENCE_MODULE=evstore.eventsourcing
-    EVSTORE_PATH=/var/lib/myapp/evstore
-
-Every application (or projection) gets its own stores under ``<EVSTORE_PATH>/<application name>/``:
-``events/`` holds the application sequence and its tracking records, ``snapshots/`` (or any other
-``purpose`` given to `aggregate_recorder`) holds an aggregate sequence of its own. See
-docs/eventsourcing.md for the settings, the version mapping and the guarantees.
-
-Version mapping, in short: evstore numbers a stream's events 1, 2, 3... without gaps, while an
-eventsourcing `originator_version` may start at 0 or 1 and may have gaps (snapshots). Each event keeps
-its originator_version in its metadata (8 bytes, little-endian, signed). The first event's
-originator_version (the stream's *base*) maps a contiguous stream's versions both ways by arithmetic,
-so `select_events` reads exactly the asked range; a stream with gaps is searched by bisection on the
-(strictly increasing) stored originator_versions. An insert's versions must be strictly increasing and
-greater than the stream's last one, otherwise `IntegrityError` is raised and nothing is written.
-"""
+"""The evstore recorders for the `eventsourcing` library: aggregate, application, tracking and process
+recorders, the application subscription, and the decoding of evstore records into StoredEvents and
+Notifications (the version mapping is described in `evstore.eventsourcing`)."""
 
 from __future__ import annotations
 
-import os
 import struct
-import threading
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import evstore
-from eventsourcing.dcb.api import (
-    DCBAppendCondition,
-    DCBEvent,
-    DCBQuery,
-    DCBQueryItem,
-    DCBReadResponse,
-    DCBRecorder,
-    DCBSequencedEvent,
-    DCBSubscription,
-)
-from eventsourcing.dcb.persistence import DCBInfrastructureFactory
 from eventsourcing.persistence import (
     AggregateRecorder,
     ApplicationRecorder,
-    InfrastructureFactory,
-    InfrastructureFactoryError,
     IntegrityError,
     Notification,
     OperationalError,
@@ -55,7 +23,6 @@ from eventsourcing.persistence import (
     Tracking,
     TrackingRecorder,
 )
-from eventsourcing.utils import Environment, EnvType, resolve_topic
 from evstore._format import FLAG_UUID_STREAM, HEADER, HEADER_SIZE
 from evstore.records import NewEvent, RecordedEvent
 from evstore.store import EventStore
@@ -63,32 +30,25 @@ from evstore.store import EventStore
 __all__ = [
     "EvstoreAggregateRecorder",
     "EvstoreApplicationRecorder",
-    "EvstoreDCBFactory",
-    "EvstoreDCBRecorder",
-    "EvstoreFactory",
     "EvstoreProcessRecorder",
     "EvstoreRecorder",
-    "EvstoreSettingError",
     "EvstoreSubscription",
     "EvstoreTrackingRecorder",
+    "originator_version_of",
+    "topic_of",
 ]
 
 _unpack = HEADER.unpack_from
 _OV = struct.Struct("<q")
 _pack_ov = _OV.pack
 _unpack_ov = _OV.unpack_from
-# The header fields the hot paths need (see HEADER in evstore/_format.py), without the 16-byte id:
+# The header fields the hot paths need (see HEADER, the record layout), without the 16-byte id:
 # length, flags, type_len, stream_len, tags_len, position, version, meta_len.
 _slim = struct.Struct("<4xIxBHHHQQ8x16x4xI").unpack_from
 assert struct.calcsize("<4xIxBHHHQQ8x16x4xI") == HEADER_SIZE
 _new = object.__new__
-_set = object.__setattr__
 _MAX_CACHE = 100_000
 _RETRIES = 8
-
-
-class EvstoreSettingError(InfrastructureFactoryError, ValueError):
-    """A setting (an `EVSTORE_*` environment variable or the application name) is missing or invalid."""
 
 
 # -- decoding records ---------------------------------------------------------------------------
@@ -96,7 +56,8 @@ class EvstoreSettingError(InfrastructureFactoryError, ValueError):
 _topics: dict[bytes, str] = {}
 
 
-def _topic(raw: bytes) -> str:
+def topic_of(raw: bytes) -> str:
+    """The topic of an event's raw type bytes (decoded once, then cached)."""
     t = _topics.get(raw)
     if t is None:
         t = raw.decode("utf-8")
@@ -105,31 +66,13 @@ def _topic(raw: bytes) -> str:
     return t
 
 
-def _ov_of(rec: RecordedEvent | tuple[Any, int]) -> int:
+def originator_version_of(rec: RecordedEvent | tuple[Any, int]) -> int:
     """The originator_version kept in an event's metadata (of a record, or a (mapping, offset) pair)."""
     buf, o = rec[0], rec[1]
     h = _unpack(buf, o)
     if h[12] != 8:
         raise OperationalError(f"event at position {h[7]} was not written by evstore.eventsourcing")
     return int(_unpack_ov(buf, o + HEADER_SIZE + h[5] + h[4])[0])
-
-
-def _check_name(value: str, what: str) -> str:
-    """Refuse names that could leave the root folder."""
-    if not isinstance(value, str) or not value:
-        raise EvstoreSettingError(f"{what} must be a non-empty string, not {value!r}")
-    bad = None
-    if "\x00" in value:
-        bad = "contains a NUL byte"
-    elif value in (".", ".."):
-        bad = "is a relative path component"
-    elif "/" in value or "\\" in value or (os.altsep and os.altsep in value) or os.sep in value:
-        bad = "contains a path separator"
-    elif os.path.isabs(value):
-        bad = "is an absolute path"
-    if bad:
-        raise EvstoreSettingError(f"{what} {value!r} {bad}; it must be a single folder name")
-    return value
 
 
 # -- recorders ----------------------------------------------------------------------------------
@@ -154,7 +97,7 @@ class EvstoreRecorder:
         recs = self.store.read_stream(oid, desc=True, limit=1)
         if not recs:
             return 0, -1
-        return int(_unpack(recs[0][0], recs[0][1])[8]), _ov_of(recs[0])
+        return int(_unpack(recs[0][0], recs[0][1])[8]), originator_version_of(recs[0])
 
     def _base(self, oid: uuid.UUID | str) -> int | None:
         """The originator_version of the stream's first event (cached), or None for an absent stream."""
@@ -163,7 +106,7 @@ class EvstoreRecorder:
             recs = self.store.read_stream(oid, lte=1)
             if not recs:
                 return None
-            b = _ov_of(recs[0])
+            b = originator_version_of(recs[0])
             self._remember_base(oid, b)
         return b
 
@@ -251,10 +194,10 @@ class EvstoreRecorder:
             chunks = read(oid, limit=limit)
             if not chunks:
                 return []
-            base = _ov_of((chunks[0][0], chunks[0][1][0]))
+            base = originator_version_of((chunks[0][0], chunks[0][1][0]))
             self._remember_base(oid, base)
             top = (chunks[-1][0], chunks[-1][1][-1])
-            contiguous = _ov_of(top) == _unpack(top[0], top[1])[8] + base - 1
+            contiguous = originator_version_of(top) == _unpack(top[0], top[1])[8] + base - 1
             return self._build(oid, chunks, base - 1 if contiguous else None)
         if base is None:
             base = self._base(oid)
@@ -281,7 +224,7 @@ class EvstoreRecorder:
         chunks = read(oid, gt=vgt, lte=vlte, desc=desc, limit=limit)
         if chunks:
             top = (chunks[0][0], chunks[0][1][0]) if desc else (chunks[-1][0], chunks[-1][1][-1])
-            if _ov_of(top) == _unpack(top[0], top[1])[8] + off:
+            if originator_version_of(top) == _unpack(top[0], top[1])[8] + off:
                 return self._build(oid, chunks, off)  # contiguous up to the highest version read
         elif vgt is None:
             return []
@@ -296,7 +239,7 @@ class EvstoreRecorder:
         recs = self.store.read_stream(oid, gt=version - 1, lte=version)
         if not recs:
             raise OperationalError(f"stream {oid!r} has no event at version {version}")
-        return _ov_of(recs[0])
+        return originator_version_of(recs[0])
 
     def _select_gapped(self, oid: uuid.UUID | str, gt: int | None, lte: int | None, desc: bool,
                        limit: int | None) -> list[StoredEvent]:
@@ -344,7 +287,7 @@ class EvstoreRecorder:
                 t = o + HEADER_SIZE + sl
                 e = t + tl
                 tb = buf[t:e]
-                topic = topics.get(tb) or _topic(tb)
+                topic = topics.get(tb) or topic_of(tb)
                 ev = new(cls)
                 d = ev.__dict__
                 d["originator_id"] = oid
@@ -379,7 +322,7 @@ class EvstoreRecorder:
                 d = n.__dict__
                 d["originator_id"] = oid
                 d["originator_version"] = unpack_ov(buf, e)[0]
-                d["topic"] = topics.get(tb) or _topic(tb)
+                d["topic"] = topics.get(tb) or topic_of(tb)
                 d["state"] = buf[e + ml + gl : o + ln]
                 d["id"] = pos
                 append(n)
@@ -483,260 +426,3 @@ class EvstoreProcessRecorder(EvstoreTrackingRecorder, EvstoreApplicationRecorder
     """Application recorder whose `insert_events(..., tracking=...)` records the tracking object in
     the same commit as the events (exactly-once processing)."""
 
-
-# -- the factory --------------------------------------------------------------------------------
-
-class _Settings:
-    """The EVSTORE_* settings, read and checked once per factory."""
-
-    def __init__(self, env: Environment) -> None:
-        root = env.get(EvstoreFactory.EVSTORE_PATH)
-        if not root:
-            keys = ", ".join(env.create_keys(EvstoreFactory.EVSTORE_PATH))
-            raise EvstoreSettingError(
-                f"evstore root folder not set: set {EvstoreFactory.EVSTORE_PATH} (looked for {keys})"
-            )
-        if "\x00" in root:
-            raise EvstoreSettingError(f"{EvstoreFactory.EVSTORE_PATH} must not contain NUL bytes")
-        self.root = root
-        self.durability = (env.get(EvstoreFactory.EVSTORE_DURABILITY) or "fsync").strip().lower()
-        if self.durability not in ("fsync", "os"):
-            raise EvstoreSettingError(
-                f"{EvstoreFactory.EVSTORE_DURABILITY} must be 'fsync' or 'os', not {self.durability!r}"
-            )
-        self.options: dict[str, Any] = {}
-        for key, opt in ((EvstoreFactory.EVSTORE_SEGMENT_SIZE, "segment_size"),
-                         (EvstoreFactory.EVSTORE_MAP_SIZE, "map_size")):
-            raw = (env.get(key) or "").strip()
-            if raw:
-                try:
-                    self.options[opt] = int(raw)
-                except ValueError:
-                    raise EvstoreSettingError(f"{key} must be a number of bytes, not {raw!r}") from None
-
-
-def _open_store(settings: _Settings, name: str, purpose: str) -> EventStore:
-    """Open (creating) the store `<root>/<name>/<purpose>`."""
-    _check_name(name, "the application name")
-    _check_name(purpose, "the recorder purpose")
-    path = os.path.join(settings.root, name, purpose)
-    try:
-        os.makedirs(os.path.join(settings.root, name), mode=0o700, exist_ok=True)
-        return evstore.open(path, durability=settings.durability, **settings.options)
-    except evstore.StoreLocked as e:
-        raise OperationalError(str(e)) from e
-    except (TypeError, ValueError) as e:
-        raise EvstoreSettingError(f"cannot open the evstore store at {path}: {e}") from e
-
-
-class _Stores:
-    """The store handles one factory opened, by (name, purpose); closed together."""
-
-    def __init__(self, settings: _Settings) -> None:
-        self.settings = settings
-        self.handles: dict[tuple[str, str], EventStore] = {}
-        self.lock = threading.Lock()
-
-    def get(self, name: str, purpose: str) -> EventStore:
-        with self.lock:
-            s = self.handles.get((name, purpose))
-            if s is None or s.closed:
-                s = _open_store(self.settings, name, purpose)
-                self.handles[(name, purpose)] = s
-            return s
-
-    def close(self) -> None:
-        with self.lock:
-            for s in self.handles.values():
-                s.close()
-            self.handles.clear()
-
-
-class EvstoreFactory(InfrastructureFactory[EvstoreTrackingRecorder]):
-    """Infrastructure factory for evstore. Settings (read through the application's Environment, so
-    `<APP NAME>_EVSTORE_PATH` overrides `EVSTORE_PATH`): EVSTORE_PATH (required root folder),
-    EVSTORE_DURABILITY ("fsync" default, or "os"), EVSTORE_SEGMENT_SIZE, EVSTORE_MAP_SIZE (bytes).
-
-    Opens `<root>/<application name>/events` for the application, tracking and process recorders and
-    `<root>/<application name>/<purpose>` for `aggregate_recorder(purpose)`. `close()` closes the
-    handles it opened (the store stays open while another handle in the process uses it)."""
-
-    EVSTORE_PATH = "EVSTORE_PATH"
-    EVSTORE_DURABILITY = "EVSTORE_DURABILITY"
-    EVSTORE_SEGMENT_SIZE = "EVSTORE_SEGMENT_SIZE"
-    EVSTORE_MAP_SIZE = "EVSTORE_MAP_SIZE"
-
-    aggregate_recorder_class = EvstoreAggregateRecorder
-    application_recorder_class = EvstoreApplicationRecorder
-    tracking_recorder_class = EvstoreTrackingRecorder
-    process_recorder_class = EvstoreProcessRecorder
-
-    def __init__(self, env: Environment | EnvType | None):
-        super().__init__(env)
-        self._stores = _Stores(_Settings(self.env))
-
-    def _store(self, purpose: str = "events") -> EventStore:
-        return self._stores.get(self.env.name, purpose)
-
-    def aggregate_recorder(self, purpose: str = "events") -> AggregateRecorder:
-        return self.aggregate_recorder_class(self._store(purpose))
-
-    def application_recorder(self) -> ApplicationRecorder:
-        cls = self._recorder_class(self.APPLICATION_RECORDER_TOPIC, self.application_recorder_class)
-        rec: ApplicationRecorder = cls(self._store())
-        return rec
-
-    def tracking_recorder(
-        self, tracking_recorder_class: type[EvstoreTrackingRecorder] | None = None
-    ) -> EvstoreTrackingRecorder:
-        cls = tracking_recorder_class or self._recorder_class(self.TRACKING_RECORDER_TOPIC,
-                                                              self.tracking_recorder_class)
-        return cls(self._store())
-
-    def process_recorder(self) -> ProcessRecorder:
-        cls = self._recorder_class(self.PROCESS_RECORDER_TOPIC, self.process_recorder_class)
-        rec: ProcessRecorder = cls(self._store())
-        return rec
-
-    def _recorder_class(self, setting: str, default: type[Any]) -> type[Any]:
-        topic = self.env.get(setting)
-        cls = resolve_topic(topic) if topic else default
-        if not (isinstance(cls, type) and issubclass(cls, EvstoreRecorder)):
-            raise EvstoreSettingError(f"{setting}={topic!r} does not name an evstore recorder class")
-        return cls
-
-    def close(self) -> None:
-        self._stores.close()
-        super().close()
-
-
-# -- DCB ----------------------------------------------------------------------------------------
-#
-# DCB events live in one stream of the store `<root>/<name>/dcb`, as evstore events with native tags:
-# queries and append conditions are served by evstore's tag and type indexes (`EventStore.query`,
-# `evstore.Condition`), and the condition is checked atomically with the write, under the store's
-# writer lock.
-
-_DCB_STREAM = "dcb"
-
-
-def _items(query: DCBQuery | None) -> list[evstore.QueryItem]:
-    """evstore query items of a DCB query (one item matching everything when it has none)."""
-    if query is None or not query.items:
-        return [evstore.QueryItem()]
-    return [evstore.QueryItem(types=tuple(i.types), tags=tuple(i.tags)) for i in query.items]
-
-
-def _sequenced(rec: RecordedEvent) -> DCBSequencedEvent:
-    return DCBSequencedEvent(event=DCBEvent(type=rec.type, data=rec.data, tags=list(rec.tags)),
-                             position=rec.position)
-
-
-def _item_matches(item: DCBQueryItem, type_: str, tags: tuple[str, ...]) -> bool:
-    return (not item.types or type_ in item.types) and (not item.tags or set(item.tags) <= set(tags))
-
-
-class _DCBReadResponse(DCBReadResponse):
-    def __init__(self, events: list[DCBSequencedEvent], head: int | None) -> None:
-        self._events = iter(events)
-        self._head = head
-
-    @property
-    def head(self) -> int | None:
-        return self._head
-
-    def __next__(self) -> DCBSequencedEvent:
-        return next(self._events)
-
-
-class EvstoreDCBRecorder(DCBRecorder):
-    """DCB recorder on an evstore store. Positions are evstore positions (gapless from 1). An append
-    with a condition fails with IntegrityError, writing nothing, when an event after
-    `condition.after` matches `condition.fail_if_events_match`; the check and the append are atomic."""
-
-    def __init__(self, store: EventStore) -> None:
-        self.store = store
-
-    def read(self, query: DCBQuery | None = None, *, after: int | None = None,
-             limit: int | None = None) -> DCBReadResponse:
-        """Events after `after` matching any query item (all events without items), at most `limit`.
-        `head` is the store's last position when no limit is given, else the last returned position."""
-        if limit is not None and limit <= 0:
-            return _DCBReadResponse([], None)
-        head = self.store.head() or None
-        recs = self.store.query(_items(query), gt=after or 0, lte=head, limit=limit)
-        events = [_sequenced(r) for r in recs]
-        if limit is not None:
-            head = events[-1].position if events else None
-        return _DCBReadResponse(events, head)
-
-    def append(self, events: Sequence[DCBEvent], condition: DCBAppendCondition | None = None) -> int:
-        """Append the events in one commit unless the condition fails; returns the last position."""
-        if not events:
-            raise ProgrammingError("a DCB append needs at least one event")
-        try:
-            new = [NewEvent(e.type, e.data, tags=tuple(e.tags)) for e in events]
-            cond = None
-            if condition is not None:
-                cond = evstore.Condition(_items(condition.fail_if_events_match), after=condition.after or 0)
-            return self.store.append(_DCB_STREAM, new, condition=cond).last_position
-        except evstore.ConditionFailed as e:
-            raise IntegrityError(condition) from e
-        except (TypeError, ValueError) as e:
-            raise ProgrammingError(str(e)) from e
-        except (evstore.StoreClosed, evstore.StoreFailed, evstore.StorageError, evstore.ReadOnlyStore) as e:
-            raise OperationalError(str(e)) from e
-
-    def subscribe(self, query: DCBQuery | None = None, *, after: int | None = None) -> EvstoreDCBSubscription:
-        """Matching events after `after`, then new ones as they are appended."""
-        return EvstoreDCBSubscription(self, query=query, after=after)
-
-
-class EvstoreDCBSubscription(DCBSubscription[EvstoreDCBRecorder]):
-    """A DCB subscription on `EventStore.subscribe` (type-filtered by the store's type index when
-    every query item names types, the tags checked here)."""
-
-    def __init__(self, recorder: EvstoreDCBRecorder, query: DCBQuery | None = None,
-                 after: int | None = None) -> None:
-        super().__init__(recorder=recorder, query=query, after=after)
-        items = query.items if query else []
-        types = None
-        if items and all(i.types for i in items):
-            types = sorted({t for i in items for t in i.types})
-        self._filter = bool(items) and any(i.tags for i in items)
-        self._sub = recorder.store.subscribe(gt=after or 0, types=types)
-
-    def stop(self) -> None:
-        super().stop()
-        self._sub.stop()
-
-    def __next__(self) -> DCBSequencedEvent:
-        while True:
-            if self._has_been_stopped:
-                raise StopIteration
-            rec = next(self._sub)
-            if self._has_been_stopped:
-                raise StopIteration
-            if self._filter and self._query is not None:
-                type_, tags = rec.type, rec.tags
-                if not any(_item_matches(i, type_, tags) for i in self._query.items):
-                    continue
-            self._last_position = rec.position
-            return _sequenced(rec)
-
-
-class EvstoreDCBFactory(DCBInfrastructureFactory[EvstoreTrackingRecorder]):
-    """DCB infrastructure factory (found by `DCBInfrastructureFactory.construct` with
-    PERSISTENCE_MODULE=evstore.eventsourcing). Same settings as `EvstoreFactory`; the recorder uses
-    the store `<root>/<application name>/dcb`."""
-
-    def __init__(self, env: Environment | EnvType | None):
-        super().__init__(env)
-        self._stores = _Stores(_Settings(self.env))
-
-    def dcb_recorder(self) -> DCBRecorder:
-        return EvstoreDCBRecorder(self._stores.get(self.env.name, "dcb"))
-
-    def close(self) -> None:
-        self._stores.close()
-        super().close()
