@@ -13,8 +13,9 @@ import os
 from collections.abc import Callable
 
 import evstore
-from evstore import _impl, durable
-from evstore._logscan import list_segments
+from evstore.format import codec as _impl
+from evstore.storage import durable
+from evstore.storage.logfiles import list_segments
 from evstore.errors import CorruptedError, EvstoreError
 from evstore.recovery import store_dir
 
@@ -58,7 +59,7 @@ def backup(path: str, dest: str, progress: Progress = _no_progress) -> int:
     real = store_dir(path)
     target = check_target(dest, "backup destination")
     with evstore.open(real, readonly=True, create=False) as s:
-        cp = s.index_checkpoint()
+        cp = s.maintenance.index_checkpoint()
     if cp is None:
         raise EvstoreError(f"{path} has no indexed commits to back up")
     seg_first, end, _next = cp

@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 
 import evstore
 from evstore import tools
-from evstore._progress import Progress
+from evstore.progress import Progress
 
 
 @contextlib.contextmanager
@@ -255,7 +255,7 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 def _export_file(a: argparse.Namespace, bar: tools.Progress) -> tools.ExportCount:
     """Export into a new file, durably: written as FILE.partial, synced, renamed to FILE."""
-    from evstore import durable
+    from evstore.storage import durable
 
     _store(a.path)
     target = tools.check_target(a.output, "export file")

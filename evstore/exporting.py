@@ -25,14 +25,14 @@ import json
 import os
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import IO, Any
 
 import evstore
-from evstore import _impl
+from evstore.format import codec as _impl
 from evstore.engine.checks import MAX_EVENT_BYTES, check_name, check_stream, tracking_name, validate_events
 from evstore.format.encode import ControlRecord
-from evstore._format import (
+from evstore.format.layout import (
     FLAG_UUID_STREAM,
     HEADER,
     HEADER_SIZE,
@@ -42,9 +42,10 @@ from evstore._format import (
     KIND_SNAPSHOT,
     KIND_TRACKING,
 )
-from evstore._logscan import first_position, iter_commits, list_segments
+from evstore.storage.logfiles import first_position, iter_commits, list_segments
 from evstore.errors import CorruptedError, EvstoreError
-from evstore.records import RecordedEvent, _record_from_bytes
+from evstore.records import RecordedEvent, record_from_bytes
+from evstore.importcheck import ImportedCommit, ImportedEvent, ImportedRecord, ImportFileError
 from evstore.recovery import store_dir
 
 Progress = Callable[[int], None]
@@ -138,7 +139,7 @@ def export_records(path: str, out: IO[str], *, gt: int = 0, progress: Progress =
             if h[2] == KIND_EVENT:
                 if h[7] <= gt:
                     continue
-                out.write(_line({"kind": "event", **event_json(_record_from_bytes(bytes(buf[o : o + h[1]])),
+                out.write(_line({"kind": "event", **event_json(record_from_bytes(bytes(buf[o : o + h[1]])),
                                                                  exact=True)}))
                 events += 1
             else:
@@ -164,15 +165,6 @@ def _checked_chain(real: str, segs: list[Any], impl: Any) -> list[Any]:
 
 
 # -- import ------------------------------------------------------------------------------------
-
-
-class ImportFileError(EvstoreError, ValueError):
-    """A line of an import file is malformed or cannot be imported; nothing of the file was imported."""
-
-    def __init__(self, line: int, reason: str) -> None:
-        super().__init__(f"line {line}: {reason}; nothing was imported")
-        self.line = line
-        self.reason = reason
 
 
 _EVENT_FIELDS = {"position": int, "stream": str, "stream_kind": str, "version": int, "type": str, "id": str,
@@ -226,34 +218,7 @@ def _stream(n: int, d: dict[str, Any]) -> tuple[Any, bytes, int]:
     return stream, sb, sflag
 
 
-@dataclass
-class _Event:
-    line: int
-    position: int
-    stream: Any
-    version: int
-    event: evstore.NewEvent
-    ts: int
-    size: int
-
-
-@dataclass
-class _Record:
-    line: int
-    extra: ControlRecord
-    stream: Any  # the stream (marks, snapshots) or upstream name (tracking), else None
-
-
-@dataclass
-class _Commit:
-    line: int
-    position: int | None
-    ts: int
-    events: list[_Event] = field(default_factory=list)
-    records: list[_Record] = field(default_factory=list)
-
-
-def _parse_event(n: int, d: dict[str, Any]) -> _Event:
+def _parse_event(n: int, d: dict[str, Any]) -> ImportedEvent:
 
     _fields(n, d, _EVENT_FIELDS)
     stream, sb, _flag = _stream(n, d)
@@ -273,13 +238,13 @@ def _parse_event(n: int, d: dict[str, Any]) -> _Event:
     if d["version"] > (1 << 63) - 1:
         raise ImportFileError(n, "version is out of range")
     size = HEADER_SIZE + len(sb) + sum(len(x) for x in (enc[0], enc[1], enc[2], enc[5]))
-    return _Event(n, d["position"], stream, d["version"], event, _time(n, d["recorded_at_ns"]), size)
+    return ImportedEvent(n, d["position"], stream, d["version"], event, _time(n, d["recorded_at_ns"]), size)
 
 
 _MARKS = (b"$closed", b"$deleted", b"$tombstone", b"$state")
 
 
-def _parse_record(n: int, d: dict[str, Any], kind: int) -> _Record:
+def _parse_record(n: int, d: dict[str, Any], kind: int) -> ImportedRecord:
 
     _fields(n, d, _RECORD_FIELDS)
     data = _payload(n, d, "data")
@@ -310,14 +275,14 @@ def _parse_record(n: int, d: dict[str, Any], kind: int) -> _Record:
                 check_name(d["type"], "a snapshot type")
     except (ValueError, TypeError, UnicodeError) as e:
         raise ImportFileError(n, str(e)) from None
-    return _Record(n, ControlRecord(kind, sb, sflag, tb, d["version"], data, d["schema"]), stream)
+    return ImportedRecord(n, ControlRecord(kind, sb, sflag, tb, d["version"], data, d["schema"]), stream)
 
 
-def parse_file(src: IO[str]) -> list[_Commit]:
+def parse_file(src: IO[str]) -> list[ImportedCommit]:
     """Every line of an export file, checked on its own and grouped into commits."""
-    commits: list[_Commit] = []
-    pending: list[tuple[int, _Event | _Record]] = []
-    legacy: list[_Event] = []
+    commits: list[ImportedCommit] = []
+    pending: list[tuple[int, ImportedEvent | ImportedRecord]] = []
+    legacy: list[ImportedEvent] = []
     has_commits = False
     for n, line in enumerate(src, 1):
         if not line.strip():
@@ -342,9 +307,9 @@ def parse_file(src: IO[str]) -> list[_Commit]:
             if legacy:
                 raise ImportFileError(legacy[0].line, "an event line without 'kind' in a file with commit lines")
             _fields(n, d, _COMMIT_FIELDS)
-            c = _Commit(n, d["position"], _time(n, d["recorded_at_ns"]))
+            c = ImportedCommit(n, d["position"], _time(n, d["recorded_at_ns"]))
             for _ln, item in pending:
-                if isinstance(item, _Event):
+                if isinstance(item, ImportedEvent):
                     c.events.append(item)
                 else:
                     c.records.append(item)
@@ -371,7 +336,7 @@ def parse_file(src: IO[str]) -> list[_Commit]:
         j = i
         while j < len(legacy) and legacy[j].stream == e0.stream and legacy[j].ts == e0.ts:
             j += 1
-        commits.append(_Commit(e0.line, e0.position, e0.ts, list(legacy[i:j])))
+        commits.append(ImportedCommit(e0.line, e0.position, e0.ts, list(legacy[i:j])))
         i = j
     return commits
 
@@ -395,7 +360,7 @@ def import_file(path: str, src: IO[str], *, merge: bool = False, progress: Progr
     all in the target already (same ids, same events) is skipped, and so is a record without events
     whose effect the target already has (a close, tombstone, delete, tracking position or snapshot),
     so importing a file twice adds nothing the second time."""
-    from evstore._importcheck import plan_import
+    from evstore.importcheck import plan_import
 
     commits = parse_file(src)
     if not os.path.lexists(path):

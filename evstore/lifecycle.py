@@ -233,6 +233,20 @@ class LifecycleViolation:
     allowed: tuple[str, ...]
 
 
+def find_violations(histories: Iterable[tuple[Any, Lifecycle, list[Any]]]) -> list[LifecycleViolation]:
+    """Each event its lifecycle refuses, for (stream, lifecycle, recorded events) histories; a refused
+    event is skipped (the state stays) so that later violations are found too."""
+    out: list[LifecycleViolation] = []
+    for stream, lc, events in histories:
+        def refused(i: int, state: str, t: str, lc: Lifecycle = lc, events: list[Any] = events,
+                    stream: Any = stream) -> None:
+            out.append(LifecycleViolation(stream, lc.name, events[i].version, events[i].position, state, t,
+                                          lc.allowed(state)))
+
+        lc.fold([e.type for e in events], on_refused=refused)
+    return out
+
+
 def category(stream: Any) -> str | None:
     """The category of a stream id: the text before its first "-" (None for ids without one and UUIDs)."""
     if type(stream) is str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, NamedTuple, Union
 
-from evstore._format import FLAG_CALLER_ID, FLAG_UUID_STREAM, HEADER, HEADER_SIZE
+from evstore.format.layout import FLAG_CALLER_ID, FLAG_UUID_STREAM, HEADER, HEADER_SIZE
 
 Stream = Union[str, uuid.UUID]
 
@@ -144,7 +144,7 @@ class RecordedEvent(tuple):  # type: ignore[type-arg]
     def type(self) -> str:
         h = _unpack(self[0], self[1])
         o = self[1] + HEADER_SIZE + h[5]
-        return _type_name(self[0][o : o + h[4]])
+        return type_name(self[0][o : o + h[4]])
 
     @property
     def metadata(self) -> bytes:
@@ -221,7 +221,7 @@ class RecordedEvent(tuple):  # type: ignore[type-arg]
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_record_from_bytes, (self.raw(),))
+        return (record_from_bytes, (self.raw(),))
 
     def __copy__(self) -> RecordedEvent:
         return self
@@ -233,14 +233,14 @@ class RecordedEvent(tuple):  # type: ignore[type-arg]
         return (tuple(self),)
 
 
-def _record_from_bytes(raw: bytes) -> RecordedEvent:
+def record_from_bytes(raw: bytes) -> RecordedEvent:
     return tuple.__new__(RecordedEvent, (raw, 0, None))
 
 
 _type_names: dict[bytes, str] = {}
 
 
-def _type_name(raw: Any) -> str:
+def type_name(raw: Any) -> str:
     """Decoded type name, interned: a store has few types and many events."""
     b = bytes(raw)
     s = _type_names.get(b)

@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 from types import ModuleType
 
 import evstore
-from evstore import _impl, durable
-from evstore._format import SEGMENT_HEADER_SIZE
-from evstore._logscan import SegFile, first_position, list_segments, read_meta, scan_segment
+from evstore.format import codec as _impl
+from evstore.storage import durable
+from evstore.format.layout import SEGMENT_HEADER_SIZE
+from evstore.storage.logfiles import SegFile, first_position, list_segments, read_meta, scan_segment
 from evstore.errors import EvstoreError, StoreLocked
-from evstore.log import segment_name
+from evstore.storage.segments import segment_name
 
 Progress = Callable[[int], None]
 
@@ -134,7 +135,7 @@ def verify(path: str, progress: Progress = _no_progress) -> VerifyReport:
 
 def index_head(real: str) -> int | None:
     """The last position the index names (None when it has none or cannot be read). Reads LMDB only."""
-    from evstore.index import CHECKPOINT
+    from evstore.storage.index import CHECKPOINT
 
     ipath = os.path.join(real, "index")
     if not os.path.exists(os.path.join(ipath, "data.mdb")):
@@ -288,14 +289,7 @@ def _plan(real: str, impl: ModuleType) -> _Plan:
 def _set_aside(src: str, into: str) -> str:
     """Hard-link `src` into directory `into` (durably), then remove it (durably). A run cut off
     after the link finds the same file there and goes on. Returns the path in `into`."""
-    dst = os.path.join(into, os.path.basename(src))
-    n = 0
-    while os.path.lexists(dst) and not os.path.samefile(dst, src):
-        n += 1
-        dst = os.path.join(into, f"{os.path.basename(src)}.{n}")
-    if not os.path.lexists(dst):
-        os.link(src, dst)
-        durable.fsync_dir(into)
+    dst = _link_aside(src, into)
     durable.remove(src)
     return dst
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Generic, TypeVar
 
-from evstore._format import HEADER, HEADER_SIZE
-from evstore.records import Stream, _type_name
+from evstore.format.layout import HEADER, HEADER_SIZE
+from evstore.records import Stream, type_name
 
 S = TypeVar("S")
 
@@ -45,5 +45,5 @@ def decode_snapshot(buf: Any, off: int, stream: Stream) -> Snapshot:
     t = off + HEADER_SIZE + h[5]
     d = t + h[4] + h[12] + h[6]
     ns = h[9]
-    return Snapshot(stream, h[8], _type_name(buf[t : t + h[4]]), bytes(buf[d : off + h[1]]), h[11],
+    return Snapshot(stream, h[8], type_name(buf[t : t + h[4]]), bytes(buf[d : off + h[1]]), h[11],
                     datetime.fromtimestamp(ns // 1000 / 1e6, tz=timezone.utc))

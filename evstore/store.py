@@ -11,8 +11,8 @@ from typing import Any, TypeVar
 
 import lmdb
 
-from evstore import index as ix
-from evstore._format import FLAG_UUID_STREAM
+from evstore.storage import index as ix
+from evstore.format.layout import FLAG_UUID_STREAM
 from evstore.consumer import ConsumerStats, consume
 from evstore.engine import marks
 from evstore.engine.checks import (
@@ -22,10 +22,9 @@ from evstore.engine.checks import (
     Condition,
     Part,
     QueryItem,
-    check_bytes,
     check_condition,
-    check_name,
     check_position,
+    check_snapshot,
     check_stream,
     check_timeout,
     query_items,
@@ -33,18 +32,17 @@ from evstore.engine.checks import (
     tracking_record,
     type_filter,
 )
-from evstore.engine.core import Core, registry
+from evstore.engine.core import Core, lmdb_error, registry
+from evstore.engine.maintenance import Maintenance
 from evstore.engine.reader import Chunk, new_record
 from evstore.errors import (
-    CorruptedError,
-    IndexUnavailable,
     ReadOnlyStore,
     StoreClosed,
     StreamDeleted,
 )
 from evstore.format.encode import MAX_COMMIT_BYTES, ControlRecord
-from evstore.index import HEAD_CLOSED, HEAD_TOMBSTONE, Head, is_resource_error, max_tracking
-from evstore.lifecycle import Binding, Lifecycle, LifecycleViolation, make_binder
+from evstore.storage.index import HEAD_CLOSED, HEAD_TOMBSTONE, Head, max_tracking
+from evstore.lifecycle import Binding, Lifecycle, LifecycleViolation, find_violations, make_binder
 from evstore.records import ANY, AppendResult, NewEvent, RecordedEvent, Stream, StreamInfo, decode_stream
 from evstore.snapshots import Loaded, Snapshot
 from evstore.subscription import Subscription
@@ -60,23 +58,14 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def _index_errors(fn: _F) -> _F:
-    """Translate an LMDB error escaping a public method: `StoreClosed` when the store was closed under
-    the call (a read racing `close()`), `IndexUnavailable` for a lack of resources, else
-    `CorruptedError` (the index is damaged: a writer's next open rebuilds it)."""
+    """Translate an LMDB error escaping a public method (see `engine.core.lmdb_error`)."""
 
     @functools.wraps(fn)
     def wrapper(self: EventStore, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(self, *args, **kwargs)
         except lmdb.Error as e:
-            core = self._core
-            ipath = os.path.join(self.path, "index")
-            if core is None or core.closed or core.writer.closing:
-                raise StoreClosed(self.path) from e
-            if is_resource_error(e):
-                raise IndexUnavailable(ipath, f"the index cannot be read or written ({e})") from e
-            raise CorruptedError(ipath, 0, f"the index failed ({e}); reopen the store for writing to rebuild "
-                                 "it from the log") from e
+            raise lmdb_error(self._core, self.path, e) from e
 
     return wrapper  # type: ignore[return-value]
 
@@ -460,25 +449,20 @@ class EventStore:
         For lifecycles introduced after data exists. A refused event is skipped (the state stays) so
         that later violations are found too. Only the visible history is checked (after a soft delete)."""
         self._r()
-        if self._binder is None:
+        binder = self._binder
+        if binder is None:
             return []
-        out: list[LifecycleViolation] = []
-        for stream, _version in self.streams():
-            lc = self._binder(stream)
-            if lc is None:
-                continue
-            try:
-                events = self.read_stream(stream)
-            except StreamDeleted:
-                continue
 
-            def refused(i: int, state: str, t: str, lc: Lifecycle = lc, events: list[RecordedEvent] = events,
-                        stream: Stream = stream) -> None:
-                out.append(LifecycleViolation(stream, lc.name, events[i].version, events[i].position, state, t,
-                                              lc.allowed(state)))
+        def histories() -> Iterator[tuple[Stream, Lifecycle, list[RecordedEvent]]]:
+            for stream, _version in self.streams():
+                lc = binder(stream)
+                if lc is not None:
+                    try:
+                        yield stream, lc, self.read_stream(stream)
+                    except StreamDeleted:
+                        continue
 
-            lc.fold([e.type for e in events], on_refused=refused)
-        return out
+        return find_violations(histories())
 
     # -- snapshots ---------------------------------------------------------------------------
 
@@ -493,16 +477,8 @@ class EventStore:
         schema that is not an int; StreamDeleted when tombstoned."""
         core = self._w()
         stored, flags = check_stream(stream)
-        tb = check_name(type, "a snapshot type")
-        raw = check_bytes(data, "snapshot data")
         check_position(version, "version", allow_none=False)
-        if isinstance(schema, bool) or not isinstance(schema, int):
-            raise TypeError(f"a snapshot schema must be an int, not {schema.__class__.__name__}")
-        if not 0 <= schema < (1 << 32):
-            raise ValueError(f"a snapshot schema must be an int in 0..{(1 << 32) - 1}, not {schema!r}")
-        if len(raw) > MAX_EVENT_BYTES:
-            raise ValueError(f"a snapshot of {len(raw):,} bytes exceeds the limit of {MAX_EVENT_BYTES:,} (16 MiB)")
-        marks.save_snapshot(core, stream, stored, flags, version, tb, raw, schema)
+        marks.save_snapshot(core, stream, stored, flags, version, *check_snapshot(type, data, schema))
 
     @_index_errors
     def load_snapshot(self, stream: Stream, *, lte: int | None = None) -> Snapshot | None:
@@ -556,24 +532,11 @@ class EventStore:
             return Loaded(initial, 0)
         if h.flags & HEAD_TOMBSTONE:
             raise StreamDeleted(stream)
-        state = initial
-        start = h.hidden
-        if decode_snapshot is not None:
-            for snap in core.reader.snapshots(stream, h, None):
-                if snap.schema == schema:
-                    state = decode_snapshot(snap)
-                    start = snap.version
-                    break
-        n = 0
-        for e in self.read_stream(stream, gt=start, lte=h.version):
-            state = apply(state, e)
-            n += 1
-        if (snapshot_every is not None and n > snapshot_every and not self.readonly
-                and encode_snapshot is not None and h.version > 0):
-            try:
-                self.save_snapshot(stream, h.version, encode_snapshot(state), type=snapshot_type, schema=schema)
-            except StreamDeleted:  # pragma: no cover - raced with a delete
-                pass
+        state, n = marks.fold(core, stream, h, lambda gt: self.read_stream(stream, gt=gt, lte=h.version), apply,
+                              initial, decode_snapshot, schema)
+        if (snapshot_every is not None and n > snapshot_every and not self.readonly and encode_snapshot is not None
+                and h.version > 0):
+            self.save_snapshot(stream, h.version, encode_snapshot(state), type=snapshot_type, schema=schema)
         return Loaded(state, h.version)
 
     # -- upcasting ---------------------------------------------------------------------------
@@ -594,42 +557,11 @@ class EventStore:
 
     # -- for tools ---------------------------------------------------------------------------
 
-    @_index_errors
-    def index_checkpoint(self) -> tuple[int, int, int] | None:
-        """For maintenance tools: the index's checkpoint (segment, end offset, next position) after
-        indexing every durable commit of this process, or None when it has none."""
-        core = self._r()
-        with core.index.begin() as txn:
-            return core.index.get_checkpoint(txn)
-
-    @_index_errors
-    def event_id_position(self, event_id: bytes) -> int | None:
-        """For maintenance tools: the position of the event with caller-given id `event_id` (16 bytes)."""
-        core = self._r()
-        with core.index.begin() as txn:
-            return ix.id_position(core.index, txn, event_id)
-
-    @_index_errors
-    def stream_head(self, stream: Stream) -> tuple[int, int, bool, bool] | None:
-        """For maintenance tools: (version, hidden-up-to version, closed, tombstoned) of a stream, or None."""
-        h = self._head(self._r(), stream)
-        return None if h is None else (h.version, h.hidden, bool(h.flags & HEAD_CLOSED),
-                                       bool(h.flags & HEAD_TOMBSTONE))
-
-    @_index_errors
-    def tracked(self, prefix: str = "") -> dict[str, int]:
-        """For maintenance tools: the largest tracked position of each upstream starting with `prefix`."""
-        core = self._r()
-        with core.index.begin() as txn:
-            rows = ix.tracked(core.index, txn, prefix.encode("utf-8"))
-        return {k.decode("utf-8"): v for k, v in rows.items()}
-
-    @_index_errors
-    def stream_count(self) -> int:
-        """For maintenance tools: how many streams the index knows."""
-        core = self._r()
-        with core.index.begin() as txn:
-            return ix.stream_count(core.index, txn)
+    @property
+    def maintenance(self) -> Maintenance:
+        """For maintenance tools (evstore's CLI, import, backup): index lookups that are not part of
+        the event store's API — see `evstore.engine.maintenance.Maintenance`."""
+        return Maintenance(self._r)
 
 
 def open(path: str | os.PathLike[str], *, create: bool = True, readonly: bool = False,

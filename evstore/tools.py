@@ -24,7 +24,7 @@ from evstore.exporting import (
     import_events,
     import_file,
 )
-from evstore.log import Log
+from evstore.storage.segments import Log
 from evstore.recovery import (
     Problem,
     RecoverReport,
@@ -42,7 +42,7 @@ _store_dir = store_dir
 
 
 def _log(path: str) -> Log:
-    from evstore import _impl
+    from evstore.format import codec as _impl
 
     return Log(os.path.join(path, "log"), _impl.load(), segment_size=1 << 40, writable=False)
 
@@ -71,9 +71,9 @@ def info(path: str) -> dict[str, Any]:
     checkpoint = None
     if os.path.exists(os.path.join(ipath, "data.mdb")):
         with evstore.open(real, readonly=True, create=False) as s:
-            checkpoint = s.index_checkpoint()
+            checkpoint = s.maintenance.index_checkpoint()
             ihead = 0 if checkpoint is None else checkpoint[2] - 1
-            streams = s.stream_count()
+            streams = s.maintenance.stream_count()
     log_head = ihead or 0
     try:
         for c in log.recover(checkpoint):
@@ -94,7 +94,7 @@ def consumers(path: str) -> list[tuple[str, int, int]]:
 
     with evstore.open(_store_dir(path), readonly=True, create=False) as s:
         head = s.head()
-        best = {name[len(CONSUMER_PREFIX):]: pos for name, pos in s.tracked(CONSUMER_PREFIX).items()}
+        best = {name[len(CONSUMER_PREFIX):]: pos for name, pos in s.maintenance.tracked(CONSUMER_PREFIX).items()}
     return [(n, p, head - p) for n, p in sorted(best.items())]
 
 

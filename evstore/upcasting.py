@@ -11,7 +11,7 @@ from collections.abc import Callable
 import struct
 from typing import Any
 
-from evstore._format import HEADER, HEADER_SIZE, KIND_EVENT
+from evstore.format.layout import HEADER, HEADER_SIZE, KIND_EVENT
 from evstore.errors import InvalidUpcaster
 from evstore.records import RecordedEvent
 

@@ -1,6 +1,6 @@
 /*
  * evlog.c -- the evstore log library. The contract is evlog.h; the byte format is
- * docs/log_format.md. evstore/_pylog.py is a pure-Python twin of this file: any change to what
+ * docs/log_format.md. evstore/format/pylog.py is a pure-Python twin of this file: any change to what
  * a function returns for some input must be made in both (tests/test_log.py compares them).
  *
  * Checks on one record at offset r (evl_scan, evl_walk); the first failing check decides:

@@ -36,7 +36,7 @@ def long_run(request: pytest.FixtureRequest) -> bool:
 def impl(request: pytest.FixtureRequest) -> str:
     """The log implementation under test. The C one must load: a missing build fails, never skips."""
     if request.param == "c":
-        from evstore import _clog  # noqa: F401  (ImportError here is a failure)
+        from evstore.format import clog as _clog  # noqa: F401  (ImportError here is a failure)
     return str(request.param)
 
 

@@ -18,7 +18,7 @@ import pytest
 
 import evstore
 import evstore.tools as tools
-from evstore.index import Index
+from evstore.storage.index import Index
 from tests.conftest import PY, python_env
 from tests.support import ev
 
@@ -242,8 +242,12 @@ def _three_page_commit(path: str, impl: str) -> tuple[str, int, int]:
     size = os.path.getsize(seg)
     with open(seg, "rb") as f:
         raw = f.read()
-    # the second commit starts with the first event of stream "b" (stream id right after the header)
-    start = next(o for o in range(32, size) if raw[o + 8] == 1 and raw[o + 64 : o + 65] == b"b")
+    # the second commit starts after the first one's COMMIT record: walk the records by their lengths
+    o = 32
+    while raw[o + 8] != 2:  # kind 2: COMMIT
+        o += int.from_bytes(raw[o + 4 : o + 8], "little")
+    start = o + 72
+    assert raw[start + 8] == 1 and raw[start + 64 : start + 65] == b"b"
     return seg, start, size
 
 

@@ -1,5 +1,5 @@
 """src_c/evlog.c under AddressSanitizer and UndefinedBehaviorSanitizer, driven by the harness
-src_c/tests/evlog_fuzz.c: over logs written here (its verdicts must match evstore._pylog's), then over
+src_c/tests/evlog_fuzz.c: over logs written here (its verdicts must match evstore.format.pylog's), then over
 mutations of them and of 20,000 logs it generates itself. Built twice: with the SSE4.2 checksum where
 the CPU has it, and with the slice-by-8 table only."""
 
@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from evstore import _pylog
-from evstore._format import HEADER, HEADER_SIZE, KIND_AUX, KIND_COMMIT, KIND_EVENT, KIND_MARK, KIND_SNAPSHOT, \
+from evstore.format import pylog as _pylog
+from evstore.format.layout import HEADER, HEADER_SIZE, KIND_AUX, KIND_COMMIT, KIND_EVENT, KIND_MARK, KIND_SNAPSHOT, \
     KIND_TRACKING, U64, LogFormatError
 
 SRC = Path(__file__).resolve().parent.parent / "src_c"

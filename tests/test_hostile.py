@@ -17,7 +17,7 @@ import pytest
 
 import evstore
 import evstore.tools as tools
-from evstore.index import Index
+from evstore.storage.index import Index
 from tests.conftest import PY, python_env
 from tests.support import ev, segments
 
@@ -514,8 +514,8 @@ def test_a_reader_process_keeps_reading_across_a_roll_of_the_segment_it_mapped(s
 
 def test_reader_threads_listing_new_segments_at_once_list_each_once(store_path: str, impl: str) -> None:
     """Review: two reader threads could add the same new segment twice (no lock in load_segments)."""
-    from evstore import _impl
-    from evstore.log import Log
+    from evstore.format import codec as _impl
+    from evstore.storage.segments import Log
 
     w = evstore.open(store_path, log_impl=impl, segment_size=4096)
     log = Log(os.path.join(store_path, "log"), _impl.load(impl), segment_size=1 << 40, writable=False)

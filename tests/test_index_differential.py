@@ -13,7 +13,7 @@ import lmdb
 import pytest
 
 import evstore
-from evstore.index import DB_NAMES
+from evstore.storage.index import DB_NAMES
 from tests.support import ORDER, ev
 
 

@@ -113,7 +113,7 @@ class FaultyLog(types.ModuleType):
 
 
 class FullDiskOs:
-    """The `os` module as evstore.log sees it on a full disk: creating a segment fails with ENOSPC."""
+    """The `os` module as evstore.storage.segments sees it on a full disk: creating a segment fails with ENOSPC."""
 
     def __getattr__(self, name: str) -> Any:
         return getattr(os, name)
@@ -611,7 +611,7 @@ class StoreMachine(RuleBasedStateMachine):
     def disk_full(self, data: st.DataObject, fault: str, op: str) -> None:
         core = self.s._core
         assert core is not None
-        import evstore.log as log_mod
+        import evstore.storage.segments as log_mod
 
         real_impl, real_os = core.log.impl, log_mod.os
         if fault == "write":  # the log's write fails half-way

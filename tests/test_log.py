@@ -1,4 +1,4 @@
-"""The log format layer (docs/log_format.md, src_c/evlog.h): evstore._clog (C) and evstore._pylog (pure
+"""The log format layer (docs/log_format.md, src_c/evlog.h): evstore.format.clog (C) and evstore.format.pylog (pure
 Python) are tested alike, then against each other on random, damaged logs."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from evstore import _pylog
-from evstore._format import (
+from evstore.format import pylog as _pylog
+from evstore.format.layout import (
     COMMIT_SIZE,
     ECOMMIT,
     ECRC,
@@ -37,7 +37,7 @@ from evstore._format import (
     U64,
     LogFormatError,
 )
-from evstore._scan import ScanResult
+from evstore.format.scanresult import ScanResult
 
 ALL = 0b1111110  # kinds 1..6
 EVENTS = 1 << KIND_EVENT
@@ -48,7 +48,7 @@ def load(name: str) -> ModuleType:
     if name == "python":
         return _pylog
     try:
-        from evstore import _clog
+        from evstore.format import clog as _clog
     except ImportError as e:  # a missing build is a failure, never a skip
         pytest.fail(f"the C log module is not built (run evstore/_build_evlog.py): {e}")
     return _clog
@@ -176,7 +176,7 @@ def test_crc32c_check_value_and_chaining(log: ModuleType) -> None:
 
 
 def test_c_constants_match_the_python_ones() -> None:
-    from evstore import _format
+    from evstore.format import layout as _format
 
     lib = load("c").lib  # type: ignore[attr-defined]
     for name in ("EFRAME", "ECRC", "ESEQ", "ECOMMIT", "EKIND", "ETRUNC", "EFULL", "EINVAL"):

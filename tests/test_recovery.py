@@ -135,7 +135,7 @@ def test_missing_meta_is_rebuilt(store_path: str, impl: str) -> None:
 def test_store_of_a_newer_format_is_refused(store_path: str, impl: str) -> None:
     fill(store_path, impl, commits=1)
     meta = os.path.join(store_path, "evstore.meta")
-    from evstore import _impl
+    from evstore.format import codec as _impl
 
     body = json.dumps({"format": 99, "segment_size": 4096}).encode()
     crc = _impl.load(impl).crc32c(body)

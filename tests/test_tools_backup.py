@@ -9,7 +9,8 @@ import stat
 import pytest
 
 import evstore
-from evstore import NewEvent, backup as backup_mod, durable
+from evstore import NewEvent, backup as backup_mod
+from evstore.storage import durable
 
 from test_tools_recover import FAULTS, run  # noqa: F401  (FAULTS: the injection hooks run() installs)
 

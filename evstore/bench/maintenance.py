@@ -20,8 +20,8 @@ from evstore.bench.results import BACKEND_NAME, REF, SQLITE, Peers, Row, Target,
 def verify_log(path: str, impl_name: str) -> tuple[float, int]:
     """(seconds, bytes): every segment scanned and verified by the store's scan loop, nothing
     reported (kinds=0); the mappings are made before the clock starts."""
-    from evstore._impl import load as load_codec
-    from evstore.log import Log
+    from evstore.format.codec import load as load_codec
+    from evstore.storage.segments import Log
     from evstore.storage.scan import SegmentScanner, raise_unless_torn
 
     impl = load_codec(impl_name)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
-from evstore._progress import Progress
+from evstore.progress import Progress
 from evstore.bench import adapters, appends, maintenance, reads
 from evstore.bench.context import Ctx, Workload
 from evstore.bench.results import BACKENDS, Row, Sizes, Target, format_table, json_doc, judge, machine, summary

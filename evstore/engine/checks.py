@@ -11,9 +11,9 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
-from evstore._format import FLAG_UUID_STREAM, KIND_TRACKING
+from evstore.format.layout import FLAG_UUID_STREAM, KIND_TRACKING
 from evstore.format.encode import MAX_VERSION, ControlRecord, ValidEvent
-from evstore.index import Head, stream_key
+from evstore.storage.index import Head, stream_key
 from evstore.records import NewEvent, RecordedEvent, Stream, ExpectedVersion, encode_tags
 
 MAX_NAME_BYTES = 400
@@ -255,3 +255,14 @@ def tracking_record(tracking: Any) -> ControlRecord:
     return ControlRecord(KIND_TRACKING, tracking_name(name), 0, b"", position, b"", 0)
 
 
+def check_snapshot(type_name: Any, data: Any, schema: Any) -> tuple[bytes, bytes, int]:
+    """(type bytes, data, schema) of a snapshot to save; TypeError/ValueError when malformed."""
+    tb = check_name(type_name, "a snapshot type")
+    raw = check_bytes(data, "snapshot data")
+    if isinstance(schema, bool) or not isinstance(schema, int):
+        raise TypeError(f"a snapshot schema must be an int, not {schema.__class__.__name__}")
+    if not 0 <= schema < (1 << 32):
+        raise ValueError(f"a snapshot schema must be an int in 0..{(1 << 32) - 1}, not {schema!r}")
+    if len(raw) > MAX_EVENT_BYTES:
+        raise ValueError(f"a snapshot of {len(raw):,} bytes exceeds the limit of {MAX_EVENT_BYTES:,} (16 MiB)")
+    return tb, raw, schema

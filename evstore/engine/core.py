@@ -2,7 +2,7 @@
 the process registry (one core per path per process; LMDB forbids opening an environment twice in
 a process, and a forked child must not inherit a writer).
 
-Parts: `log` (evstore.log), `index` (evstore.index), `indexer` (index entries and the heads),
+Parts: `log` (evstore.storage.segments), `index` (evstore.storage.index), `indexer` (index entries and the heads),
 `reader` (every read), `group` (group commit, the indexer thread, the failure latch), `writer`
 (checks and writes).
 
@@ -28,7 +28,7 @@ from types import ModuleType
 
 import lmdb
 
-from evstore import _impl
+from evstore.format import codec as _impl
 from evstore.engine.groupcommit import GroupCommit
 from evstore.engine.indexer import Indexer
 from evstore.engine.reader import Reader
@@ -42,8 +42,8 @@ from evstore.errors import (
     IndexUnavailable,
     StoreClosed,
 )
-from evstore.index import Index, is_resource_error
-from evstore.log import Log
+from evstore.storage.index import Index, is_resource_error
+from evstore.storage.segments import Log
 from evstore.storage import directory
 
 
@@ -223,6 +223,19 @@ class Core:
         if self.lock_fd >= 0:
             os.close(self.lock_fd)  # closing the descriptor drops the flock
             self.lock_fd = -1
+
+
+def lmdb_error(core: Core | None, path: str, e: lmdb.Error) -> EvstoreError:
+    """The evstore error for an LMDB error that escaped a read or write of the store at `path`:
+    `StoreClosed` when the store was closed under the call (a read racing `close()`),
+    `IndexUnavailable` for a lack of resources, else `CorruptedError` (the index is damaged: a
+    writer's next open rebuilds it)."""
+    ipath = os.path.join(path, "index")
+    if core is None or core.closed or core.writer.closing:
+        return StoreClosed(path)
+    if is_resource_error(e):
+        return IndexUnavailable(ipath, f"the index cannot be read or written ({e})")
+    return CorruptedError(ipath, 0, f"the index failed ({e}); reopen the store for writing to rebuild it from the log")
 
 
 def _file_id(path: str) -> tuple[int, int] | None:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 import lmdb
 
 from evstore.errors import CorruptedError, EvstoreError, IndexUnavailable, StoreFailed
-from evstore.index import Index, IndexBatch
+from evstore.storage.index import Index, IndexBatch
 
 if TYPE_CHECKING:
     from evstore.engine.core import Core

@@ -12,7 +12,7 @@ import struct
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from evstore._format import (
+from evstore.format.layout import (
     FLAG_CALLER_ID,
     FLAG_UUID_STREAM,
     HEADER,
@@ -23,7 +23,7 @@ from evstore._format import (
     KIND_TRACKING,
 )
 from evstore.format.encode import ControlRecord, EncodedCommit
-from evstore.index import (
+from evstore.storage.index import (
     CHECKPOINT,
     COMMIT_KEY,
     EXTENT_KEY,
@@ -40,7 +40,7 @@ from evstore.index import (
     IndexBatch,
     max_tracking,
 )
-from evstore.log import Commit, Log
+from evstore.storage.segments import Commit, Log
 
 if TYPE_CHECKING:
     from evstore.engine.core import Core

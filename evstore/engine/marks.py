@@ -7,15 +7,17 @@ Each writing function builds its records under the writer lock from the stream's
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
-from evstore import index as ix
-from evstore._format import KIND_MARK, KIND_SNAPSHOT
+from evstore.storage import index as ix
+from evstore.format.layout import KIND_MARK, KIND_SNAPSHOT
 from evstore.engine.indexer import MARK_CLOSED, MARK_DELETED, MARK_TOMBSTONE
 from evstore.errors import StreamDeleted
 from evstore.format.encode import ControlRecord
-from evstore.index import HEAD_CLOSED, HEAD_TOMBSTONE, Head, IndexBatch, stream_key
-from evstore.records import Stream
+from evstore.storage.index import HEAD_CLOSED, HEAD_TOMBSTONE, Head, IndexBatch, stream_key
+from evstore.records import RecordedEvent, Stream
+from evstore.snapshots import Snapshot
 
 if TYPE_CHECKING:
     from evstore.engine.core import Core
@@ -83,3 +85,24 @@ def prune_snapshots(core: Core, num: int | None, keep: int) -> int:
         with core.wlock, core.group.index_lock:
             core.index.write(batch)
     return len(batch.extra)
+
+
+def fold(core: Core, stream: Stream, h: Head, read_after: Callable[[int], list[RecordedEvent]],
+         apply: Callable[[Any, RecordedEvent], Any], initial: Any,
+         decode_snapshot: Callable[[Snapshot], Any] | None, schema: int) -> tuple[Any, int]:
+    """(state, events replayed): `apply` over the stream's events after its newest snapshot of
+    `schema` (decoded by `decode_snapshot`; none: from `initial` after the delete watermark), read by
+    `read_after(version)`."""
+    state = initial
+    start = h.hidden
+    if decode_snapshot is not None:
+        for snap in core.reader.snapshots(stream, h, None):
+            if snap.schema == schema:
+                state = decode_snapshot(snap)
+                start = snap.version
+                break
+    n = 0
+    for e in read_after(start):
+        state = apply(state, e)
+        n += 1
+    return state, n

@@ -1,4 +1,4 @@
-"""The reader: every read of the store, composed from index lookups (evstore.index's typed readers)
+"""The reader: every read of the store, composed from index lookups (evstore.storage.index's typed readers)
 and verified log records (the log implementation's `walk` and `scan`).
 
 A read fixes its snapshot — an LMDB read transaction and the checkpoint it names — before it returns;
@@ -14,10 +14,10 @@ import mmap
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from evstore import index as ix
-from evstore._format import EFULL, HEADER, HEADER_SIZE, LogFormatError
+from evstore.storage import index as ix
+from evstore.format.layout import EFULL, HEADER, HEADER_SIZE, LogFormatError
 from evstore.errors import StreamDeleted
-from evstore.index import HEAD_TOMBSTONE, Extent, Head, stream_key
+from evstore.storage.index import HEAD_TOMBSTONE, Extent, Head, stream_key
 from evstore.storage.scan import EVENT_KINDS
 from evstore.records import RecordedEvent, Stream
 from evstore.snapshots import Snapshot, decode_snapshot

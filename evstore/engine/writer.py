@@ -16,8 +16,8 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from evstore import index as ix
-from evstore._format import KIND_MARK, KIND_TRACKING
+from evstore.storage import index as ix
+from evstore.format.layout import KIND_MARK, KIND_TRACKING
 from evstore.engine.checks import CheckedCondition, Part
 from evstore.engine.indexer import MARK_STATE
 from evstore.errors import (
@@ -32,7 +32,7 @@ from evstore.errors import (
     WrongExpectedVersion,
 )
 from evstore.format.encode import ControlRecord, PartToEncode, encode_commit
-from evstore.index import HEAD_CLOSED, HEAD_TOMBSTONE, Head, IndexBatch, stream_key
+from evstore.storage.index import HEAD_CLOSED, HEAD_TOMBSTONE, Head, IndexBatch, stream_key
 from evstore.lifecycle import Lifecycle
 from evstore.records import ANY, NO_STREAM, STREAM_EXISTS, AppendResult, Stream, encode_tags
 

@@ -23,7 +23,7 @@ from eventsourcing.persistence import (
     Tracking,
     TrackingRecorder,
 )
-from evstore._format import FLAG_UUID_STREAM, HEADER, HEADER_SIZE
+from evstore.format.layout import FLAG_UUID_STREAM, HEADER, HEADER_SIZE
 from evstore.records import NewEvent, RecordedEvent
 from evstore.store import EventStore
 

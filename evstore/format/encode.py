@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-from evstore._format import COMMIT_SIZE, FLAG_CALLER_ID, HEADER, HEADER_SIZE, KIND_COMMIT, KIND_EVENT
+from evstore.format.layout import COMMIT_SIZE, FLAG_CALLER_ID, HEADER, HEADER_SIZE, KIND_COMMIT, KIND_EVENT
 from evstore.records import AppendResult, Stream
 
 MAX_COMMIT_BYTES = 256 << 20

@@ -4,8 +4,8 @@
 mystore/
   evstore.meta      format version, creation options (magic-tagged, checksummed)
   LOCK              flock held by the one writing process (its pid inside, for messages)
-  log/              segment files (evstore.log)
-  index/            the LMDB environment (evstore.index): data.mdb, lock.mdb
+  log/              segment files (evstore.storage.segments)
+  index/            the LMDB environment (evstore.storage.index): data.mdb, lock.mdb
 ```
 """
 
@@ -19,10 +19,10 @@ import time
 from types import ModuleType
 from typing import Any
 
-from evstore._format import FORMAT_VERSION
-from evstore.durable import fsync_dir, make_dirs, remove, replace_file
+from evstore.format.layout import FORMAT_VERSION
+from evstore.storage.durable import fsync_dir, make_dirs, remove, replace_file
 from evstore.errors import CorruptedError, EvstoreError, StorageError, StoreLocked, UnsupportedFormat
-from evstore.index import INDEX_FILES, U32
+from evstore.storage.index import INDEX_FILES, U32
 
 META_MAGIC = b"EVSTMETA"
 META_NAME = "evstore.meta"

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any, NamedTuple, Protocol
 
-from evstore._format import COMMIT_SIZE, EFULL, ERROR_TEXT, HEADER, HEADER_SIZE, KIND_COMMIT, U64
+from evstore.format.layout import COMMIT_SIZE, EFULL, ERROR_TEXT, HEADER, HEADER_SIZE, KIND_COMMIT, U64
 from evstore.errors import CorruptedError
 
 ALL_KINDS = 0b1111110  # every kind 1..6

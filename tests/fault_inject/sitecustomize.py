@@ -1,7 +1,7 @@
 """Fault injection for subprocess tests, active only when EVSTORE_FAULT is set (this directory is put
 on PYTHONPATH by the tests that use it).
 
-EVSTORE_FAULT=count            count the calls of evstore.durable's functions into $EVSTORE_FAULT_COUNT
+EVSTORE_FAULT=count            count the calls of evstore.storage.durable's functions into $EVSTORE_FAULT_COUNT
 EVSTORE_FAULT=kill:N           end the process (exit 137, no cleanup) just before the N-th such call
 EVSTORE_FAULT=enospc:N         make every durable write fail with ENOSPC once N bytes were written
 """
@@ -13,7 +13,7 @@ import os
 
 _spec = os.environ.get("EVSTORE_FAULT", "")
 if _spec:
-    import evstore.durable as _d
+    import evstore.storage.durable as _d
 
     _mode, _, _arg = _spec.partition(":")
     _limit = int(_arg or 0)

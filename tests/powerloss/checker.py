@@ -9,7 +9,7 @@ The checks, in order (each failure has a category):
 
 * `refuses-open`: `evstore.open` raises (a store must always open after a power cut; for the recover
   workload, a still-damaged store may need `tools.recover` first, which must then work);
-* `corrupt-log`: a scan of the log after the open (the module `evstore.log`, independent of the index)
+* `corrupt-log`: a scan of the log after the open (the module `evstore.storage.segments`, independent of the index)
   raises;
 * `lost-ack`: an acknowledged commit is missing, or differs from its acknowledgement (positions,
   versions); `not-prefix` (durability="os"): the acknowledged commits present are not a prefix of
@@ -39,10 +39,10 @@ from typing import Any
 
 import evstore
 from evstore import QueryItem, tools
-from evstore import _impl
-from evstore._format import FLAG_CALLER_ID, FLAG_UUID_STREAM, HEADER, HEADER_SIZE, KIND_EVENT, KIND_MARK, \
+from evstore.format import codec as _impl
+from evstore.format.layout import FLAG_CALLER_ID, FLAG_UUID_STREAM, HEADER, HEADER_SIZE, KIND_EVENT, KIND_MARK, \
     KIND_SNAPSHOT, KIND_TRACKING
-from evstore.log import Log
+from evstore.storage.segments import Log
 
 
 class Failed(Exception):

@@ -1,5 +1,5 @@
 """The log functions in pure Python: a twin of src_c/evlog.c with the same API and results as
-evstore._clog on every input, for where the C module is not built (EVSTORE_PURE=1) and as a
+evstore.format.clog on every input, for where the C module is not built (EVSTORE_PURE=1) and as a
 reference for it. The order of the checks is documented at the top of evlog.c.
 
 It is slow where the C code is fast: the checksum runs at about 16 MB/s.
@@ -13,7 +13,7 @@ import os
 import struct
 from typing import Any
 
-from evstore._format import (
+from evstore.format.layout import (
     COMMIT_SIZE,
     ECOMMIT,
     ECRC,
@@ -31,7 +31,7 @@ from evstore._format import (
     U64,
     LogFormatError,
 )
-from evstore._scan import U32, U64_MAX, ScanResult, check_buffer, check_uint, scan_filter, tiling_error
+from evstore.format.scanresult import U32, U64_MAX, ScanResult, check_buffer, check_uint, scan_filter, tiling_error
 
 IMPL = "python"
 

@@ -38,7 +38,7 @@ from typing import Any
 
 import lmdb
 
-from evstore.durable import fsync_dir, make_dirs
+from evstore.storage.durable import fsync_dir, make_dirs
 from evstore.errors import CorruptedError, EvstoreError, IndexUnavailable, StoreClosed
 
 EXTENT_KEY = struct.Struct(">QQ")

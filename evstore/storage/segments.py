@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
-from evstore._format import (
+from evstore.format.layout import (
     COMMIT_SIZE,
     FORMAT_VERSION,
     HEADER,
@@ -19,7 +19,7 @@ from evstore._format import (
     SEGMENT_HEADER_SIZE,
     SEGMENT_MAGIC,
 )
-from evstore.durable import fsync_dir, remove
+from evstore.storage.durable import fsync_dir, remove
 from evstore.errors import CorruptedError, IndexAheadOfLog, IndexDamaged, StorageError, UnsupportedFormat
 from evstore.storage.scan import SegmentScanner
 

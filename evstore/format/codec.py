@@ -13,16 +13,16 @@ def load(name: str | None = None) -> ModuleType:
     if name not in ("c", "python", "auto"):
         raise ValueError(f"log implementation must be 'c' or 'python', not {name!r}")
     if name == "python":
-        from evstore import _pylog
+        from evstore.format import pylog
 
-        return _pylog
+        return pylog
     try:
-        from evstore import _clog
+        from evstore.format import clog
 
-        return _clog
+        return clog
     except ImportError:
         if name == "c":
             raise
-        from evstore import _pylog
+        from evstore.format import pylog
 
-        return _pylog
+        return pylog

@@ -11,14 +11,52 @@ records to write (records whose effect the target already has are skipped).
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from evstore._format import COMMIT_SIZE, HEADER_SIZE, KIND_MARK, KIND_SNAPSHOT, KIND_TRACKING
+from evstore.format.layout import COMMIT_SIZE, HEADER_SIZE, KIND_MARK, KIND_SNAPSHOT, KIND_TRACKING
 from evstore.errors import EvstoreError
+from evstore.format.encode import ControlRecord
+from evstore.records import NewEvent
+
+
+class ImportFileError(EvstoreError, ValueError):
+    """A line of an import file is malformed or cannot be imported; nothing of the file was imported."""
+
+    def __init__(self, line: int, reason: str) -> None:
+        super().__init__(f"line {line}: {reason}; nothing was imported")
+        self.line = line
+        self.reason = reason
+
+
+@dataclass
+class ImportedEvent:
+    line: int
+    position: int
+    stream: Any
+    version: int
+    event: NewEvent
+    ts: int
+    size: int
+
+
+@dataclass
+class ImportedRecord:
+    line: int
+    extra: ControlRecord
+    stream: Any  # the stream (marks, snapshots) or upstream name (tracking), else None
+
+
+@dataclass
+class ImportedCommit:
+    line: int
+    position: int | None
+    ts: int
+    events: list[ImportedEvent] = field(default_factory=list)
+    records: list[ImportedRecord] = field(default_factory=list)
+
 
 if TYPE_CHECKING:
-    from evstore.exporting import _Commit, _Event, _Record
     from evstore.store import EventStore
 
 
@@ -42,7 +80,7 @@ class _Target:
         st = self.streams.get(stream)
         if st is None:
             s = self.s
-            h = None if s is None else s.stream_head(stream)
+            h = None if s is None else s.maintenance.stream_head(stream)
             st = _StreamState(0, 0, False, False) if h is None else _StreamState(*h)
             self.streams[stream] = st
         return st
@@ -54,24 +92,22 @@ class _Target:
         return v
 
     def id_position(self, idb: bytes) -> int | None:
-        return None if self.s is None else self.s.event_id_position(idb)
+        return None if self.s is None else self.s.maintenance.event_id_position(idb)
 
 
 def _fail(line: int, reason: str) -> EvstoreError:
-    from evstore.exporting import ImportFileError
-
     return ImportFileError(line, reason)
 
 
-def _same(rec: Any, e: _Event) -> bool:
+def _same(rec: Any, e: ImportedEvent) -> bool:
     ev = e.event
     return bool(rec.stream == e.stream and rec.version == e.version and rec.type == ev.type
                 and bytes(rec.data) == ev.data and bytes(rec.metadata) == ev.metadata
                 and rec.schema == ev.schema and tuple(rec.tags) == tuple(dict.fromkeys(ev.tags)))
 
 
-def plan_import(s: EventStore | None, commits: list[_Commit], *,
-                merge: bool) -> list[tuple[_Commit, list[_Record]]]:
+def plan_import(s: EventStore | None, commits: list[ImportedCommit], *,
+                merge: bool) -> list[tuple[ImportedCommit, list[ImportedRecord]]]:
     """The commits to write (with the non-event records of each to write), or `ImportFileError`.
     `s` None: a target that does not exist yet (checked as an empty store)."""
     from evstore.format.encode import MAX_COMMIT_BYTES
@@ -83,7 +119,7 @@ def plan_import(s: EventStore | None, commits: list[_Commit], *,
     t = _Target(s)
     file_ids: dict[uuid.UUID, int] = {}
     next_pos = 1
-    todo: list[tuple[_Commit, list[_Record]]] = []
+    todo: list[tuple[ImportedCommit, list[ImportedRecord]]] = []
     for c in commits:
         if exact and c.position != next_pos:
             raise _fail(c.line, f"the commit starts at position {c.position}, not {next_pos}: import a whole "
@@ -137,7 +173,7 @@ def plan_import(s: EventStore | None, commits: list[_Commit], *,
     return todo
 
 
-def _plan_record(t: _Target, r: _Record, *, has_events: bool) -> bool:
+def _plan_record(t: _Target, r: ImportedRecord, *, has_events: bool) -> bool:
     """Check one non-event record against the model (and apply it); False when it is to be skipped
     (a record of a commit without events whose effect the target already has)."""
     x = r.extra

@@ -5,7 +5,7 @@ from __future__ import annotations
 import struct
 from typing import NamedTuple
 
-from evstore._format import HEADER_SIZE, KIND_EVENT
+from evstore.format.layout import HEADER_SIZE, KIND_EVENT
 
 U32 = struct.Struct("<I")
 U64_MAX = 0xFFFF_FFFF_FFFF_FFFF
@@ -14,7 +14,7 @@ U64_MAX = 0xFFFF_FFFF_FFFF_FFFF
 class ScanResult(NamedTuple):
     """The outcome of one `scan` call (see evl_scan in src_c/evlog.h)."""
 
-    code: int  # 0, or a negative E* code of evstore._format
+    code: int  # 0, or a negative E* code of evstore.format.layout
     offsets: list[int]  # offsets of the reported records of the whole commits consumed
     end: int  # offset just past the last commit consumed
     next_position: int  # first position of the next commit

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from evstore._format import (
+from evstore.format.layout import (
     ERROR_TEXT,
     FORMAT_VERSION,
     SEGMENT_HEADER,
@@ -23,7 +23,7 @@ from evstore._format import (
     SEGMENT_MAGIC,
 )
 from evstore.errors import UnsupportedFormat
-from evstore.log import segment_name
+from evstore.storage.segments import segment_name
 from evstore.storage.scan import SegmentScanner
 
 _NUMBERED = re.compile(r"^(\d+)\.seg$")

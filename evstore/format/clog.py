@@ -1,5 +1,5 @@
 """The log functions over the C library (src_c/evlog.c, built as evstore._evlog_c by
-_build_evlog.py), with the same API and results as the pure-Python twin evstore._pylog.
+_build_evlog.py), with the same API and results as the pure-Python twin evstore.format.pylog.
 
 Every C call runs without the GIL (cffi's API mode releases it); the buffers passed stay
 exported, so they cannot be resized or unmapped meanwhile.
@@ -11,8 +11,8 @@ import os
 from typing import Any
 
 from evstore._evlog_c import ffi, lib
-from evstore._format import HEADER_SIZE, LogFormatError
-from evstore._scan import ScanResult, check_buffer, check_uint, scan_filter, tiling_error
+from evstore.format.layout import HEADER_SIZE, LogFormatError
+from evstore.format.scanresult import ScanResult, check_buffer, check_uint, scan_filter, tiling_error
 
 IMPL = "c"
 

@@ -77,11 +77,7 @@ def create_file(path: str, data: bytes = b"", mode: int = 0o600) -> None:
         _write_all(fd, data)
         os.fsync(fd)
     except BaseException:
-        os.close(fd)
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
+        _abandon(fd, path)
         raise
     os.close(fd)
     fsync_dir(os.path.dirname(os.path.abspath(path)))
@@ -96,11 +92,7 @@ def replace_file(path: str, data: bytes, mode: int = 0o600) -> None:
         _write_all(fd, data)
         os.fsync(fd)
     except BaseException:
-        os.close(fd)
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+        _abandon(fd, tmp)
         raise
     os.close(fd)
     os.rename(tmp, path)
@@ -157,15 +149,20 @@ def copy_file(src: str, dst: str, *, limit: int | None = None, mode: int = 0o600
                     progress(len(chunk))
             os.fsync(fd)
         except BaseException:
-            os.close(fd)
-            try:
-                os.unlink(dst)
-            except OSError:
-                pass
+            _abandon(fd, dst)
             raise
         os.close(fd)
     fsync_dir(os.path.dirname(os.path.abspath(dst)))
     return copied
+
+
+def _abandon(fd: int, path: str) -> None:
+    """Close `fd` and remove the file `path` a failed create left behind (best effort)."""
+    os.close(fd)
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _write_all(fd: int, data: bytes) -> None:
