@@ -741,3 +741,17 @@ def test_ids_of_several_streams_retried_in_one_stream_are_refused(store: evstore
     with pytest.raises(evstore.DuplicateEventId):
         store.append("s1", [ev(id=a), ev(id=b)])
     assert store.head() == 2
+
+
+@pytest.mark.parametrize("delay", [0.3, 0.8])
+def test_ctrl_c_during_evstore_demo_exits_130_with_one_line(delay: float) -> None:
+    """Finding 16: an interrupted `evstore demo` exited 1 (the interrupt had failed the store)."""
+    import signal
+
+    p = subprocess.Popen([PY, "-m", "evstore", "demo", "--events", "5000000"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=python_env())
+    time.sleep(delay)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, (p.returncode, err[-1500:])
+    assert len(err.strip().splitlines()) == 1 and "interrupted" in err
