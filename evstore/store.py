@@ -64,6 +64,15 @@ def _index_errors(fn: _F) -> _F:
     def wrapper(self: EventStore, *args: Any, **kwargs: Any) -> Any:
         try:
             return fn(self, *args, **kwargs)
+        except lmdb.MapResizedError:  # the writer process grew the map: take the new size, once
+            core = self._core
+            if core is None:
+                raise StoreClosed(self.path) from None
+            core.index.adopt_map_size()
+        except lmdb.Error as e:
+            raise lmdb_error(self._core, self.path, e) from e
+        try:
+            return fn(self, *args, **kwargs)
         except lmdb.Error as e:
             raise lmdb_error(self._core, self.path, e) from e
 

@@ -755,3 +755,98 @@ def test_ctrl_c_during_evstore_demo_exits_130_with_one_line(delay: float) -> Non
     out, err = p.communicate(timeout=60)
     assert p.returncode == 130, (p.returncode, err[-1500:])
     assert len(err.strip().splitlines()) == 1 and "interrupted" in err
+
+
+# -- found by review ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("durability", ["fsync", "os"])
+def test_pruning_snapshots_while_appending_and_indexing_never_deadlocks(store_path: str, durability: str) -> None:
+    """prune_snapshots took the writer lock then the index lock, the indexer the index lock then the
+    writer lock: appends, snapshots and pruning together hung the store."""
+    s = evstore.open(store_path, durability=durability)
+    s.append("a", [ev()])
+    stop = time.monotonic() + 2.0
+    counts = {"append": 0, "prune": 0}
+
+    def appender() -> None:
+        while time.monotonic() < stop:
+            r = s.append("a", [ev()])
+            s.save_snapshot("a", r.last_version, b"snap", type="S")
+            counts["append"] += 1
+
+    def pruner() -> None:
+        while time.monotonic() < stop:
+            s.prune_snapshots(keep=0)
+            counts["prune"] += 1
+
+    threads = [threading.Thread(target=appender, daemon=True), threading.Thread(target=pruner, daemon=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not any(t.is_alive() for t in threads), f"deadlocked after {counts}"
+    assert counts["append"] > 0 and counts["prune"] > 0
+    s.close()
+
+
+def test_a_forked_child_does_not_keep_the_parents_store_locked(store_path: str) -> None:
+    """The child inherited the flocked LOCK descriptor: after the parent closed, the store stayed
+    locked for as long as the child lived."""
+    s = evstore.open(store_path)
+    s.append("a", [ev()])
+    r, w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            os.close(go_w)
+            os.read(go_r, 1)  # wait for the parent to close the store
+            try:
+                evstore.open(store_path).close()
+                os.write(w, b"child-ok")
+            except BaseException as e:
+                os.write(w, f"child: {type(e).__name__}".encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    os.close(go_r)
+    s.close()
+    try:
+        evstore.open(store_path).close()  # the parent, while the child lives
+        parent = "ok"
+    except evstore.StoreLocked:
+        parent = "locked"
+    os.write(go_w, b"x")
+    got = os.read(r, 100).decode()
+    os.waitpid(pid, 0)
+    assert (parent, got) == ("ok", "child-ok")
+
+
+def test_a_reader_open_while_the_writer_grows_the_index_map_reads_on(store_path: str) -> None:
+    """LMDB answers MDB_MAP_RESIZED to a reader once the writer grew the map; it was reported as a
+    damaged index."""
+    w = evstore.open(store_path, map_size=1 << 20)
+    w.append("s-0", [ev()])
+    code = textwrap.dedent(f"""
+        import sys, evstore
+        r = evstore.open({store_path!r}, readonly=True, map_size=1 << 20)
+        print(r.head(), flush=True)
+        sys.stdin.readline()
+        print(r.head(), len(list(r.read_all())), flush=True)
+    """)
+    p = subprocess.Popen([PY, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, env=python_env())
+    assert p.stdout is not None and p.stdin is not None
+    assert p.stdout.readline().strip() == "1"
+    for i in range(0, 20000, 500):
+        w.append_many([(f"s-{j}", [ev()], evstore.ANY) for j in range(i, i + 500)])
+    head = w.head()
+    assert os.path.getsize(os.path.join(store_path, "index", "data.mdb")) > 1 << 20
+    p.stdin.write("\n")
+    p.stdin.flush()
+    line = p.stdout.readline().split()
+    p.wait(10)
+    w.close()
+    assert line == [str(head), str(head)], p.stderr.read() if p.stderr else ""

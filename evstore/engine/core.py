@@ -9,10 +9,12 @@ Parts: `log` (evstore.storage.segments), `index` (evstore.storage.index), `index
 Locks, in the order in which they may be taken:
 1. `wlock` — the writer lock: every check and write of a commit; guards the log's active segment,
    `writer.next_position`, `writer.closing`, the indexer's heads, tracking and type ids, and
-   `group.written_seq`, `group.pending`, `group.pending_ids`;
+   `group.written_seq`, `group.pending`;
 2. `group.index_lock` — one index transaction at a time; `group.indexed_seq`, `group.index_error`;
 3. `group.queue_lock` — `group.unindexed`, `group.unindexed_seq`;
 4. `group.sync_cond` — `group.syncing`, `group.durable_seq`, `group.failed`.
+Leaf locks, under which no other lock is taken: `group.ids_lock` (`group.pending_ids`) and the log's
+`fd_lock` (its descriptors). No code takes a lock of a lower number while holding a higher one.
 `commit_cond` only wakes subscribers of this process. Constant after construction: `path`,
 `readonly`, `durability`, `impl`, `meta`, `pid`. `refs` is guarded by the registry's lock; `forked`
 is set once, in a forked child.
@@ -302,6 +304,11 @@ class Registry:
                     core.index.close()
                 except Exception:  # pragma: no cover - best effort in a child
                     pass
+            # The writer's flock belongs to the open file description the child shares: were the
+            # child to keep its copy, the store would stay locked after the parent closes it.
+            core._release_lock()
+            if core.log is not None:
+                core.log.close()
         self.cores.clear()
         self.lock = threading.Lock()  # the parent may have held it while forking
 

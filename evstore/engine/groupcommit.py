@@ -10,7 +10,9 @@ With durability="os" a commit is durable once written (the OS has it); the index
 log before each index transaction, so the index on disk never covers a commit the log could lose.
 
 Locks (the order in which they may be taken is that of `Core`'s docstring):
-- the writer lock (`core.wlock`) guards `written_seq`, `pending` and `pending_ids`;
+- the writer lock (`core.wlock`) guards `written_seq` and `pending`;
+- `ids_lock` (a leaf) guards `pending_ids`; the log's `fd_lock` (a leaf) its descriptors, so that
+  `flush_index` never takes the writer lock under the index lock;
 - `index_lock` guards `indexed_seq`, `index_error` and every index write transaction;
 - `queue_lock` guards `unindexed` and `unindexed_seq`;
 - `sync_cond` guards `syncing`, `durable_seq` and `failed`.
@@ -49,7 +51,8 @@ class GroupCommit:
         self.failed: BaseException | None = None  # GUARDED_BY(sync_cond); sticky
         self.written_seq = 0  # GUARDED_BY(writer lock)
         self.pending: list[IndexBatch] = []  # GUARDED_BY(writer lock): written, not yet durable
-        self.pending_ids: dict[bytes, int] = {}  # GUARDED_BY(writer lock): caller ids written, not indexed
+        self.ids_lock = threading.Lock()  # a leaf lock (no lock is taken under it)
+        self.pending_ids: dict[bytes, int] = {}  # GUARDED_BY(ids_lock): caller ids written, not yet indexed
         self.queue_lock = threading.Lock()
         self.unindexed: list[IndexBatch] = []  # GUARDED_BY(queue_lock): durable, not yet indexed
         self.unindexed_seq = 0  # GUARDED_BY(queue_lock)
@@ -65,8 +68,9 @@ class GroupCommit:
 
     def add_written(self, batch: IndexBatch, ids: list[tuple[bytes, int]]) -> int:
         """Record a commit just written to the log; returns its sequence number. Requires the writer lock."""
-        for idb, pos in ids:
-            self.pending_ids[idb] = pos
+        with self.ids_lock:
+            for idb, pos in ids:
+                self.pending_ids[idb] = pos
         self.pending.append(batch)
         self.written_seq += 1
         return self.written_seq
@@ -122,7 +126,7 @@ class GroupCommit:
                 target = self.written_seq
                 batches, self.pending = self.pending, []
                 fd = core.log.sync_fd()
-                retired, core.log.retired_fds = core.log.retired_fds, []
+                retired = core.log.take_retired()
             try:
                 if core.durability == "fsync" and fd >= 0:
                     os.fdatasync(fd)
@@ -156,10 +160,7 @@ class GroupCommit:
     def sync_log(self) -> None:
         """fdatasync the active segment (sealed ones were synced when they were sealed). A failure
         latches the store failed, as a failed fsync of an append does."""
-        core = self.core
-        with core.wlock:
-            fd = core.log.sync_fd()
-            fd = os.dup(fd) if fd >= 0 else -1
+        fd = self.core.log.dup_sync_fd()  # no writer lock: flush_index holds the index lock (lock order)
         if fd < 0:
             return
         try:
@@ -224,7 +225,7 @@ class GroupCommit:
                                            getattr(e, "errno", None)) from e
                 raise
             self.index_error = None
-            with core.wlock:
+            with self.ids_lock:
                 for k, _v in batch.ids:
                     self.pending_ids.pop(k, None)
             self.indexed_seq = target

@@ -187,13 +187,14 @@ class Writer:
                     raise DuplicateEventId(uuid.UUID(bytes=i))
                 seen.add(i)
         core = self.core
-        pending = core.group.pending_ids
+        with core.group.ids_lock:
+            unindexed = any(i in core.group.pending_ids for i in ids)
+        if unindexed:
+            raise NeedFlush  # a retry of a commit not indexed yet: index it, then compare
         found: dict[bytes, int] = {}
         index = core.index
         with index.begin() as txn:
             for i in ids:
-                if i in pending:
-                    raise NeedFlush  # a retry of a commit not indexed yet: index it, then compare
                 pos = ix.id_position(index, txn, i)
                 if pos is not None:
                     found[i] = pos

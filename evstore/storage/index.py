@@ -284,6 +284,10 @@ class Index:
             except lmdb.MapFullError:
                 self.grow()
 
+    def adopt_map_size(self) -> None:
+        """Take the map size another process grew the environment to (after `MapResizedError`)."""
+        self.env.set_mapsize(0)
+
     def grow(self) -> None:
         size = self.env.info()["map_size"]
         try:

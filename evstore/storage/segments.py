@@ -131,8 +131,9 @@ class Log:
         self.segments: list[Segment] = []
         self.by_first: dict[int, Segment] = {}
         self.next_position = first_position
+        self.fd_lock = threading.Lock()  # a leaf lock: guards `_fd` and `retired_fds` (no lock is taken under it)
         self._fd = -1  # the active segment, writer only
-        self.retired_fds: list[int] = []
+        self.retired_fds: list[int] = []  # sealed segments' descriptors, closed by the next group sync
         self._list_lock = threading.Lock()
         self._recovered: list[Segment] = []  # segments the last recover() scanned (to sync before indexing)
         self.load_segments()
@@ -307,7 +308,9 @@ class Log:
 
     def _open_active(self) -> None:
         seg = self.segments[-1]
-        self._fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND)
+        fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND)
+        with self.fd_lock:
+            self._fd = fd
 
     def _new_segment(self, first: int) -> None:
         """Create the segment named for `first`, durably (header synced, then its entry). A segment's
@@ -371,27 +374,42 @@ class Log:
         """Seal the active segment (durably) and start a new one at `first_position`."""
         if self._fd >= 0:
             os.fsync(self._fd)
-            self.retired_fds.append(self._fd)
-            self._fd = -1
+            with self.fd_lock:
+                self.retired_fds.append(self._fd)
+                self._fd = -1
         try:
             self._new_segment(first_position)
         except OSError as e:
             raise StorageError(self.dir, e.errno, f"cannot create a segment in {self.dir}: {e.strerror}") from e
 
     def sync_fd(self) -> int:
-        """The descriptor a syncer must fsync to make every written commit durable."""
+        """The descriptor a syncer must fsync to make every written commit durable (requires the
+        writer lock: a roll may retire it otherwise)."""
         return self._fd
 
+    def dup_sync_fd(self) -> int:
+        """A duplicate of the active segment's descriptor (-1 when none), for a syncer that does not
+        hold the writer lock; the caller closes it. Every commit written before this call is in the
+        active segment or in a sealed one, which was fsynced when it was sealed."""
+        with self.fd_lock:
+            return os.dup(self._fd) if self._fd >= 0 else -1
+
+    def take_retired(self) -> list[int]:
+        """The descriptors of segments sealed since the last call, for the group syncer to close."""
+        with self.fd_lock:
+            retired, self.retired_fds = self.retired_fds, []
+        return retired
+
     def close(self) -> None:
-        for fd in [*self.retired_fds, self._fd]:
+        with self.fd_lock:
+            fds, self.retired_fds, self._fd = [*self.retired_fds, self._fd], [], -1
+        for fd in fds:
             if fd >= 0:
                 try:
                     os.close(fd)
                 except OSError as e:  # pragma: no cover
                     if e.errno != _errno.EBADF:
                         raise
-        self.retired_fds = []
-        self._fd = -1
 
     def size(self) -> int:
         return sum(os.path.getsize(s.path) for s in self.segments)
