@@ -55,11 +55,14 @@ enum {
     F_CRC = 0,
     F_LENGTH = 4,
     F_KIND = 8,
+    F_FLAGS = 9,
     F_TYPE_LEN = 10,
     F_STREAM_LEN = 12,
     F_TAGS_LEN = 14,
     F_POSITION = 16,
     F_VERSION = 24,
+    F_RECORDED_AT = 32,
+    F_ID = 40,
     F_SCHEMA = 56,
     F_META_LEN = 60,
     COMMIT_SIZE = EVL_HEADER_SIZE + 8,
@@ -176,6 +179,205 @@ int evl_seal(uint8_t *buf, size_t n)
         len = le32(buf + off + F_LENGTH);
         put_le32(buf + off + F_CRC, evl_crc32c(0, buf + off + F_LENGTH, len - F_LENGTH));
     }
+    return 0;
+}
+
+/* ---- encoding a commit ------------------------------------------------------------------ */
+
+static inline void put_le16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+}
+
+static inline void put_le64(uint8_t *p, uint64_t v)
+{
+    put_le32(p, (uint32_t)v);
+    put_le32(p + 4, (uint32_t)(v >> 32));
+}
+
+/* Whether t[0:n] is a tags part: tags of a length byte 1..255 and that many bytes. */
+static int tags_ok(const uint8_t *t, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        if (t[i] == 0 || t[i] > n - i - 1)
+            return 0;
+        i += (size_t)t[i] + 1;
+    }
+    return 1;
+}
+
+/* Write the 64-byte header of a record at p (crc zero; sealed later). */
+static void put_header(uint8_t *p, uint32_t len, unsigned kind, unsigned flags, uint32_t type_len,
+                       uint32_t stream_len, uint32_t tags_len, uint64_t position, uint64_t version,
+                       uint64_t recorded_at, const uint8_t *id, uint32_t schema, uint32_t meta_len)
+{
+    put_le32(p + F_CRC, 0);
+    put_le32(p + F_LENGTH, len);
+    p[F_KIND] = (uint8_t)kind;
+    p[F_FLAGS] = (uint8_t)flags;
+    put_le16(p + F_TYPE_LEN, (uint16_t)type_len);
+    put_le16(p + F_STREAM_LEN, (uint16_t)stream_len);
+    put_le16(p + F_TAGS_LEN, (uint16_t)tags_len);
+    put_le64(p + F_POSITION, position);
+    put_le64(p + F_VERSION, version);
+    put_le64(p + F_RECORDED_AT, recorded_at);
+    if (id != NULL)
+        memcpy(p + F_ID, id, EVL_ID_SIZE);
+    else
+        memset(p + F_ID, 0, EVL_ID_SIZE);
+    put_le32(p + F_SCHEMA, schema);
+    put_le32(p + F_META_LEN, meta_len);
+}
+
+static void seal_record(uint8_t *p, uint32_t len)
+{
+    put_le32(p + F_CRC, evl_crc32c(0, p + F_LENGTH, len - F_LENGTH));
+}
+
+/* Adds b to *acc unless that passes SIZE_MAX; returns 0 if it would. */
+static inline int add_size(size_t *acc, uint64_t b)
+{
+    if (b > SIZE_MAX - *acc)
+        return 0;
+    *acc += (size_t)b;
+    return 1;
+}
+
+/* Check every input of evl_encode_commit and compute the commit's size, reading the tags parts
+ * of `in` but nothing else of it. */
+static int check_commit_inputs(const uint8_t *in, size_t in_len, const evl_enc_part *parts,
+                               size_t n_parts, const evl_enc_event *events, size_t n_events,
+                               const evl_enc_control *controls, size_t n_controls,
+                               size_t n_random, uint64_t first_position, size_t *size)
+{
+    size_t cur = 0, total = 0, ev = 0, randoms = 0;
+
+    if (first_position == 0 || n_events > UINT64_MAX - first_position || n_events > UINT32_MAX
+        || n_controls > (size_t)UINT32_MAX - n_events)
+        return EVL_EINVAL;
+    for (size_t i = 0; i < n_parts; i++) {
+        const evl_enc_part *p = &parts[i];
+        if (p->stream_len > 0xFFFF || (p->flags & ~(uint32_t)EVL_FLAG_UUID_STREAM) != 0
+            || p->reserved != 0 || p->n_events > n_events - ev
+            || p->version > (uint64_t)EVL_MAX_VERSION
+            || p->n_events > (uint64_t)EVL_MAX_VERSION - p->version)
+            return EVL_EINVAL;
+        if (!add_size(&cur, p->stream_len))
+            return EVL_EINVAL;
+        for (size_t k = 0; k < p->n_events; k++, ev++) {
+            const evl_enc_event *e = &events[ev];
+            if (e->type_len > 0xFFFF || e->tags_len > 0xFFFF || (e->id_len != 0 && e->id_len != EVL_ID_SIZE))
+                return EVL_EINVAL;
+            uint64_t body = (uint64_t)e->type_len + e->meta_len + e->tags_len + e->data_len;
+            uint64_t len = EVL_HEADER_SIZE + (uint64_t)p->stream_len + body;
+            if (len > UINT32_MAX)
+                return EVL_EINVAL;
+            size_t tags_at = cur + e->type_len + e->meta_len; /* cannot wrap: see add_size */
+            if (!add_size(&cur, body + e->id_len) || cur > in_len)
+                return EVL_EINVAL;
+            if (e->tags_len != 0 && !tags_ok(in + tags_at, e->tags_len))
+                return EVL_EINVAL;
+            if (e->id_len == 0)
+                randoms++;
+            if (!add_size(&total, len))
+                return EVL_EINVAL;
+        }
+    }
+    if (ev != n_events || randoms > n_random)
+        return EVL_EINVAL;
+    for (size_t i = 0; i < n_controls; i++) {
+        const evl_enc_control *x = &controls[i];
+        if (x->kind < EVL_KIND_MARK || x->kind > EVL_KIND_AUX || x->stream_len > 0xFFFF
+            || x->name_len > 0xFFFF || (x->flags & ~(uint32_t)EVL_FLAG_UUID_STREAM) != 0)
+            return EVL_EINVAL;
+        uint64_t body = (uint64_t)x->stream_len + x->name_len + x->data_len;
+        if (EVL_HEADER_SIZE + body > UINT32_MAX || !add_size(&cur, body)
+            || !add_size(&total, EVL_HEADER_SIZE + body))
+            return EVL_EINVAL;
+    }
+    if (cur != in_len || !add_size(&total, COMMIT_SIZE))
+        return EVL_EINVAL;
+    *size = total;
+    return 0;
+}
+
+int evl_encode_commit(const uint8_t *in, size_t in_len, const evl_enc_part *parts, size_t n_parts,
+                      const evl_enc_event *events, size_t n_events,
+                      const evl_enc_control *controls, size_t n_controls,
+                      const uint8_t *random_ids, size_t n_random, uint64_t first_position,
+                      uint64_t recorded_at, uint8_t *out, size_t out_cap, size_t *out_len,
+                      uint64_t *offsets)
+{
+    size_t size;
+    int rc = check_commit_inputs(in, in_len, parts, n_parts, events, n_events, controls,
+                                 n_controls, n_random, first_position, &size);
+    if (rc != 0)
+        return rc;
+    *out_len = size;
+    if (out_cap < size || out == NULL)
+        return EVL_EFULL;
+
+    const uint8_t *src = in;
+    size_t off = 0, ev = 0;
+    uint64_t position = first_position;
+    for (size_t i = 0; i < n_parts; i++) {
+        const evl_enc_part *p = &parts[i];
+        const uint8_t *stream = src;
+        src += p->stream_len;
+        uint64_t version = p->version;
+        for (size_t k = 0; k < p->n_events; k++, ev++) {
+            const evl_enc_event *e = &events[ev];
+            size_t body = (size_t)e->type_len + e->meta_len + e->tags_len + e->data_len;
+            uint32_t len = (uint32_t)(EVL_HEADER_SIZE + p->stream_len + body);
+            uint8_t *r = out + off;
+            const uint8_t *id;
+            unsigned flags = p->flags;
+            if (e->id_len != 0) {
+                id = src + body;
+                flags |= EVL_FLAG_CALLER_ID;
+            } else {
+                id = random_ids;
+                random_ids += EVL_ID_SIZE;
+            }
+            put_header(r, len, EVL_KIND_EVENT, flags, e->type_len, p->stream_len, e->tags_len,
+                       position++, ++version, recorded_at, id, e->schema, e->meta_len);
+            if (e->id_len == 0) { /* a version-4 UUID: version and variant bits */
+                r[F_ID + 6] = (uint8_t)((r[F_ID + 6] & 0x0f) | 0x40);
+                r[F_ID + 8] = (uint8_t)((r[F_ID + 8] & 0x3f) | 0x80);
+            }
+            if (p->stream_len != 0)
+                memcpy(r + EVL_HEADER_SIZE, stream, p->stream_len);
+            if (body != 0)
+                memcpy(r + EVL_HEADER_SIZE + p->stream_len, src, body);
+            src += body + e->id_len;
+            seal_record(r, len);
+            if (offsets != NULL)
+                offsets[ev] = off;
+            off += len;
+        }
+    }
+    for (size_t i = 0; i < n_controls; i++) {
+        const evl_enc_control *x = &controls[i];
+        size_t body = (size_t)x->stream_len + x->name_len + x->data_len;
+        uint32_t len = (uint32_t)(EVL_HEADER_SIZE + body);
+        uint8_t *r = out + off;
+        put_header(r, len, x->kind, x->flags, x->name_len, x->stream_len, 0, position, x->version,
+                   recorded_at, NULL, x->schema, 0);
+        if (body != 0)
+            memcpy(r + EVL_HEADER_SIZE, src, body);
+        src += body;
+        seal_record(r, len);
+        if (offsets != NULL)
+            offsets[n_events + i] = off;
+        off += len;
+    }
+    uint8_t *c = out + off;
+    put_header(c, COMMIT_SIZE, EVL_KIND_COMMIT, 0, 0, 0, 0, first_position, n_events, recorded_at,
+               NULL, (uint32_t)(n_events + n_controls), 0);
+    put_le64(c + EVL_HEADER_SIZE, off);
+    seal_record(c, COMMIT_SIZE);
     return 0;
 }
 

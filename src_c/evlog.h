@@ -36,7 +36,8 @@
 #define EVL_ECOMMIT (-30903)  /* a COMMIT record disagrees with the records before it */
 #define EVL_EKIND (-30904)    /* a record kind this version does not know (a newer format) */
 #define EVL_ETRUNC (-30905)   /* a record or commit runs past the end of the buffer */
-#define EVL_EFULL (-30906)    /* the output array cannot hold even one whole commit */
+#define EVL_EFULL (-30906)    /* the output array cannot hold even one whole commit (evl_scan), or
+                                 the output buffer the commit (evl_encode_commit) */
 #define EVL_EINVAL (-30907)   /* an argument is out of range (e.g. an offset past the end) */
 
 /*
@@ -56,6 +57,95 @@ uint32_t evl_crc32c(uint32_t crc, const uint8_t *p, size_t n);
  * @return 0, or EVL_EFRAME if the records' lengths do not tile buf exactly.
  */
 int evl_seal(uint8_t *buf, size_t n);
+
+/* Record flags (byte 9). */
+#define EVL_FLAG_UUID_STREAM 1 /* the stream id is 16 raw UUID bytes */
+#define EVL_FLAG_CALLER_ID 2   /* the event id was given by the caller */
+
+#define EVL_MAX_VERSION 0x7FFFFFFFFFFFFFFF /* the largest stream version evl_encode_commit writes */
+#define EVL_ID_SIZE 16
+
+/* Inputs of evl_encode_commit(). Every variable part lies in one input buffer `in`, back to back
+ * in this order: for each part, its stream id's bytes, then for each of its events its type,
+ * metadata, tags part, data and (when id_len is 16) its id; then for each control record its
+ * stream, name and data. The descriptors give only lengths: the offsets follow from the order.
+ * All fields are fixed-width integers without padding, so that an array of descriptors is a
+ * flat array of integers (built from Python with array or struct, without per-field calls). */
+
+/* One stream's events: the next n_events descriptors of the event array. 24 bytes. */
+typedef struct evl_enc_part {
+    uint64_t version;    /* the stream's version before the commit: its events get version + 1, ... */
+    uint32_t n_events;
+    uint32_t stream_len; /* 0 .. 65535 */
+    uint32_t flags;      /* 0 or EVL_FLAG_UUID_STREAM */
+    uint32_t reserved;   /* 0 */
+} evl_enc_part;
+
+/* One event. 24 bytes. */
+typedef struct evl_enc_event {
+    uint32_t type_len;   /* 0 .. 65535 */
+    uint32_t meta_len;
+    uint32_t tags_len;   /* 0 .. 65535; the tags part: tags of a length byte (1..255) and its bytes */
+    uint32_t data_len;
+    uint32_t id_len;     /* 16: the caller's id follows the data in `in` (flag EVL_FLAG_CALLER_ID);
+                            0: the event takes the next 16 bytes of random_ids */
+    uint32_t schema;
+} evl_enc_event;
+
+/* One control record (a MARK, SNAPSHOT, TRACKING or AUX record). 32 bytes. */
+typedef struct evl_enc_control {
+    uint64_t version;
+    uint32_t kind;       /* EVL_KIND_MARK .. EVL_KIND_AUX */
+    uint32_t flags;      /* 0 or EVL_FLAG_UUID_STREAM */
+    uint32_t stream_len; /* 0 .. 65535 */
+    uint32_t name_len;   /* 0 .. 65535: the record's type field */
+    uint32_t data_len;
+    uint32_t schema;
+} evl_enc_control;
+
+/*
+ * Lay out and seal one whole commit in out: the events of every part (positions first_position,
+ * first_position + 1, ... in order; versions after their part's version), then the control
+ * records (position = the commit's next position, id zero, tags and metadata empty), then the
+ * COMMIT record; every record carries recorded_at and its checksum. The layout is that of
+ * docs/log_format.md; evstore/format/pylog.py:encode_commit writes the same bytes.
+ *
+ * The size of the commit is
+ *     72 + 64 * (n_events + n_controls) + in_len - 16 * (events with id_len 16)
+ *        + sum over parts of stream_len * (n_events - 1)
+ * (a part's stream bytes are written once per event, its ids not at all). A call with
+ * out_cap too small (out may then be NULL) checks the inputs, sets *out_len and writes nothing:
+ * that is the sizing call.
+ * @param[in]  in          the variable parts (see above); `in_len` bytes. May be NULL if in_len is 0.
+ * @param[in]  in_len      must be exactly the sum of the lengths the descriptors give.
+ * @param[in]  parts       n_parts part descriptors.
+ * @param[in]  events      n_events event descriptors, in the order of the parts.
+ * @param[in]  controls    n_controls control descriptors.
+ * @param[in]  random_ids  16 random bytes for each event with id_len 0, taken in order; n_random
+ *                         ids. The event's id is them with the version (4) and variant bits of a
+ *                         random UUID set (so ids that already are version-4 UUIDs stay as given).
+ * @param[in]  first_position  the position of the first event (or the next position); >= 1.
+ * @param[in]  recorded_at the commit time, nanoseconds since the Unix epoch.
+ * @param[out] out         where the commit goes; must not overlap `in`.
+ * @param[in]  out_cap     bytes of room in out.
+ * @param[out] out_len     the size of the commit (set on success and on EVL_EFULL).
+ * @param[out] offsets     room for n_events + n_controls offsets: where each record starts in
+ *                         out (events, then control records); may be NULL. Written on success.
+ * @return 0; EVL_EFULL if out_cap is under *out_len (nothing written); or EVL_EINVAL, with
+ *         nothing written and *out_len untouched, if: the parts' n_events do not add up to
+ *         n_events; a length is over its limit (65535 for stream, type, name and tags; a record
+ *         over 4 GiB - 1; a commit over SIZE_MAX); an id_len is not 0 or 16; a tags part is not
+ *         a sequence of tags; a flags or reserved field has other bits; a control kind is not
+ *         3..6; the lengths do not add up to in_len; there are fewer than needed random ids; a
+ *         version would pass EVL_MAX_VERSION; first_position is 0, or the positions would pass
+ *         2^64 - 1; or the commit has more than 2^32 - 1 records.
+ */
+int evl_encode_commit(const uint8_t *in, size_t in_len, const evl_enc_part *parts, size_t n_parts,
+                      const evl_enc_event *events, size_t n_events,
+                      const evl_enc_control *controls, size_t n_controls,
+                      const uint8_t *random_ids, size_t n_random, uint64_t first_position,
+                      uint64_t recorded_at, uint8_t *out, size_t out_cap, size_t *out_len,
+                      uint64_t *offsets);
 
 /*
  * Write all n bytes to fd at its current offset (retrying on EINTR and short writes), then,

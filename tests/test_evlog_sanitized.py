@@ -1,7 +1,10 @@
 """src_c/evlog.c under AddressSanitizer and UndefinedBehaviorSanitizer, driven by the harness
 src_c/tests/evlog_fuzz.c: over logs written here (its verdicts must match evstore.format.pylog's), then over
-mutations of them and of 20,000 logs it generates itself. Built twice: with the SSE4.2 checksum where
-the CPU has it, and with the slice-by-8 table only."""
+mutations of them and of 20,000 logs it generates itself, and over 20,000 commits it encodes with
+evl_encode_commit and scans back (with broken inputs, which must be refused without writing). Built
+twice: with the SSE4.2 checksum where the CPU has it, and with the slice-by-8 table only. Where clang is
+installed, the harness also runs as a libFuzzer target (scanning its input, and encoding commits made of
+its bytes), from an empty corpus for a fixed number of runs."""
 
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from evstore.format.layout import HEADER, HEADER_SIZE, KIND_AUX, KIND_COMMIT, KI
 
 SRC = Path(__file__).resolve().parent.parent / "src_c"
 GCC = shutil.which("gcc")
+CLANG = shutil.which("clang")
 ALL = 0b1111110
 
 
@@ -107,3 +111,24 @@ def test_evlog_under_sanitizers(tmp_path: Path, crc: str, iterations: int) -> No
     assert run.returncode == 0, run.stderr[-5000:]
     assert "Sanitizer" not in run.stderr and "runtime error" not in run.stderr, run.stderr[-5000:]
     assert run.stdout.splitlines() == [describe(data) for data in files.values()]
+
+
+@pytest.mark.skipif(CLANG is None, reason="clang is not installed")
+def test_evlog_libfuzzer(tmp_path: Path) -> None:
+    exe = tmp_path / "evlog_libfuzzer"
+    build = [CLANG, "-g", "-O1", "-fsanitize=fuzzer,address,undefined", "-fno-sanitize-recover=all", "-Wall",
+             "-Wextra", "-Werror", "-DEVL_LIBFUZZER", f"-I{SRC}", str(SRC / "evlog.c"),
+             str(SRC / "tests" / "evlog_fuzz.c"), "-o", str(exe)]
+    done = subprocess.run(build, capture_output=True, text=True)
+    if done.returncode != 0 and "libclang_rt.fuzzer" in done.stderr:
+        pytest.skip("clang has no libFuzzer runtime")
+    assert done.returncode == 0 and not done.stderr, done.stderr
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name, data in inputs().items():
+        (corpus / name).write_bytes(data)
+    env = dict(os.environ, ASAN_OPTIONS="halt_on_error=1", UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1")
+    run = subprocess.run([str(exe), "-runs=30000", "-seed=1", "-max_len=4096", str(corpus)], capture_output=True,
+                         text=True, env=env, timeout=1800, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-5000:]
+    assert "Sanitizer" not in run.stderr and "runtime error" not in run.stderr, run.stderr[-5000:]

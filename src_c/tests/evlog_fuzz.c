@@ -10,7 +10,10 @@
  * For each FILE it prints one line: evl_scan from 0 (next_position 0, every kind), then
  * evl_find_commit from 0, then evl_walk from 0 for more records than can fit (the test compares
  * the line with evstore._pylog); then it exercises mutations of the file. Then it generates
- * ITERATIONS logs, checks that each scans whole, and exercises a mutation of each.
+ * ITERATIONS logs, checks that each scans whole, and exercises a mutation of each; and encodes
+ * ITERATIONS random commits with evl_encode_commit, checks that each scans back to what was given,
+ * and that broken inputs are refused without writing (the libFuzzer target does this with the
+ * bytes of its input).
  *
  * libFuzzer (needs clang):
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -DEVL_LIBFUZZER -Isrc_c \
@@ -47,6 +50,7 @@ static uint64_t rnd(uint64_t *state) /* splitmix64 */
     return z ^ (z >> 31);
 }
 
+#ifndef EVL_LIBFUZZER /* the generator's */
 static void put16(uint8_t *p, uint16_t v)
 {
     p[0] = (uint8_t)v;
@@ -64,6 +68,7 @@ static void put64(uint8_t *p, uint64_t v)
     put32(p, (uint32_t)v);
     put32(p + 4, (uint32_t)(v >> 32));
 }
+#endif
 
 static uint32_t get32(const uint8_t *p)
 {
@@ -85,7 +90,9 @@ static uint32_t ref_crc(const uint8_t *p, size_t n)
 /* The type filter used by some scans, and the types the generator uses: "A", "AB", "Placed". */
 static const uint8_t NAMES[] = "AABPlaced";
 static const uint32_t NAME_LENS[] = {1, 2, 6};
+#ifndef EVL_LIBFUZZER
 static const size_t NAME_OFFS[] = {0, 1, 3};
+#endif
 
 static int is_code(int rc)
 {
@@ -212,12 +219,236 @@ static void exercise_copy(const uint8_t *data, size_t n, uint64_t *rng)
     free(buf);
 }
 
+
+/* ---- evl_encode_commit: encode random commits, scan them back ------------------------------ */
+
+static uint64_t get64(const uint8_t *p)
+{
+    return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32;
+}
+
+/* Bytes for the variable parts: from `src` (the fuzzer's input) when there is some, else random. */
+static void fill(uint8_t *p, size_t n, const uint8_t *src, size_t src_n, uint64_t *rng)
+{
+    for (size_t i = 0; i < n; i++)
+        p[i] = src_n ? src[(i + (size_t)(*rng % 7)) % src_n] : (uint8_t)rnd(rng);
+}
+
+enum { ENC_PARTS = 3, ENC_EVENTS = 12, ENC_CONTROLS = 3, ENC_IN = 16 * 1024 };
+
+/* Encode one random commit whose bytes come from src, check it scans back to what was given,
+ * then check that broken descriptors are refused without writing. */
+static void encode_roundtrip(const uint8_t *src, size_t src_n, uint64_t *rng)
+{
+    evl_enc_part parts[ENC_PARTS];
+    evl_enc_event events[ENC_EVENTS];
+    evl_enc_control controls[ENC_CONTROLS];
+    uint8_t *in = malloc(ENC_IN);
+    CHECK(in != NULL);
+    size_t n_parts = (size_t)(rnd(rng) % (ENC_PARTS + 1)), n_events = 0, n_random = 0, cur = 0;
+    size_t n_controls = (size_t)(rnd(rng) % (ENC_CONTROLS + 1));
+    uint64_t first = 1 + rnd(rng) % 1000;
+    if (rnd(rng) % 8 == 0)
+        first = UINT64_MAX - 20; /* near the end of the positions */
+
+    for (size_t i = 0; i < n_parts; i++) {
+        evl_enc_part *p = &parts[i];
+        memset(p, 0, sizeof *p);
+        p->n_events = (uint32_t)(rnd(rng) % (ENC_EVENTS / ENC_PARTS + 1));
+        p->version = rnd(rng) % 4 == 0 ? (uint64_t)EVL_MAX_VERSION - p->n_events : rnd(rng) % 100;
+        p->flags = (uint32_t)(rnd(rng) % 2);
+        p->stream_len = p->flags ? 16 : (uint32_t)(rnd(rng) % 20);
+        fill(in + cur, p->stream_len, src, src_n, rng);
+        cur += p->stream_len;
+        for (uint32_t k = 0; k < p->n_events; k++, n_events++) {
+            evl_enc_event *e = &events[n_events];
+            e->type_len = (uint32_t)(rnd(rng) % 10);
+            e->meta_len = (uint32_t)(rnd(rng) % 10);
+            e->data_len = (uint32_t)(rnd(rng) % (rnd(rng) % 4 == 0 ? 600 : 30));
+            e->id_len = rnd(rng) % 3 == 0 ? EVL_ID_SIZE : 0;
+            e->schema = (uint32_t)rnd(rng);
+            fill(in + cur, e->type_len + e->meta_len, src, src_n, rng);
+            cur += e->type_len + e->meta_len;
+            e->tags_len = 0;
+            for (unsigned t = (unsigned)(rnd(rng) % 3); t > 0; t--) { /* well-formed tags */
+                uint8_t len = (uint8_t)(1 + rnd(rng) % 20);
+                in[cur++] = len;
+                fill(in + cur, len, src, src_n, rng);
+                cur += len;
+                e->tags_len += 1u + len;
+            }
+            fill(in + cur, e->data_len + e->id_len, src, src_n, rng);
+            cur += e->data_len + e->id_len;
+            n_random += e->id_len == 0;
+        }
+    }
+    for (size_t i = 0; i < n_controls; i++) {
+        evl_enc_control *x = &controls[i];
+        x->kind = EVL_KIND_MARK + (uint32_t)(rnd(rng) % 4);
+        x->flags = 0;
+        x->version = rnd(rng);
+        x->schema = (uint32_t)rnd(rng);
+        x->stream_len = (uint32_t)(rnd(rng) % 12);
+        x->name_len = (uint32_t)(rnd(rng) % 12);
+        x->data_len = (uint32_t)(rnd(rng) % 40);
+        fill(in + cur, x->stream_len + x->name_len + x->data_len, src, src_n, rng);
+        cur += x->stream_len + x->name_len + x->data_len;
+    }
+    CHECK(cur <= ENC_IN);
+    /* The input in a heap block of exactly its size, and the random ids likewise. */
+    uint8_t *exact = malloc(cur ? cur : 1);
+    CHECK(exact != NULL);
+    memcpy(exact, in, cur);
+    free(in);
+    uint8_t *ids = malloc(n_random * EVL_ID_SIZE + 1);
+    CHECK(ids != NULL);
+    fill(ids, n_random * EVL_ID_SIZE, NULL, 0, rng);
+
+    size_t size = 0, ids_given = n_events - n_random, streams = 0;
+    for (size_t i = 0; i < n_parts; i++)
+        streams += (size_t)parts[i].stream_len * parts[i].n_events;
+    int overflow = n_events > UINT64_MAX - first;
+    int rc = evl_encode_commit(exact, cur, parts, n_parts, events, n_events, controls, n_controls, ids,
+                               n_random, first, 77, NULL, 0, &size, NULL);
+    if (overflow) {
+        CHECK(rc == EVL_EINVAL);
+        goto done;
+    }
+    CHECK(rc == EVL_EFULL);
+    {
+        size_t stream_bytes = 0;
+        for (size_t i = 0; i < n_parts; i++)
+            stream_bytes += parts[i].stream_len;
+        CHECK(size == 72 + 64 * (n_events + n_controls) + cur - 16 * ids_given + streams - stream_bytes);
+    }
+    uint8_t *out = malloc(size);
+    uint64_t offsets[ENC_EVENTS + ENC_CONTROLS + 1], seen[ENC_EVENTS + ENC_CONTROLS + 1];
+    CHECK(out != NULL);
+    size_t got = 0;
+    CHECK(evl_encode_commit(exact, cur, parts, n_parts, events, n_events, controls, n_controls, ids,
+                            n_random, first, 77, out, size, &got, offsets) == 0);
+    CHECK(got == size);
+
+    /* It scans as one whole commit whose records are at the offsets returned. */
+    evl_scan_state s = {.next_position = first, .kinds = ALL_KINDS & ~(1u << EVL_KIND_COMMIT),
+                        .out = seen, .max_out = ENC_EVENTS + ENC_CONTROLS + 1};
+    CHECK(evl_scan(out, size, 0, &s) == 0 && s.end == size && s.commits == 1 && s.events == n_events);
+    CHECK(s.n_out == n_events + n_controls);
+    CHECK(memcmp(seen, offsets, s.n_out * sizeof *seen) == 0);
+    /* Every record holds what was given. */
+    const uint8_t *p_in = exact, *id = ids;
+    size_t ev = 0;
+    for (size_t i = 0; i < n_parts; i++) {
+        const uint8_t *stream = p_in;
+        p_in += parts[i].stream_len;
+        for (uint32_t k = 0; k < parts[i].n_events; k++, ev++) {
+            const evl_enc_event *e = &events[ev];
+            const uint8_t *r = out + offsets[ev];
+            size_t body = (size_t)e->type_len + e->meta_len + e->tags_len + e->data_len;
+            CHECK(r[8] == EVL_KIND_EVENT && get64(r + 16) == first + ev
+                  && get64(r + 24) == parts[i].version + k + 1 && get64(r + 32) == 77);
+            CHECK(r[9] == (parts[i].flags | (e->id_len ? EVL_FLAG_CALLER_ID : 0)));
+            CHECK(get32(r + 56) == e->schema && get32(r + 60) == e->meta_len);
+            CHECK(memcmp(r + 64, stream, parts[i].stream_len) == 0);
+            CHECK(memcmp(r + 64 + parts[i].stream_len, p_in, body) == 0);
+            if (e->id_len) {
+                CHECK(memcmp(r + 40, p_in + body, 16) == 0);
+            } else {
+                CHECK((r[46] >> 4) == 4 && (r[48] >> 6) == 2);
+                CHECK(memcmp(r + 40, id, 6) == 0 && r[47] == id[7] && memcmp(r + 49, id + 9, 7) == 0);
+                id += 16;
+            }
+            p_in += body + e->id_len;
+        }
+    }
+    for (size_t i = 0; i < n_controls; i++) {
+        const uint8_t *r = out + offsets[n_events + i];
+        size_t body = (size_t)controls[i].stream_len + controls[i].name_len + controls[i].data_len;
+        CHECK(r[8] == controls[i].kind && get64(r + 16) == first + n_events
+              && get64(r + 24) == controls[i].version && memcmp(r + 64, p_in, body) == 0);
+        p_in += body;
+    }
+    CHECK(p_in == exact + cur);
+
+    /* Broken inputs: EVL_EINVAL, and out and the size left alone. */
+    uint8_t *copy = malloc(size);
+    CHECK(copy != NULL);
+    memcpy(copy, out, size);
+    for (int k = 0; k < 10; k++) {
+        evl_enc_part bp[ENC_PARTS];
+        evl_enc_event be[ENC_EVENTS];
+        evl_enc_control bc[ENC_CONTROLS];
+        memcpy(bp, parts, sizeof bp);
+        memcpy(be, events, sizeof be);
+        memcpy(bc, controls, sizeof bc);
+        size_t in_len = cur, nr = n_random, ne = n_events;
+        uint64_t f = first;
+        switch (k) {
+        case 0: in_len = cur + 1; break;
+        case 1: if (cur == 0) continue; in_len = cur - 1; break;
+        case 2: if (n_random == 0) continue; nr = n_random - 1; break;
+        case 3: f = 0; break;
+        case 4: if (n_events == 0) continue; be[0].id_len = 5; break;
+        case 5: if (n_events == 0) continue; be[0].type_len = 0x10000; break;
+        case 6: if (n_parts == 0) continue; bp[0].flags = 4; break;
+        case 7: if (n_controls == 0) continue; bc[0].kind = rnd(rng) % 2 ? EVL_KIND_COMMIT : 7; break;
+        case 8:
+            if (n_parts == 0 || parts[0].n_events == 0)
+                continue;
+            bp[0].version = (uint64_t)EVL_MAX_VERSION - bp[0].n_events + 1;
+            break;
+        case 9: /* one event more than the parts hold */
+            if (n_events == 0 || n_events >= ENC_EVENTS)
+                continue;
+            be[n_events] = be[0];
+            ne = n_events + 1;
+            break;
+        }
+        size_t size2 = 12345;
+        CHECK(evl_encode_commit(exact, in_len, bp, n_parts, be, ne, bc, n_controls, ids, nr, f, 77, out,
+                                size, &size2, offsets) == EVL_EINVAL);
+        CHECK(size2 == 12345 && memcmp(copy, out, size) == 0);
+    }
+    /* A malformed tags part is refused too: the first tagged event's, made to start with a zero
+     * length or a length that runs past its end. */
+    size_t o = 0;
+    ev = 0;
+    for (size_t i = 0; i < n_parts; i++) {
+        o += parts[i].stream_len;
+        for (uint32_t k = 0; k < parts[i].n_events; k++, ev++) {
+            const evl_enc_event *e = &events[ev];
+            size_t tags = o + e->type_len + e->meta_len;
+            if (e->tags_len != 0) {
+                uint8_t keep = exact[tags];
+                exact[tags] = rnd(rng) % 2 ? 0 : (uint8_t)e->tags_len;
+                size_t size2 = 12345;
+                CHECK(evl_encode_commit(exact, cur, parts, n_parts, events, n_events, controls,
+                                        n_controls, ids, n_random, first, 77, out, size, &size2,
+                                        offsets) == EVL_EINVAL);
+                CHECK(size2 == 12345 && memcmp(copy, out, size) == 0);
+                exact[tags] = keep;
+                goto tags_done;
+            }
+            o += (size_t)e->type_len + e->meta_len + e->tags_len + e->data_len + e->id_len;
+        }
+    }
+tags_done:
+    free(copy);
+    free(out);
+done:
+    free(ids);
+    free(exact);
+}
+
 #ifdef EVL_LIBFUZZER
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     uint64_t rng = size;
+    for (size_t i = 0; i < size && i < 16; i++)
+        rng = rng * 131 + data[i];
     exercise_copy(data, size, &rng);
+    encode_roundtrip(data, size, &rng);
     return 0;
 }
 
@@ -387,6 +618,7 @@ int main(int argc, char **argv)
         CHECK(evl_scan(work, n, 0, &s) == 0 && s.end == n && s.next_position == next
               && s.events == events);
         exercise_copy(work, mutate(work, n, CAP, &rng), &rng);
+        encode_roundtrip(NULL, 0, &rng);
     }
 
     /* evl_write: to /dev/null, and to a descriptor that is not open. */
