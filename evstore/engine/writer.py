@@ -236,7 +236,7 @@ class Writer:
         """Encode and write one checked commit, and install its effects (heads, index entries to come).
         Requires the writer lock. Returns the results and the commit's sequence number."""
         core = self.core
-        enc = encode_commit(core.impl.seal, [
+        enc = encode_commit(core.impl, [
             PartToEncode(p.stream, p.key, p.sb, p.sflag, 0 if p.head is None else p.head.version, p.events)
             for p in parts], controls, self.next_position, time.time_ns() if ts is None else ts)
         seg, off = core.log.append(enc.buf, enc.first_position, enc.n_events)

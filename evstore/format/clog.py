@@ -8,10 +8,16 @@ exported, so they cannot be resized or unmapped meanwhile.
 from __future__ import annotations
 
 import os
+import struct
+from array import array
+from collections.abc import Sequence
 from typing import Any
 
 from evstore._evlog_c import ffi, lib
-from evstore.format.layout import HEADER_SIZE, LogFormatError
+from evstore.format.encode import MAX_COMMIT_BYTES, MAX_VERSION, ControlRecord, EncodedCommit, PartToEncode, \
+    input_error, random_bytes
+from evstore.format.layout import COMMIT_SIZE, EFULL, HEADER_SIZE, LogFormatError
+from evstore.records import AppendResult
 from evstore.format.scanresult import ScanResult, check_buffer, check_uint, scan_filter, tiling_error
 
 IMPL = "c"
@@ -105,3 +111,105 @@ def find_commit(buf: Any, off: int, n: int) -> int:
     if rc < 0:
         raise LogFormatError(rc, off)
     return found[0] if rc else -1
+
+
+_PART = struct.Struct("<QIIII")  # evl_enc_part
+_CONTROL = struct.Struct("<QIIIIII")  # evl_enc_control
+assert _PART.size == ffi.sizeof("evl_enc_part") and _CONTROL.size == ffi.sizeof("evl_enc_control")
+assert ffi.sizeof("evl_enc_event") == 6 * array("I").itemsize
+
+
+def encode_commit(parts: Sequence[PartToEncode], controls: Sequence[ControlRecord], first_position: int,
+                  ts: int) -> EncodedCommit:
+    """The sealed bytes of one commit and the offsets the index needs (evl_encode_commit): the same
+    bytes and offsets as evstore.format.pylog's. ValueError (evstore.format.encode's `input_error`)
+    when the input is malformed or the commit over the size limit."""
+    try:
+        enc = _encode(parts, controls, first_position, ts)
+    except (struct.error, ValueError, TypeError, OverflowError):
+        enc = None
+    if enc is None:
+        err = input_error(parts, controls, first_position, ts)
+        if err is None:
+            raise LogFormatError(-22, 0)  # pragma: no cover - the checks of input_error and C disagree
+        raise err
+    return enc
+
+
+def _encode(parts: Sequence[PartToEncode], controls: Sequence[ControlRecord], first_position: int,
+            ts: int) -> EncodedCommit | None:
+    # The variable parts go into one buffer and the lengths into flat integer arrays (see evlog.h),
+    # so that the whole commit is one C call; Python keeps only what the index needs.
+    chunks: list[bytes] = []
+    add = chunks.extend
+    desc: list[int] = []
+    dadd = desc.extend
+    part_desc = bytearray()
+    results = []
+    ids: list[tuple[bytes, int]] = []
+    tagged_at: list[tuple[bytes, int]] = []
+    types: dict[bytes, None] = {}
+    pos = first_position
+    extra = 0  # stream bytes written more than once, less ids not written
+    for p in parts:
+        sb = p.stored
+        evs = p.events
+        k = len(evs)
+        ver = p.version
+        if ver + k > MAX_VERSION:
+            return None
+        chunks.append(sb)
+        part_desc += _PART.pack(ver, k, len(sb), p.flags, 0)
+        extra += len(sb) * (k - 1)
+        for tb, data, meta, idb, schema, gb in evs:
+            if idb is None:
+                add((tb, meta, gb, data))
+                dadd((len(tb), len(meta), len(gb), len(data), 0, schema))
+            else:
+                add((tb, meta, gb, data, idb))
+                dadd((len(tb), len(meta), len(gb), len(data), len(idb), schema))
+                ids.append((idb, pos))
+                extra -= len(idb)
+            if gb:
+                tagged_at.append((gb, pos))
+            types[tb] = None
+            pos += 1
+        results.append(AppendResult(p.stream, ver + 1, ver + k, pos - k, pos - 1))
+    n_events = pos - first_position
+    n_controls = len(controls)
+    control_desc = bytearray()
+    for x in controls:
+        chunks += (x.stream, x.name, x.data)
+        control_desc += _CONTROL.pack(x.version, x.kind, x.stream_flags, len(x.stream), len(x.name), len(x.data),
+                                      x.schema)
+    inb = b"".join(chunks)
+    size = COMMIT_SIZE + HEADER_SIZE * (n_events + n_controls) + len(inb) + extra
+    if size - COMMIT_SIZE > MAX_COMMIT_BYTES:
+        return None
+    n_random = n_events - len(ids)
+    rnd = random_bytes(16 * n_random) if n_random else b""
+    buf = bytearray(size)
+    offs = _new_out("uint64_t[]", n_events + n_controls + 1)
+    out_len = _new_out("size_t *")
+    events = array("I", desc)
+    with ffi.from_buffer("uint8_t[]", inb) as pin, ffi.from_buffer("uint8_t[]", buf, require_writable=True) as pout:
+        rc = lib.evl_encode_commit(
+            pin, len(inb), ffi.from_buffer("evl_enc_part[]", part_desc), len(parts),
+            ffi.from_buffer("evl_enc_event[]", events), n_events,
+            ffi.from_buffer("evl_enc_control[]", control_desc), n_controls,
+            ffi.from_buffer("uint8_t[]", rnd), n_random, first_position, ts, pout, size, out_len, offs)
+    if rc:
+        if rc == EFULL:  # pragma: no cover - the size above is evlog.h's formula
+            raise LogFormatError(rc, out_len[0])
+        return None
+    events_end = offs[n_events] if n_controls else size - COMMIT_SIZE
+    runs = []
+    i = 0
+    for p in parts:
+        j = i + len(p.events)
+        o = offs[i] if i < n_events else events_end
+        runs.append((p.key, p.version + 1, p.version + j - i, o, (offs[j] if j < n_events else events_end) - o))
+        i = j
+    tagged = [(gb, ps, offs[ps - first_position]) for gb, ps in tagged_at]
+    control_offsets = ffi.unpack(offs + n_events, n_controls) if n_controls else []
+    return EncodedCommit(buf, first_position, n_events, results, runs, types, ids, tagged, control_offsets)

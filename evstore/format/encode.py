@@ -1,6 +1,7 @@
 """Encoding a commit: from validated parts and control records to the sealed bytes of the log, and
-the offsets the index needs. A pure function — no I/O, no store state — that the C encoder will
-replace; the log implementations' `seal` computes the checksums.
+the offsets the index needs. A pure function — no I/O, no store state. The log implementations each
+encode (`encode_commit` of evstore.format.clog, by evl_encode_commit in C, and of evstore.format.pylog,
+its pure-Python twin); this module holds the types they share, their input checks and the ids.
 
 See docs/log_format.md for the layout.
 """
@@ -9,10 +10,12 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from types import ModuleType
 from typing import NamedTuple
 
-from evstore.format.layout import COMMIT_SIZE, FLAG_CALLER_ID, HEADER, HEADER_SIZE, KIND_COMMIT, KIND_EVENT
+from evstore.format.layout import (FLAG_UUID_STREAM, HEADER_SIZE, KIND_AUX, KIND_MARK, KIND_SNAPSHOT,
+                                   KIND_TRACKING)
 from evstore.records import AppendResult, Stream
 
 MAX_COMMIT_BYTES = 256 << 20
@@ -34,7 +37,6 @@ class ControlRecord(NamedTuple):
     data: bytes
     schema: int
 
-_ZERO_ID = bytes(16)
 _UUID4_MASK = int.from_bytes(b"\xff" * 6 + b"\x0f\xff\x3f" + b"\xff" * 7, "big")
 _UUID4_BITS = int.from_bytes(b"\x00" * 6 + b"\x40\x00\x80" + b"\x00" * 7, "big")
 _id_masks: dict[int, tuple[int, int]] = {}
@@ -65,6 +67,12 @@ class _EntropyPool:
 
 
 _entropy = _EntropyPool().take
+
+
+def random_bytes(n: int) -> bytes:
+    """n bytes from the pool, for evl_encode_commit, which makes each 16 of them a version-4 UUID
+    as `random_ids` does."""
+    return _entropy(n)
 
 
 def random_ids(n: int) -> bytes:
@@ -104,69 +112,88 @@ class EncodedCommit(NamedTuple):
     control_offsets: list[int]  # offset of each control record, in order
 
 
-def encode_commit(seal: Callable[[bytearray], None], parts: Sequence[PartToEncode],
-                  controls: Sequence[ControlRecord], first_position: int, ts: int) -> EncodedCommit:
-    """The bytes of one commit: each part's events (versions after its `version`, positions from
-    `first_position`), then the control records, then the COMMIT record; sealed by `seal`.
+def encode_commit(codec: ModuleType, parts: Sequence[PartToEncode], controls: Sequence[ControlRecord],
+                  first_position: int, ts: int) -> EncodedCommit:
+    """The bytes of one commit, encoded by `codec` (evstore.format.clog or pylog, which give the same
+    bytes): each part's events (versions after its `version`, positions from `first_position`), then
+    the control records, then the COMMIT record, every record sealed.
 
-    Raises ValueError when a stream would pass the largest version or the commit the size limit."""
-    pos = first_position
-    chunks: list[bytes] = []
-    add = chunks.extend
-    results = []
-    runs: list[tuple[bytes, int, int, int, int]] = []
-    types: dict[bytes, None] = {}
-    ids: list[tuple[bytes, int]] = []
-    tagged: list[tuple[bytes, int, int]] = []
-    offset = 0
-    n_random = sum(1 for p in parts for e in p.events if e[3] is None)
-    rnd = random_ids(n_random) if n_random else b""
-    r = 0
-    pack = HEADER.pack
+    Raises ValueError when the input is malformed (see `input_error`), a stream would pass the
+    largest version or the commit the size limit."""
+    enc: EncodedCommit = codec.encode_commit(parts, controls, first_position, ts)
+    return enc
+
+
+def tags_ok(gb: bytes) -> bool:
+    """Whether `gb` is a tags part: tags of a length byte (1..255) and that many bytes."""
+    i, n = 0, len(gb)
+    while i < n:
+        k = gb[i]
+        if k == 0 or k > n - i - 1:
+            return False
+        i += k + 1
+    return True
+
+
+def _uint(value: object, bits: int) -> bool:
+    return type(value) is int and 0 <= value < 1 << bits
+
+
+def input_error(parts: Sequence[PartToEncode], controls: Sequence[ControlRecord], first_position: int,
+                ts: int) -> ValueError | None:
+    """What is wrong with the input of an encoder, the first problem found in the order of the input,
+    or None. Both encoders call it once they have found that something is (so they report alike);
+    the checks are those of evl_encode_commit in src_c/evlog.h, plus the commit size limit."""
+    if not _uint(first_position, 64) or first_position == 0:
+        return ValueError(f"a commit's first position must be in 1..2**64-1, not {first_position!r}")
+    if not _uint(ts, 64):
+        return ValueError(f"a commit time must be in 0..2**64-1 nanoseconds, not {ts!r}")
+    size = n_events = 0
     for p in parts:
-        sb, slen, sflag = p.stored, len(p.stored), p.flags
-        ver = p.version
-        if ver + len(p.events) > MAX_VERSION:
-            raise ValueError(f"stream {p.stream!r} would pass the largest version {MAX_VERSION}")
-        v0 = ver + 1
-        first = pos
-        start = offset
-        for tb, data, meta, idb, schema, gb in p.events:
-            ver += 1
-            if idb is None:
-                idb = rnd[r : r + 16]
-                r += 16
-                flags = sflag
-            else:
-                flags = sflag | FLAG_CALLER_ID
-                ids.append((idb, pos))
-            tl = len(tb)
-            ml = len(meta)
-            gl = len(gb)
-            ln = HEADER_SIZE + slen + tl + ml + gl + len(data)
-            add((pack(0, ln, KIND_EVENT, flags, tl, slen, gl, pos, ver, ts, idb, schema, ml), sb, tb, meta, gb, data))
-            if tb not in types:
-                types[tb] = None
-            if gl:
-                tagged.append((gb, pos, offset))
-            offset += ln
-            pos += 1
-        runs.append((p.key, v0, ver, start, offset - start))
-        results.append(AppendResult(p.stream, v0, ver, first, pos - 1))
-    n_events = pos - first_position
-    records = n_events
-    control_offsets = []
-    for x in controls:
-        control_offsets.append(offset)
+        if not isinstance(p.stored, bytes) or len(p.stored) > 0xFFFF:
+            return ValueError(f"stream {p.stream!r}: a stored stream id must be bytes of at most 65535")
+        if p.flags not in (0, FLAG_UUID_STREAM):
+            return ValueError(f"stream {p.stream!r}: stream flags must be 0 or {FLAG_UUID_STREAM}, not {p.flags!r}")
+        if not _uint(p.version, 63) or p.version + len(p.events) > MAX_VERSION:
+            return ValueError(f"stream {p.stream!r} would pass the largest version {MAX_VERSION}")
+        for i, (tb, data, meta, idb, schema, gb) in enumerate(p.events):
+            what = f"stream {p.stream!r}, event {i}"
+            if not all(isinstance(b, bytes) for b in (tb, data, meta, gb)):
+                return ValueError(f"{what}: type, data, metadata and tags must be bytes")
+            if len(tb) > 0xFFFF:
+                return ValueError(f"{what}: a type of {len(tb):,} bytes is over 65535")
+            if len(gb) > 0xFFFF or not tags_ok(gb):
+                return ValueError(f"{what}: the tags part is not tags of a length byte (1..255) and its bytes, "
+                                  "65535 bytes in all at most")
+            if idb is not None and (not isinstance(idb, bytes) or len(idb) != 16):
+                return ValueError(f"{what}: an event id must be 16 bytes, not {idb!r}")
+            if not _uint(schema, 32):
+                return ValueError(f"{what}: a schema must be in 0..2**32-1, not {schema!r}")
+            ln = HEADER_SIZE + len(p.stored) + len(tb) + len(meta) + len(gb) + len(data)
+            if ln > 0xFFFFFFFF:
+                return ValueError(f"{what}: a record of {ln:,} bytes is over 4 GiB")
+            size += ln
+            n_events += 1
+    for i, x in enumerate(controls):
+        what = f"control record {i}"
+        if x.kind not in (KIND_MARK, KIND_SNAPSHOT, KIND_TRACKING, KIND_AUX):
+            return ValueError(f"{what}: kind {x.kind!r} is not a control record's ({KIND_MARK}..{KIND_AUX})")
+        if not all(isinstance(b, bytes) for b in (x.stream, x.name, x.data)):
+            return ValueError(f"{what}: stream, name and data must be bytes")
+        if len(x.stream) > 0xFFFF or len(x.name) > 0xFFFF:
+            return ValueError(f"{what}: a stream or name over 65535 bytes")
+        if x.stream_flags not in (0, FLAG_UUID_STREAM):
+            return ValueError(f"{what}: stream flags must be 0 or {FLAG_UUID_STREAM}, not {x.stream_flags!r}")
+        if not _uint(x.version, 64) or not _uint(x.schema, 32):
+            return ValueError(f"{what}: version must be in 0..2**64-1 and schema in 0..2**32-1")
         ln = HEADER_SIZE + len(x.stream) + len(x.name) + len(x.data)
-        add((pack(0, ln, x.kind, x.stream_flags, len(x.name), len(x.stream), 0, pos, x.version, ts, _ZERO_ID,
-                  x.schema, 0), x.stream, x.name, x.data))
-        offset += ln
-        records += 1
-    if offset > MAX_COMMIT_BYTES:
-        raise ValueError(f"a commit of {offset:,} bytes exceeds the limit of {MAX_COMMIT_BYTES:,}")
-    add((pack(0, COMMIT_SIZE, KIND_COMMIT, 0, 0, 0, 0, first_position, n_events, ts, _ZERO_ID, records, 0),
-         offset.to_bytes(8, "little")))
-    buf = bytearray().join(chunks)
-    seal(buf)
-    return EncodedCommit(buf, first_position, n_events, results, runs, types, ids, tagged, control_offsets)
+        if ln > 0xFFFFFFFF:
+            return ValueError(f"{what}: a record of {ln:,} bytes is over 4 GiB")
+        size += ln
+    if first_position + n_events > 0xFFFF_FFFF_FFFF_FFFF:
+        return ValueError(f"the positions of {n_events} events from {first_position} would pass 2**64-1")
+    if n_events + len(controls) > 0xFFFFFFFF:
+        return ValueError("a commit holds at most 2**32-1 records")
+    if size > MAX_COMMIT_BYTES:
+        return ValueError(f"a commit of {size:,} bytes exceeds the limit of {MAX_COMMIT_BYTES:,}")
+    return None

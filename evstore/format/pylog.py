@@ -11,10 +11,13 @@ import errno
 import mmap
 import os
 import struct
+from collections.abc import Sequence
 from typing import Any
 
 from evstore.format.layout import (
     COMMIT_SIZE,
+    FLAG_CALLER_ID,
+    FLAG_UUID_STREAM,
     ECOMMIT,
     ECRC,
     EFRAME,
@@ -31,6 +34,9 @@ from evstore.format.layout import (
     U64,
     LogFormatError,
 )
+from evstore.format.encode import MAX_COMMIT_BYTES, MAX_VERSION, ControlRecord, EncodedCommit, PartToEncode, \
+    input_error, random_ids, tags_ok
+from evstore.records import AppendResult
 from evstore.format.scanresult import U32, U64_MAX, ScanResult, check_buffer, check_uint, scan_filter, tiling_error
 
 IMPL = "python"
@@ -253,3 +259,96 @@ def find_commit(buf: Any, off: int, n: int) -> int:
                 return r
             j = find(_COMMIT_TAG, j + 1, n)
         return -1
+
+
+_ZERO_ID = bytes(16)
+_CONTROL_KINDS = frozenset((3, 4, 5, 6))  # MARK, SNAPSHOT, TRACKING, AUX
+
+
+
+def encode_commit(parts: Sequence[PartToEncode], controls: Sequence[ControlRecord], first_position: int,
+                  ts: int) -> EncodedCommit:
+    """The sealed bytes of one commit and the offsets the index needs (evl_encode_commit): each part's
+    events, then the control records, then the COMMIT record. ValueError (evstore.format.encode's
+    `input_error`) when the input is malformed or the commit over the size limit."""
+    try:
+        return _encode(parts, controls, first_position, ts)
+    except (struct.error, ValueError, TypeError, OverflowError):
+        err = input_error(parts, controls, first_position, ts)
+        if err is None:
+            raise
+        raise err from None
+
+
+def _encode(parts: Sequence[PartToEncode], controls: Sequence[ControlRecord], first_position: int,
+            ts: int) -> EncodedCommit:
+    if type(first_position) is not int or first_position < 1:
+        raise ValueError  # input_error says what
+    pos = first_position
+    chunks: list[bytes] = []
+    add = chunks.extend
+    results = []
+    runs: list[tuple[bytes, int, int, int, int]] = []
+    types: dict[bytes, None] = {}
+    ids: list[tuple[bytes, int]] = []
+    tagged: list[tuple[bytes, int, int]] = []
+    offset = 0
+    n_random = sum(1 for p in parts for e in p.events if e[3] is None)
+    rnd = random_ids(n_random) if n_random else b""
+    r = 0
+    pack = HEADER.pack
+    for p in parts:
+        sb, slen, sflag = p.stored, len(p.stored), p.flags
+        ver = p.version
+        if ver + len(p.events) > MAX_VERSION or ver < 0 or sflag not in (0, FLAG_UUID_STREAM):
+            raise ValueError
+        v0 = ver + 1
+        first = pos
+        start = offset
+        for tb, data, meta, idb, schema, gb in p.events:
+            ver += 1
+            if idb is None:
+                idb = rnd[r : r + 16]
+                r += 16
+                flags = sflag
+            else:
+                if len(idb) != 16:
+                    raise ValueError
+                flags = sflag | FLAG_CALLER_ID
+                ids.append((idb, pos))
+            tl = len(tb)
+            ml = len(meta)
+            gl = len(gb)
+            ln = HEADER_SIZE + slen + tl + ml + gl + len(data)
+            add((pack(0, ln, KIND_EVENT, flags, tl, slen, gl, pos, ver, ts, idb, schema, ml), sb, tb, meta, gb, data))
+            if tb not in types:
+                types[tb] = None
+            if gl:
+                if not tags_ok(gb):
+                    raise ValueError
+                tagged.append((gb, pos, offset))
+            offset += ln
+            pos += 1
+        runs.append((p.key, v0, ver, start, offset - start))
+        results.append(AppendResult(p.stream, v0, ver, first, pos - 1))
+    if pos > U64_MAX:
+        raise ValueError  # the commit's next position would not fit
+    n_events = pos - first_position
+    records = n_events
+    control_offsets = []
+    for x in controls:
+        if x.kind not in _CONTROL_KINDS or x.stream_flags not in (0, FLAG_UUID_STREAM):
+            raise ValueError
+        control_offsets.append(offset)
+        ln = HEADER_SIZE + len(x.stream) + len(x.name) + len(x.data)
+        add((pack(0, ln, x.kind, x.stream_flags, len(x.name), len(x.stream), 0, pos, x.version, ts, _ZERO_ID,
+                  x.schema, 0), x.stream, x.name, x.data))
+        offset += ln
+        records += 1
+    if offset > MAX_COMMIT_BYTES:
+        raise ValueError
+    add((pack(0, COMMIT_SIZE, KIND_COMMIT, 0, 0, 0, 0, first_position, n_events, ts, _ZERO_ID, records, 0),
+         offset.to_bytes(8, "little")))
+    buf = bytearray().join(chunks)
+    seal(buf)
+    return EncodedCommit(buf, first_position, n_events, results, runs, types, ids, tagged, control_offsets)
