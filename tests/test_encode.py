@@ -73,7 +73,6 @@ def check_decodes(enc: EncodedCommit, parts: Sequence[PartToEncode], controls: S
         recs = decode(bytes(enc.buf), log, first)
         pos = first
         i = 0
-        ev_offsets = []
         for p in parts:
             for k, (tb, data, meta, idb, schema, gb) in enumerate(p.events):
                 h = recs[i]
@@ -94,7 +93,6 @@ def check_decodes(enc: EncodedCommit, parts: Sequence[PartToEncode], controls: S
         c = recs[i]
         assert c[2] == KIND_COMMIT and c[7] == first and c[8] == pos - first and c[11] == i
         assert U64.unpack(c[17])[0] == len(enc.buf) - COMMIT_SIZE
-        del ev_offsets
 
 
 # ---- generated commits ---------------------------------------------------------------------------
