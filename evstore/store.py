@@ -120,7 +120,8 @@ class EventStore:
         core = self._core
         if core is None:
             raise StoreClosed(self.path)
-        core.check_usable()
+        if core.forked or core.closed:
+            core.check_usable()  # raises
         return core
 
     def _r(self) -> Core:

@@ -335,8 +335,7 @@ def test_an_os_writers_unsynced_tail_that_lost_a_middle_page_is_cut_and_the_stor
 def test_the_same_damage_after_an_fsync_writer_is_corruption(store_path: str, impl: str) -> None:
     _os_writer_killed_with_an_unsynced_tail(store_path, impl)
     _lose_a_page_after_the_checkpoint(store_path)
-    lock = os.path.join(store_path, "LOCK")
-    with open(lock, "w") as f:
-        f.write("1\nfsync\n")  # an fsync writer synced every commit it acknowledged: this is damage
+    with open(os.path.join(store_path, "evstore.writer"), "w") as f:
+        f.write("fsync\n")  # an fsync writer synced every commit it acknowledged: this is damage
     with pytest.raises(evstore.CorruptedError):
         evstore.open(store_path, log_impl=impl)

@@ -42,6 +42,7 @@ from evstore.errors import (
     IndexAheadOfLog,
     IndexDamaged,
     IndexUnavailable,
+    StorageError,
     StoreClosed,
 )
 from evstore.storage.index import Index, is_resource_error
@@ -67,7 +68,7 @@ class Core:
         self.index: Index = None  # type: ignore[assignment]
         self.index_id: tuple[int, int] | None = None  # (device, inode) of data.mdb when opened (readers)
         self.index_checked = 0.0  # when a reader last looked for a rebuilt index
-        self.retired_indexes: list[Index] = []  # replaced under readers that may still use them
+        self.retired_indexes: list[tuple[float, Index]] = []  # (when, index) replaced under readers
         self.log: Log = None  # type: ignore[assignment]
         self.wlock = threading.RLock()
         self.commit_cond = threading.Condition(threading.Lock())
@@ -87,7 +88,7 @@ class Core:
                            writable=not readonly, first_position=int(self.meta.get("first_position", 1)))
             self._open_index_and_catch_up(map_size)
             if self.unsynced_tail and durability != "os" and not readonly:
-                directory.record_writer(self.lock_fd, durability)  # the tail is cut: the strict rule again
+                directory.record_writer(path, durability)  # the tail is cut: the strict rule again
         except BaseException:
             if self.index is not None:
                 try:
@@ -174,7 +175,19 @@ class Core:
             if found == self.index_id:
                 return
             new = Index(ipath, readonly=True, map_size=self.map_size)
-            self.retired_indexes.append(self.index)  # other threads may be reading it right now
+            # The log may have been replaced too (recover renames a salvaged copy over a segment):
+            # list the segments afresh; records read before keep the mappings they hold.
+            self.log = Log(os.path.join(self.path, "log"), self.impl, segment_size=self.meta["segment_size"],
+                           writable=False, first_position=int(self.meta.get("first_position", 1)))
+            # Other threads may be reading the old environment right now: close it once no read
+            # transaction can still be open on it (reads fix their snapshot within milliseconds).
+            keep = []
+            for when, old in self.retired_indexes:
+                if now - when > 1.0:
+                    old.close()
+                else:
+                    keep.append((when, old))
+            self.retired_indexes = [*keep, (now, self.index)]
             self.index = new
             self.index_id = found
 
@@ -212,13 +225,19 @@ class Core:
                     err = e
         self.closed = True
         try:
-            for old in self.retired_indexes:
+            for _when, old in self.retired_indexes:
                 old.close()
             self.index.close()
         finally:
             self.log.close()
             self._release_lock()
-        if err is not None and not isinstance(err, (EvstoreError, OSError, lmdb.Error)):
+        if isinstance(err, OSError):
+            raise StorageError(self.path, err.errno, f"closing {self.path} failed: {err.strerror}; the log holds "
+                               "every acknowledged commit, and the next open catches the index up") from err
+        if isinstance(err, lmdb.Error):
+            raise IndexUnavailable(os.path.join(self.path, "index"), f"the index could not be synced at close "
+                                   f"({err}); the next open catches it up from the log") from err
+        if err is not None:
             raise err
 
     def _release_lock(self) -> None:

@@ -20,7 +20,7 @@ from types import ModuleType
 from typing import Any
 
 from evstore.format.layout import FORMAT_VERSION
-from evstore.storage.durable import fsync_dir, make_dirs, remove, replace_file
+from evstore.storage.durable import make_dirs, remove, replace_file
 from evstore.errors import CorruptedError, EvstoreError, StorageError, StoreLocked, UnsupportedFormat
 from evstore.storage.index import INDEX_FILES, U32
 
@@ -74,23 +74,35 @@ def prepare(path: str, *, create: bool, readonly: bool) -> None:
         raise EvstoreError(f"no store at {path} (no log/ directory)")
 
 
+WRITER_NAME = "evstore.writer"  # the durability of the last writer, replaced atomically
+
+
 def last_writer_durability(path: str) -> str | None:
-    """The durability the last writer of the store at `path` wrote with ("fsync", "os"), from LOCK."""
+    """The durability the last writer of the store at `path` recorded ("fsync", "os"), or None."""
     try:
-        with open(os.path.join(path, "LOCK"), "rb") as f:
-            lines = f.read(64).split()
+        with open(os.path.join(path, WRITER_NAME), "rb") as f:
+            word = f.read(16).strip()
     except OSError:
         return None
-    return lines[1].decode("ascii", "replace") if len(lines) > 1 else None
+    return word.decode("ascii", "replace") or None
+
+
+def record_writer(path: str, durability: str) -> None:
+    """Record the writer's durability in evstore.writer, atomically and durably: a crash during the
+    write leaves the old word or the new one, never none (recovery reads it; see docs/log_format.md)."""
+    try:
+        replace_file(os.path.join(path, WRITER_NAME), durability.encode("ascii") + b"\n")
+    except OSError as e:
+        raise StorageError(path, e.errno, f"cannot write {WRITER_NAME} in {path}: {e.strerror}") from e
 
 
 def take_lock(path: str, durability: str) -> tuple[int, str | None]:
-    """Take the writer's LOCK of the store at `path` and record in it this writer's pid and
-    durability (synced); returns the descriptor (closing it releases the lock) and the previous
-    writer's durability (recovery needs it: an "os" writer leaves an unsynced tail).
-    Raises `StoreLocked` with the holder's pid when another process writes the store."""
+    """Take the writer's LOCK of the store at `path` (its pid written inside, for messages) and
+    record this writer's durability; returns the descriptor (closing it releases the lock) and the
+    previous writer's durability (recovery needs it: an "os" writer leaves an unsynced tail, and
+    "os" stays recorded until recovery has cut it). Raises `StoreLocked` with the holder's pid when
+    another process writes the store."""
     lock_path = os.path.join(path, "LOCK")
-    created = not os.path.exists(lock_path)
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as e:
@@ -107,22 +119,15 @@ def take_lock(path: str, durability: str) -> tuple[int, str | None]:
             raise StoreLocked(path, pid) from None
         raise StorageError(lock_path, e.errno, f"cannot lock {lock_path}: {e.strerror}") from e
     try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         previous = last_writer_durability(path)
-        # Until recovery has cut an unsynced tail an "os" writer left, the next open must know of it.
-        record_writer(fd, "os" if previous == "os" else durability)
-        if created:
-            fsync_dir(path)
-    except OSError as e:
+        if previous != "os" and previous != durability:
+            record_writer(path, durability)
+    except BaseException:
         os.close(fd)
-        raise StorageError(lock_path, e.errno, f"cannot write {lock_path}: {e.strerror}") from e
+        raise
     return fd, previous
-
-
-def record_writer(fd: int, durability: str) -> None:
-    """Write this process's pid and durability into the LOCK it holds (`fd`), synced."""
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n{durability}\n".encode(), 0)
-    os.fsync(fd)
 
 
 def load_meta(path: str, impl: ModuleType, segment_size: int, readonly: bool) -> dict[str, Any]:
