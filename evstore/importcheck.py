@@ -10,14 +10,18 @@ records to write (records whose effect the target already has are skipped).
 
 from __future__ import annotations
 
+import os
 import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from evstore.format.layout import COMMIT_SIZE, HEADER_SIZE, KIND_MARK, KIND_SNAPSHOT, KIND_TRACKING
 from evstore.errors import EvstoreError
+from evstore.engine.indexer import control_at
+from evstore.format import codec
 from evstore.format.encode import ControlRecord
 from evstore.records import NewEvent
+from evstore.storage.logfiles import first_position, iter_commits, list_segments
 
 
 class ImportFileError(EvstoreError, ValueError):
@@ -75,6 +79,7 @@ class _Target:
         self.s = s
         self.streams: dict[Any, _StreamState] = {}
         self.tracking: dict[str, int] = {}
+        self.snapshots: set[ControlRecord] | None = None  # the target log's SNAPSHOT records, once read
 
     def stream(self, stream: Any) -> _StreamState:
         st = self.streams.get(stream)
@@ -93,6 +98,22 @@ class _Target:
 
     def id_position(self, idb: bytes) -> int | None:
         return None if self.s is None else self.s.maintenance.event_id_position(idb)
+
+    def has_snapshot_record(self, x: ControlRecord) -> bool:
+        """Whether the target's log holds this very SNAPSHOT record (served or not: replaced by a later
+        one at its version, at or below a soft delete, before a tombstone, or pruned)."""
+        if self.s is None:
+            return False
+        if self.snapshots is None:
+            self.snapshots = set()
+            logdir = os.path.join(self.s.path, "log")
+            impl = codec.load(self.s.log_implementation)
+            segs = list_segments(logdir, impl)
+            for c in iter_commits(impl, segs, first_position(self.s.path, impl)):
+                for o in c.records[:-1]:
+                    if c.buf[o + 8] == KIND_SNAPSHOT:
+                        self.snapshots.add(control_at(c.buf, o))
+        return x in self.snapshots
 
 
 def _fail(line: int, reason: str) -> EvstoreError:
@@ -190,15 +211,12 @@ def _plan_record(t: _Target, r: ImportedRecord, *, has_events: bool) -> bool:
         return True  # aux: a keyed value, written as it is
     st = t.stream(r.stream)
     if x.kind == KIND_SNAPSHOT:
+        if not has_events and t.has_snapshot_record(x):
+            return False  # a repeated import: the target's log already holds this record
         if st.tombstoned:
             raise _fail(r.line, f"a snapshot of stream {r.stream!r}, which is tombstoned")
         if not 1 <= x.version <= st.version:
             raise _fail(r.line, f"a snapshot of stream {r.stream!r} at version {x.version}, outside 1..{st.version}")
-        if not has_events and t.s is not None:
-            snap = t.s.load_snapshot(r.stream, lte=x.version)
-            if (snap is not None and snap.version == x.version and snap.type.encode() == x.name
-                    and snap.schema == x.schema and bytes(snap.data) == x.data):
-                return False
         return True
     mark = x.name
     if mark == b"$closed":

@@ -181,3 +181,35 @@ def test_read_jsonl_output_imports_its_json_payloads(small: str, tmp_path: objec
     with evstore.open(target, readonly=True) as s:
         got = s.read_stream("j")
         assert [(e.data, e.metadata) for e in got] == [(b'{"a":[1,2]}', b'{"m":"x"}'), (b"", b"")]
+
+
+@pytest.mark.parametrize("shadow", ["two snapshots at one version", "a snapshot then a soft delete",
+                                    "a snapshot then a tombstone"])
+def test_a_repeated_merge_adds_no_snapshot_the_target_does_not_serve(tmp_path: object, shadow: str) -> None:
+    """A repeated merge wrote again every snapshot the target does not serve (replaced at its version,
+    at or below a soft delete), and refused the file when the stream was tombstoned after it."""
+    import io
+
+    from evstore import tools
+
+    src = os.path.join(str(tmp_path), "src.evs")
+    with evstore.open(src) as s:
+        s.append("a", [NewEvent("A", b"1")])
+        s.save_snapshot("a", 1, b"x", type="S")
+        if shadow == "two snapshots at one version":
+            s.save_snapshot("a", 1, b"y", type="S")
+        elif shadow == "a snapshot then a soft delete":
+            s.delete_stream("a")
+        else:
+            s.delete_stream("a", tombstone=True)
+    dump = io.StringIO()
+    tools.export_records(src, dump)
+    copy = os.path.join(str(tmp_path), "copy.evs")
+    tools.import_file(copy, io.StringIO(dump.getvalue()))
+    before = io.StringIO()
+    tools.export_records(copy, before)
+    again = tools.import_file(copy, io.StringIO(dump.getvalue()), merge=True)
+    after = io.StringIO()
+    tools.export_records(copy, after)
+    assert (again.events, again.records, again.commits) == (0, 0, 0)
+    assert after.getvalue() == before.getvalue() == dump.getvalue()
