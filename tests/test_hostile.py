@@ -745,13 +745,15 @@ def test_ids_of_several_streams_retried_in_one_stream_are_refused(store: evstore
     assert store.head() == 2
 
 
-@pytest.mark.parametrize("delay", [0.3, 0.8])
+@pytest.mark.parametrize("delay", [0.05, 0.5])
 def test_ctrl_c_during_evstore_demo_exits_130_with_one_line(delay: float) -> None:
     """Finding 16: an interrupted `evstore demo` exited 1 (the interrupt had failed the store)."""
     import signal
 
     p = subprocess.Popen([PY, "-m", "evstore", "demo", "--events", "5000000"], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True, env=python_env())
+    assert p.stdout is not None
+    p.stdout.readline()  # the demo has started writing (not still importing)
     time.sleep(delay)
     p.send_signal(signal.SIGINT)
     out, err = p.communicate(timeout=60)
