@@ -12,11 +12,10 @@ from eventsourcing.persistence import (
     AggregateRecorder,
     ApplicationRecorder,
     InfrastructureFactory,
-    InfrastructureFactoryError,
-    OperationalError,
     ProcessRecorder,
 )
 from eventsourcing.utils import Environment, EnvType, resolve_topic
+from evstore.eventsourcing.compat import InfrastructureFactoryError, OperationalError
 from evstore.eventsourcing.recorders import (
     EvstoreAggregateRecorder,
     EvstoreApplicationRecorder,

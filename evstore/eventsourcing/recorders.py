@@ -13,15 +13,23 @@ import evstore
 from eventsourcing.persistence import (
     AggregateRecorder,
     ApplicationRecorder,
+    ProcessRecorder,
+    Subscription,
+    TrackingRecorder,
+)
+from evstore.eventsourcing import meta
+from evstore.eventsourcing.compat import (
+    EVENT_EXTRAS,
+    NIL_UUID,
     IntegrityError,
     Notification,
     OperationalError,
-    ProcessRecorder,
     ProgrammingError,
     StoredEvent,
-    Subscription,
     Tracking,
-    TrackingRecorder,
+    oid_of,
+    stream_of,
+    tracking_name,
 )
 from evstore.format.layout import FLAG_UUID_STREAM, HEADER, HEADER_SIZE
 from evstore.records import NewEvent, RecordedEvent
@@ -39,9 +47,10 @@ __all__ = [
 ]
 
 _unpack = HEADER.unpack_from
-_OV = struct.Struct("<q")
-_pack_ov = _OV.pack
-_unpack_ov = _OV.unpack_from
+_unpack_ov = struct.Struct("<q").unpack_from
+_pack_ov = struct.Struct("<q").pack
+_encode_meta = meta.encode
+_decode_extras = meta.decode_extras
 # The header fields the hot paths need (see HEADER, the record layout), without the 16-byte id:
 # length, flags, type_len, stream_len, tags_len, position, version, meta_len.
 _slim = struct.Struct("<4xIxBHHHQQ8x16x4xI").unpack_from
@@ -70,9 +79,11 @@ def originator_version_of(rec: RecordedEvent | tuple[Any, int]) -> int:
     """The originator_version kept in an event's metadata (of a record, or a (mapping, offset) pair)."""
     buf, o = rec[0], rec[1]
     h = _unpack(buf, o)
-    if h[12] != 8:
+    m = o + HEADER_SIZE + h[5] + h[4]
+    at = meta.version_offset(buf, m, h[12])
+    if at is None:
         raise OperationalError(f"event at position {h[7]} was not written by evstore.eventsourcing")
-    return int(_unpack_ov(buf, o + HEADER_SIZE + h[5] + h[4])[0])
+    return int(_unpack_ov(buf, m + at)[0])
 
 
 # -- recorders ----------------------------------------------------------------------------------
@@ -123,8 +134,9 @@ class EvstoreRecorder:
         order given. Raises IntegrityError, writing nothing, on any version or tracking conflict."""
         groups: dict[uuid.UUID | str, list[int]] = {}
         for i, s in enumerate(stored_events):
-            groups.setdefault(s.originator_id, []).append(i)
+            groups.setdefault(stream_of(s.originator_id), []).append(i)
         parts: list[tuple[uuid.UUID | str, list[NewEvent], int]] = []
+        extras = EVENT_EXTRAS
         for oid, idx in groups.items():
             prev = None
             events = []
@@ -138,9 +150,13 @@ class EvstoreRecorder:
                         f"stored events of {oid!r} do not have strictly increasing versions ({prev}, then {ov})"
                     )
                 prev = ov
-                events.append(NewEvent(s.topic, s.state, _pack_ov(ov)))
+                if extras:  # eventsourcing 10: the uuid and metadata dict too
+                    md = _encode_meta(ov, s.uuid, s.metadata)  # type: ignore[attr-defined,unused-ignore]
+                else:
+                    md = _pack_ov(ov)
+                events.append(NewEvent(s.topic, s.state, md))
             parts.append((oid, events, 0))
-        trk = None if tracking is None else (tracking.application_name, tracking.notification_id)
+        trk = None if tracking is None else (tracking_name(tracking), tracking.notification_id)
         if not parts and trk is None:
             return []
         heads = self._heads
@@ -189,6 +205,7 @@ class EvstoreRecorder:
         if limit is not None and limit <= 0:
             return []
         read = self.store.stream_chunks  # (mapping, offsets) pairs: no record objects in between
+        given, oid = oid, stream_of(oid)
         base = self._bases.get(oid)
         if base is None and gt is None and lte is None and not desc:
             chunks = read(oid, limit=limit)
@@ -198,7 +215,7 @@ class EvstoreRecorder:
             self._remember_base(oid, base)
             top = (chunks[-1][0], chunks[-1][1][-1])
             contiguous = originator_version_of(top) == _unpack(top[0], top[1])[8] + base - 1
-            return self._build(oid, chunks, base - 1 if contiguous else None)
+            return self._build(given, chunks, base - 1 if contiguous else None)
         if base is None:
             base = self._base(oid)
             if base is None:
@@ -225,7 +242,7 @@ class EvstoreRecorder:
         if chunks:
             top = (chunks[0][0], chunks[0][1][0]) if desc else (chunks[-1][0], chunks[-1][1][-1])
             if originator_version_of(top) == _unpack(top[0], top[1])[8] + off:
-                return self._build(oid, chunks, off)  # contiguous up to the highest version read
+                return self._build(given, chunks, off)  # contiguous up to the highest version read
         elif vgt is None:
             return []
         else:
@@ -233,7 +250,7 @@ class EvstoreRecorder:
             probe = min(n, vgt)
             if probe < 1 or self._ov_at(oid, probe) == probe + off:
                 return []
-        return self._select_gapped(oid, gt, lte, desc, limit)
+        return self._select_gapped(oid, given, gt, lte, desc, limit)
 
     def _ov_at(self, oid: uuid.UUID | str, version: int) -> int:
         recs = self.store.read_stream(oid, gt=version - 1, lte=version)
@@ -241,8 +258,8 @@ class EvstoreRecorder:
             raise OperationalError(f"stream {oid!r} has no event at version {version}")
         return originator_version_of(recs[0])
 
-    def _select_gapped(self, oid: uuid.UUID | str, gt: int | None, lte: int | None, desc: bool,
-                       limit: int | None) -> list[StoredEvent]:
+    def _select_gapped(self, oid: uuid.UUID | str, given: uuid.UUID | str, gt: int | None, lte: int | None,
+                       desc: bool, limit: int | None) -> list[StoredEvent]:
         """Select from a stream whose originator_versions have gaps: bisect on the stored versions
         (strictly increasing), then read the range."""
         n = self.store.stream_version(oid)
@@ -268,14 +285,16 @@ class EvstoreRecorder:
             hi = a
         if lo > hi:
             return []
-        return self._build(oid, self.store.stream_chunks(oid, gt=lo - 1, lte=hi, desc=desc, limit=limit), None)
+        return self._build(given, self.store.stream_chunks(oid, gt=lo - 1, lte=hi, desc=desc, limit=limit), None)
 
     @staticmethod
     def _build(oid: uuid.UUID | str, chunks: list[tuple[Any, list[int]]], off: int | None) -> list[StoredEvent]:
         """StoredEvents of one stream's records, given as (mapping, offsets) chunks; originator_version
         = version + off, or from the metadata when off is None. (Hot path: one slim header unpack and
-        two slices per event.)"""
+        two slices per event; under eventsourcing 10 the uuid and metadata dict are decoded too.)"""
         out: list[StoredEvent] = []
+        extras = EVENT_EXTRAS
+        nil = NIL_UUID
         append = out.append
         topics = _topics
         unpack = _slim
@@ -291,9 +310,15 @@ class EvstoreRecorder:
                 ev = new(cls)
                 d = ev.__dict__
                 d["originator_id"] = oid
-                d["originator_version"] = ver + off if off is not None else _unpack_ov(buf, e)[0]
+                d["originator_version"] = ver + off if off is not None else _unpack_ov(buf, e if ml == 8 else e + 2)[0]
                 d["topic"] = topic
                 d["state"] = buf[e + ml + gl : o + ln]
+                if extras:
+                    if ml == 8:
+                        d["uuid"] = nil
+                        d["metadata"] = {}
+                    else:
+                        d["uuid"], d["metadata"] = _decode_extras(buf, e, ml)
                 append(ev)
         return out
 
@@ -307,6 +332,8 @@ class EvstoreRecorder:
         unpack_ov = _unpack_ov
         new = _new
         cls = Notification
+        extras = EVENT_EXTRAS
+        nil = NIL_UUID
         for buf, offsets in chunks:
             for o in offsets:
                 ln, fl, tl, sl, gl, pos, _ver, ml = unpack(buf, o)
@@ -321,15 +348,21 @@ class EvstoreRecorder:
                 n = new(cls)
                 d = n.__dict__
                 d["originator_id"] = oid
-                d["originator_version"] = unpack_ov(buf, e)[0]
+                d["originator_version"] = unpack_ov(buf, e if ml == 8 else e + 2)[0]
                 d["topic"] = topics.get(tb) or topic_of(tb)
                 d["state"] = buf[e + ml + gl : o + ln]
+                if extras:
+                    if ml == 8:
+                        d["uuid"] = nil
+                        d["metadata"] = {}
+                    else:
+                        d["uuid"], d["metadata"] = _decode_extras(buf, e, ml)
                 d["id"] = pos
                 append(n)
         return out
 
     def _stream_id(self, sb: bytes, flags: int) -> uuid.UUID | str:
-        oid: uuid.UUID | str = uuid.UUID(bytes=sb) if flags & FLAG_UUID_STREAM else sb.decode("utf-8")
+        oid = oid_of(uuid.UUID(bytes=sb) if flags & FLAG_UUID_STREAM else sb.decode("utf-8"))
         if len(self._streams) >= _MAX_CACHE:
             self._streams.clear()
         self._streams[sb] = oid
@@ -417,9 +450,9 @@ class EvstoreTrackingRecorder(EvstoreRecorder, TrackingRecorder):
         """Record the tracking object; IntegrityError unless its id is above the recorded maximum."""
         self._insert((), tracking)
 
-    def max_tracking_id(self, application_name: str) -> int | None:
-        """The largest recorded notification id of the upstream application, or None."""
-        return self.store.max_tracking(application_name)
+    def max_tracking_id(self, name: str) -> int | None:
+        """The largest recorded notification id of the upstream application (context), or None."""
+        return self.store.max_tracking(name)
 
 
 class EvstoreProcessRecorder(EvstoreTrackingRecorder, EvstoreApplicationRecorder, ProcessRecorder):
