@@ -932,3 +932,35 @@ def test_a_crash_while_recording_the_writers_durability_keeps_the_os_rule(store_
         f.write(b"fs")  # a replacement cut off half-way: the marker itself is intact
     with evstore.open(store_path, log_impl=impl) as s:
         assert s.head() >= 20
+
+
+def test_the_index_map_grows_while_reader_threads_read(store_path: str, impl: str) -> None:
+    """LMDB may resize its map only while no transaction of the process is open; the indexer thread
+    grew it under readers of other threads (mdb_txn_begin: Invalid argument, reported as damage)."""
+    s = evstore.open(store_path, log_impl=impl, map_size=1 << 20, durability="os")
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def reader() -> None:
+        while not stop.is_set():
+            try:
+                s.head()
+                s.read_stream("stream-1")
+                s.stream_version("stream-7")
+            except BaseException as e:
+                errors.append(e)
+                return
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(4000):
+            s.append(f"stream-{i}", [ev(f"T{i % 50}", b"x")])
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert errors == []
+    assert s.head() == 4000 and os.path.getsize(os.path.join(store_path, "index", "data.mdb")) > 1 << 20
+    s.close()

@@ -33,6 +33,7 @@ from __future__ import annotations
 import errno
 import os
 import struct
+import threading
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -218,6 +219,9 @@ class Index:
         self.path = path
         self.readonly = readonly
         self.closed = False
+        self.gate = threading.Condition(threading.Lock())
+        self.txns = 0  # GUARDED_BY(gate): transactions of this process open on the environment
+        self.resizing = False  # GUARDED_BY(gate)
         data = os.path.join(path, "data.mdb")
         created = False
         if not readonly:
@@ -255,10 +259,40 @@ class Index:
             self.env.close()
             raise IndexUnavailable(path, f"the index {path} cannot be opened: {e.strerror}") from e
 
-    def begin(self, write: bool = False) -> lmdb.Transaction:
+    def begin(self, write: bool = False) -> _Txn:
+        """A transaction, as a context manager. LMDB may change the map size only while no transaction
+        of this process is open, so transactions pass through a gate that `grow` and
+        `adopt_map_size` close while they resize (`gate` guards `txns` and `resizing`)."""
         if self.closed:
             raise StoreClosed(os.path.dirname(self.path))
-        return self.env.begin(write=write)
+        with self.gate:
+            while self.resizing:
+                self.gate.wait()
+            self.txns += 1
+        try:
+            return _Txn(self, self.env.begin(write=write))
+        except BaseException:
+            self._txn_done()
+            raise
+
+    def _txn_done(self) -> None:
+        with self.gate:
+            self.txns -= 1
+            if not self.txns:
+                self.gate.notify_all()
+
+    def _resize(self, size: int) -> None:
+        """Set the map size (0: adopt another process's) once no transaction of this process is open."""
+        with self.gate:
+            self.resizing = True
+            try:
+                if not self.gate.wait_for(lambda: self.txns == 0, timeout=10):
+                    raise IndexUnavailable(self.path, "the index map could not be resized: a read stayed open "
+                                           "for 10 s; retry")
+                self.env.set_mapsize(size)
+            finally:
+                self.resizing = False
+                self.gate.notify_all()
 
     def get_checkpoint(self, txn: lmdb.Transaction) -> tuple[int, int, int] | None:
         raw = txn.get(b"checkpoint", db=self.db["meta"])
@@ -286,12 +320,12 @@ class Index:
 
     def adopt_map_size(self) -> None:
         """Take the map size another process grew the environment to (after `MapResizedError`)."""
-        self.env.set_mapsize(0)
+        self._resize(0)
 
     def grow(self) -> None:
         size = self.env.info()["map_size"]
         try:
-            self.env.set_mapsize(size * 2)
+            self._resize(size * 2)
         except lmdb.Error as e:
             raise EvstoreError(
                 f"the index map is full at {size} bytes and cannot grow ({e}); reopen with a larger map_size="
@@ -299,7 +333,7 @@ class Index:
 
     def _write(self, b: IndexBatch) -> None:
         db = self.db
-        with self.env.begin(write=True) as txn:
+        with self.begin(write=True) as txn:
             if b.typenames:
                 txn.cursor(db["typenames"]).putmulti(b.typenames)
             if b.heads:
@@ -327,7 +361,7 @@ class Index:
 
     def clear(self) -> None:
         """Drop every entry (before a rebuild from the log)."""
-        with self.env.begin(write=True) as txn:
+        with self.begin(write=True) as txn:
             for d in self.db.values():
                 txn.drop(d, delete=False)
 
@@ -521,6 +555,25 @@ def id_position(index: Index, txn: lmdb.Transaction, event_id: bytes) -> int | N
 
 def stream_count(index: Index, txn: lmdb.Transaction) -> int:
     return int(txn.stat(index.db["heads"])["entries"])
+
+
+class _Txn:
+    """An LMDB transaction that leaves the index's gate when it ends (see `Index.begin`)."""
+
+    __slots__ = ("index", "txn")
+
+    def __init__(self, index: Index, txn: lmdb.Transaction) -> None:
+        self.index = index
+        self.txn = txn
+
+    def __enter__(self) -> lmdb.Transaction:
+        return self.txn.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self.txn.__exit__(*exc)
+        finally:
+            self.index._txn_done()
 
 
 def stream_key(stream: Any) -> bytes:
