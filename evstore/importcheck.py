@@ -79,7 +79,7 @@ class _Target:
         self.s = s
         self.streams: dict[Any, _StreamState] = {}
         self.tracking: dict[str, int] = {}
-        self.snapshots: set[ControlRecord] | None = None  # the target log's SNAPSHOT records, once read
+        self.controls: set[ControlRecord] | None = None  # the target log's event-less marks and snapshots
 
     def stream(self, stream: Any) -> _StreamState:
         st = self.streams.get(stream)
@@ -99,21 +99,24 @@ class _Target:
     def id_position(self, idb: bytes) -> int | None:
         return None if self.s is None else self.s.maintenance.event_id_position(idb)
 
-    def has_snapshot_record(self, x: ControlRecord) -> bool:
-        """Whether the target's log holds this very SNAPSHOT record (served or not: replaced by a later
-        one at its version, at or below a soft delete, before a tombstone, or pruned)."""
+    def holds_record(self, x: ControlRecord) -> bool:
+        """Whether the target's log holds this very mark or SNAPSHOT record in a commit without events
+        (whatever its effect now: a snapshot replaced at its version, at or below a soft delete, before
+        a tombstone, or pruned; a mark that later ones overrode). A repeated import skips those."""
         if self.s is None:
             return False
-        if self.snapshots is None:
-            self.snapshots = set()
+        if self.controls is None:
+            self.controls = set()
             logdir = os.path.join(self.s.path, "log")
             impl = codec.load(self.s.log_implementation)
             segs = list_segments(logdir, impl)
             for c in iter_commits(impl, segs, first_position(self.s.path, impl)):
+                if c.n_events:
+                    continue
                 for o in c.records[:-1]:
-                    if c.buf[o + 8] == KIND_SNAPSHOT:
-                        self.snapshots.add(control_at(c.buf, o))
-        return x in self.snapshots
+                    if c.buf[o + 8] in (KIND_MARK, KIND_SNAPSHOT):
+                        self.controls.add(control_at(c.buf, o))
+        return x in self.controls
 
 
 def _fail(line: int, reason: str) -> EvstoreError:
@@ -209,10 +212,10 @@ def _plan_record(t: _Target, r: ImportedRecord, *, has_events: bool) -> bool:
         return True
     if x.kind not in (KIND_MARK, KIND_SNAPSHOT):
         return True  # aux: a keyed value, written as it is
+    if not has_events and t.holds_record(x):
+        return False  # a repeated import: the target's log already holds this record
     st = t.stream(r.stream)
     if x.kind == KIND_SNAPSHOT:
-        if not has_events and t.has_snapshot_record(x):
-            return False  # a repeated import: the target's log already holds this record
         if st.tombstoned:
             raise _fail(r.line, f"a snapshot of stream {r.stream!r}, which is tombstoned")
         if not 1 <= x.version <= st.version:
