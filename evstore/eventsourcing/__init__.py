@@ -12,7 +12,7 @@ docs/eventsourcing.md for the settings, the version mapping and the guarantees.
 
 Version mapping, in short: evstore numbers a stream's events 1, 2, 3... without gaps, while an
 eventsourcing `originator_version` may start at 0 or 1 and may have gaps (snapshots). Each event keeps
-its originator_version in its metadata (8 bytes, little-endian, signed). The first event's
+its originator_version in its metadata (docs/eventsourcing.md, "Event metadata layout"). The first event's
 originator_version (the stream's *base*) maps a contiguous stream's versions both ways by arithmetic,
 so `select_events` reads exactly the asked range; a stream with gaps is searched by bisection on the
 (strictly increasing) stored originator_versions. An insert's versions must be strictly increasing and
