@@ -15,10 +15,10 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from evstore.storage import index as ix
-from evstore.format.layout import EFULL, HEADER, HEADER_SIZE, LogFormatError
+from evstore.format.layout import HEADER, HEADER_SIZE, LogFormatError
 from evstore.errors import StreamDeleted
 from evstore.storage.index import HEAD_TOMBSTONE, Extent, Head, stream_key
-from evstore.storage.scan import EVENT_KINDS
+from evstore.storage.scan import SegmentScanner, commit_events
 from evstore.records import RecordedEvent, Stream
 from evstore.snapshots import Snapshot, decode_snapshot
 
@@ -169,15 +169,11 @@ class Reader:
         type filter), within gt < position <= stop."""
         core = self.core
         left = -1 if limit is None else limit
-        scan = core.impl.scan
         unpack = HEADER.unpack_from
         for p, seg_first, off, count, nbytes in runs:
             seg = core.log.segment(seg_first)
             buf = seg.buffer(off + nbytes)
-            r = scan(buf, off, off + nbytes, next_position=p, kinds=EVENT_KINDS, types=tfilter, max_out=count + 1)
-            if r.code != 0:
-                raise core.log_damage(seg.path, r.err_off, "bad record")
-            offsets = r.offsets
+            offsets = commit_events(core.impl, seg.path, buf, off, nbytes, p, count, tfilter, self._damage)
             if p <= gt or p + count - 1 > stop:  # a commit across a bound: look at the positions
                 offsets = [o for o in offsets if gt < unpack(buf, o)[7] <= stop]
             if left >= 0:
@@ -194,41 +190,28 @@ class Reader:
         `seg_first`, within gt < position <= stop, at most `limit`."""
         core = self.core
         log = core.log
-        scan = core.impl.scan
         unpack = HEADER.unpack_from
         left = limit if limit is not None else -1
         seg = log.segment(seg_first)
         max_out = 8192 if limit is None else min(8192, limit + 16)  # a page reads little more than it returns
         while True:
             buf = seg.full_buffer()
-            n = len(buf)
-            while off < n and next_pos <= stop:
-                r = scan(buf, off, n, next_position=next_pos, kinds=EVENT_KINDS, types=tfilter, max_out=max_out,
-                         stop_position=stop)
-                offs = r.offsets
-                if r.code == EFULL:
-                    max_out *= 4
-                    continue
-                if offs:
-                    if unpack(buf, offs[0])[7] <= gt:
-                        offs = [o for o in offs if unpack(buf, o)[7] > gt]
-                    if offs and unpack(buf, offs[-1])[7] > stop:
-                        offs = [o for o in offs if unpack(buf, o)[7] <= stop]
-                    if left >= 0:
-                        del offs[left:]
-                        left -= len(offs)
-                    yield buf, offs, off, r.end
-                    if left == 0:
-                        return
-                    release(buf, off, r.end)
-                off, next_pos = r.end, r.next_position
-                if r.code != 0:
-                    if next_pos > stop:
-                        return
-                    raise core.log_damage(seg.path, r.err_off, "bad record")
-                if r.commits == 0:
-                    break
-            if next_pos > stop:
+            scanner = SegmentScanner(core.impl, seg.path, buf, len(buf), off, next_pos, last=False,
+                                     report=self._damage)
+            for offs, start, end in scanner.event_batches(tfilter, stop, max_out):
+                if unpack(buf, offs[0])[7] <= gt:
+                    offs = [o for o in offs if unpack(buf, o)[7] > gt]
+                if offs and unpack(buf, offs[-1])[7] > stop:
+                    offs = [o for o in offs if unpack(buf, o)[7] <= stop]
+                if left >= 0:
+                    del offs[left:]
+                    left -= len(offs)
+                yield buf, offs, start, end
+                if left == 0:
+                    return
+                release(buf, start, end)
+            off, next_pos = scanner.end, scanner.next_position
+            if next_pos > stop or scanner.code:
                 return
             segments = log.segments
             i = segments.index(seg)
@@ -239,6 +222,10 @@ class Reader:
                     raise core.log_damage(seg.path, off, f"the log ends before position {stop}")
             seg = segments[i + 1]
             off = 32
+
+    def _damage(self, path: str, offset: int, reason: str, torn: bool) -> None:
+        """The read path's reporter: damage is corruption (latched by the writer)."""
+        raise self.core.log_damage(path, offset, reason)
 
     def read_range(self, gt: int, stop: int, limit: int | None) -> list[RecordedEvent]:
         """Every event with gt < position <= stop (at most `limit`), from the log."""

@@ -126,3 +126,43 @@ class SegmentScanner:
             unsynced = self.unsynced_from is not None and self.err_off >= self.unsynced_from
             self.torn = self.last and (unsynced or torn_tail(impl, buf, off, self.err_off, size))
             self.report(self.path, self.err_off, self.reason, self.torn)
+
+    def event_batches(self, types: tuple[bytes, ...] | None, stop_position: int,
+                      max_out: int) -> Iterator[tuple[list[int], int, int]]:
+        """The read path's scan of this segment: batches of (EVENT record offsets, region start, region
+        end), of the given types (None: all), up to commits at or below `stop_position`, `max_out`
+        offsets at most per batch (grown when one commit holds more). Stops at the end of the segment's
+        whole commits; damage before `stop_position` is handed to the reporter."""
+        impl, buf, size = self.impl, self.buf, self.size
+        off, nxt = self.end, self.next_position
+        while off < size and nxt <= stop_position:
+            r = impl.scan(buf, off, size, next_position=nxt, kinds=EVENT_KINDS, types=types, max_out=max_out,
+                          stop_position=stop_position)
+            if r.code == EFULL:
+                max_out *= 4
+                continue
+            if r.offsets:
+                yield r.offsets, off, int(r.end)
+            off, nxt = int(r.end), int(r.next_position)
+            self.end, self.next_position = off, nxt
+            self.commits += r.commits
+            self.events += r.events
+            if r.code != 0:
+                if nxt <= stop_position:
+                    self.code, self.err_off = int(r.code), int(r.err_off)
+                    self.report(self.path, self.err_off, self.reason, False)
+                return
+            if r.commits == 0:
+                return
+
+
+def commit_events(impl: ModuleType, path: str, buf: Any, off: int, nbytes: int, first_position: int,
+                  count: int, types: tuple[bytes, ...], report: Reporter) -> list[int]:
+    """The offsets of the EVENT records of the given types in the one commit at `off` (`nbytes`
+    long, `count` events from `first_position`), verified; damage goes to `report`."""
+    r = impl.scan(buf, off, off + nbytes, next_position=first_position, kinds=EVENT_KINDS, types=types,
+                  max_out=count + 1)
+    if r.code != 0:
+        report(path, int(r.err_off), ERROR_TEXT.get(r.code, f"error {r.code}"), False)
+    return list(r.offsets)
+
