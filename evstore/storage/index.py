@@ -219,7 +219,8 @@ class Index:
         self.path = path
         self.readonly = readonly
         self.closed = False
-        self.gate = threading.Condition(threading.Lock())
+        self.gate_lock = threading.Lock()  # the gate's lock, taken raw on the fast path
+        self.gate = threading.Condition(self.gate_lock)
         self.txns = 0  # GUARDED_BY(gate): transactions of this process open on the environment
         self.resizing = False  # GUARDED_BY(gate)
         data = os.path.join(path, "data.mdb")
@@ -265,10 +266,17 @@ class Index:
         `adopt_map_size` close while they resize (`gate` guards `txns` and `resizing`)."""
         if self.closed:
             raise StoreClosed(os.path.dirname(self.path))
-        with self.gate:
-            while self.resizing:
-                self.gate.wait()
+        lock = self.gate_lock
+        lock.acquire()
+        if self.resizing:  # the slow path: wait for the resize to end
+            lock.release()
+            with self.gate:
+                while self.resizing:
+                    self.gate.wait()
+                self.txns += 1
+        else:
             self.txns += 1
+            lock.release()
         try:
             return _Txn(self, self.env.begin(write=write))
         except BaseException:
@@ -276,9 +284,13 @@ class Index:
             raise
 
     def _txn_done(self) -> None:
-        with self.gate:
-            self.txns -= 1
-            if not self.txns:
+        lock = self.gate_lock
+        lock.acquire()
+        self.txns -= 1
+        wake = self.resizing and not self.txns
+        lock.release()
+        if wake:  # a resize waits for the last transaction
+            with self.gate:
                 self.gate.notify_all()
 
     def _resize(self, size: int) -> None:
