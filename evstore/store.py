@@ -169,6 +169,10 @@ class EventStore:
             TypeError, ValueError: malformed arguments.
         """
         core = self._w()
+        if type(events) is list and expected_state is None and condition is None and self._binder is None:
+            done = core.writer.append_plain(stream, events, expected_version)
+            if done is not None:
+                return done
         return core.writer.commit([Part(stream, events, expected_version, expected_state)], (), self._binder,
                                   condition=check_condition(condition))[0]
 

@@ -19,7 +19,7 @@ from evstore.format import clog, encode, pylog
 from evstore.format.encode import MAX_COMMIT_BYTES, MAX_VERSION, ControlRecord, EncodedCommit, PartToEncode
 from evstore.format.layout import (COMMIT_SIZE, FLAG_CALLER_ID, FLAG_UUID_STREAM, HEADER, HEADER_SIZE, KIND_AUX,
                                    KIND_COMMIT, KIND_EVENT, KIND_MARK, KIND_SNAPSHOT, KIND_TRACKING, U64)
-from evstore.records import encode_tags
+from evstore.records import NewEvent, encode_tags
 
 ALL = 0b1111110
 CODECS = [clog, pylog]
@@ -306,3 +306,56 @@ def test_the_size_formula_of_the_header() -> None:
     assert lib.evl_encode_commit(ffi.from_buffer("uint8_t[]", inb), len(inb), part, 1, evs, 2, ctl, 1, rnd, 1, 1, 0,
                                  out, 1000, size, ffi.NULL) == 0
     assert size[0] == 72 + 64 * 3 + len(inb) - 16 + 2
+
+
+# -- the fast path's encoder: encode_plain ------------------------------------------------------
+
+plain_new_events = st.lists(st.builds(
+    NewEvent, type=st.sampled_from(["Created", "Renamed", "Ünïcode"]), data=payloads,
+    metadata=st.one_of(st.just(b""), st.binary(max_size=40)), schema=st.integers(0, (1 << 32) - 1)),
+    min_size=1, max_size=40)
+TYPE_NAMES = {t: t.encode() for t in ("Created", "Renamed", "Ünïcode")}
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(evs=plain_new_events, version=st.one_of(st.integers(0, 1000), st.just(MAX_VERSION - 40)),
+       first=st.one_of(st.integers(1, 1 << 40), st.just((1 << 64) - 100)), ts=st.integers(0, (1 << 64) - 1),
+       uuid_stream=st.booleans())
+def test_encode_plain_gives_the_commit_of_encode_commit(evs: list[NewEvent], version: int, first: int, ts: int,
+                                                         uuid_stream: bool) -> None:
+    """Both encoders' fast path give the bytes and offsets of the general encoder for the same events."""
+    stream: Any = uuid.UUID(int=5) if uuid_stream else "order-1"
+    stored, flags = (stream.bytes, FLAG_UUID_STREAM) if uuid_stream else (b"order-1", 0)
+    valid = encode.plain_events(evs, TYPE_NAMES)
+    assert valid is not None and len(valid) == len(evs)
+    part = PartToEncode(stream, b"k" + stored, stored, flags, version, valid)
+    general = both([part], [], first, ts)
+    for codec in CODECS:
+        with fixed_entropy():
+            fast = codec.encode_plain(stream, b"k" + stored, stored, flags, version, evs, TYPE_NAMES, first, ts)
+        assert fast is not None
+        assert bytes(fast.buf) == bytes(general.buf)
+        for field in EncodedCommit._fields[1:]:
+            assert getattr(fast, field) == getattr(general, field), (codec.IMPL, field)
+
+
+@pytest.mark.parametrize("log", CODECS, ids=["c", "python"])
+@pytest.mark.parametrize("name,event", [
+    ("an id", NewEvent("Created", b"x", id=uuid.UUID(int=1))),
+    ("tags", NewEvent("Created", b"x", tags=("a",))),
+    ("a type not checked yet", NewEvent("Unseen", b"x")),
+    ("str data", NewEvent("Created", "x")),  # type: ignore[arg-type]
+    ("a bytearray", NewEvent("Created", b"x", bytearray(b"m"))),  # type: ignore[arg-type]
+    ("a bool schema", NewEvent("Created", b"x", schema=True)),
+    ("a negative schema", NewEvent("Created", b"x", schema=-1)),
+    ("too large", NewEvent("Created", b"x" * (16 << 20), b"m")),
+    ("not a NewEvent", ("Created", b"x")),
+])
+def test_encode_plain_declines_what_is_not_plain(log: ModuleType, name: str, event: Any) -> None:
+    """An event that is not plain makes both encoders decline the whole commit (the caller then takes
+    the general path, which validates and says what is wrong)."""
+    evs = [NewEvent("Created", b"ok"), event]
+    assert encode.plain_events(evs, TYPE_NAMES) is None
+    assert log.encode_plain("s", b"ss", b"s", 0, 0, evs, TYPE_NAMES, 1, 1) is None
+    assert log.encode_plain("s", b"ss", b"s", 0, 0, [], TYPE_NAMES, 1, 1) is None
+    assert log.encode_plain("s", b"ss", b"s", 0, MAX_VERSION, [NewEvent("Created", b"x")], TYPE_NAMES, 1, 1) is None

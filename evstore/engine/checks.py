@@ -12,15 +12,15 @@ from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 from evstore.format.layout import FLAG_UUID_STREAM, KIND_TRACKING
-from evstore.format.encode import MAX_VERSION, ControlRecord, ValidEvent
+from evstore.format.encode import MAX_EVENT_BYTES as MAX_EVENT_BYTES  # re-exported: the checks' limits live here
+from evstore.format.encode import MAX_SCHEMA, MAX_VERSION, ControlRecord, ValidEvent
 from evstore.storage.index import Head, stream_key
 from evstore.records import NewEvent, RecordedEvent, Stream, ExpectedVersion, encode_tags
 
 MAX_NAME_BYTES = 400
-MAX_EVENT_BYTES = 16 << 20  # an event's data and metadata
 DURABILITIES = ("fsync", "os")
 
-_type_cache: dict[str, bytes] = {}
+type_names: dict[str, bytes] = {}  # event types checked by validate_events, as UTF-8 (at most 10,000)
 
 
 def check_stream(stream: Any) -> tuple[bytes, int]:
@@ -87,7 +87,7 @@ def validate_events(events: Any) -> list[ValidEvent]:
         raise TypeError("events must be a list of evstore.NewEvent")
     out: list[ValidEvent] = []
     append = out.append
-    cache = _type_cache
+    cache = type_names
     for e in events:
         if type(e) is not NewEvent and not isinstance(e, NewEvent):
             raise TypeError(f"events must be evstore.NewEvent instances, not {type(e).__name__}")
@@ -122,8 +122,6 @@ def validate_events(events: Any) -> list[ValidEvent]:
         raise ValueError("an append needs at least one event")
     return out
 
-
-MAX_SCHEMA = (1 << 32) - 1
 
 
 class Part:

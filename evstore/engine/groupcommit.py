@@ -6,8 +6,9 @@ transaction). One thread syncs every commit written so far while the others wait
 waiters return as soon as the log is durable; the indexer thread then writes the index in batches,
 off the append path. A read of this process first indexes every durable commit (read-your-writes).
 
-With durability="os" a commit is durable once written (the OS has it); the indexer fdatasyncs the
-log before each index transaction, so the index on disk never covers a commit the log could lose.
+With durability="os" a commit is durable once written (the OS has it): the writer queues it for the
+indexer itself, under the writer lock, with no syncer round; the indexer fdatasyncs the log before
+each index transaction, so the index on disk never covers a commit the log could lose.
 
 Locks (the order in which they may be taken is that of `Core`'s docstring):
 - the writer lock (`core.wlock`) guards `written_seq` and `pending`;
@@ -45,6 +46,7 @@ class GroupCommit:
 
     def __init__(self, core: Core) -> None:
         self.core = core
+        self.os_mode = core.durability == "os"  # constant
         self.sync_cond = threading.Condition(threading.Lock())
         self.syncing = False  # GUARDED_BY(sync_cond): a thread is syncing for the group
         self.durable_seq = 0  # GUARDED_BY(sync_cond)
@@ -68,12 +70,25 @@ class GroupCommit:
 
     def add_written(self, batch: IndexBatch, ids: list[tuple[bytes, int]]) -> int:
         """Record a commit just written to the log; returns its sequence number. Requires the writer lock."""
-        with self.ids_lock:
-            for idb, pos in ids:
-                self.pending_ids[idb] = pos
-        self.pending.append(batch)
-        self.written_seq += 1
-        return self.written_seq
+        if ids:
+            with self.ids_lock:
+                for idb, pos in ids:
+                    self.pending_ids[idb] = pos
+        seq = self.written_seq = self.written_seq + 1
+        if not self.os_mode:
+            self.pending.append(batch)
+            return seq
+        # durability="os": durable once written. Straight to the indexer's queue, no syncer round.
+        with self.queue_lock:
+            self.unindexed.append(batch)
+            self.unindexed_seq = seq
+        with self.sync_cond:
+            self.durable_seq = seq
+        log = self.core.log
+        if log.retired_fds:  # sealed segments' descriptors: no syncer uses them in this mode
+            for fd in log.take_retired():
+                os.close(fd)
+        return seq
 
     def check_writable(self) -> None:
         """Raise `StoreFailed` once a failure is latched."""
@@ -104,6 +119,11 @@ class GroupCommit:
         Group commit: one thread syncs every commit written so far while the others wait; commits
         written during that sync are served by the next one. Raises `StoreFailed` when the sync fails
         (latched); a KeyboardInterrupt during the sync leaves the commits pending for the next one."""
+        if self.os_mode and self.durable_seq >= seq:  # written is durable (add_written): publish it
+            self.core.notify_commits()
+            if not self.index_wake.is_set():  # set: the indexer has yet to take the queue, ours included
+                self.kick_indexer()
+            return
         core = self.core
         cond = self.sync_cond
         with cond:

@@ -163,11 +163,12 @@ class Indexer:
     # -- from the writer ---------------------------------------------------------------------
 
     def index_encoded(self, batch: IndexBatch, seg: int, off: int, enc: EncodedCommit,
-                      controls: Iterable[ControlRecord]) -> None:
-        """Add the index entries of a commit the writer just wrote at (`seg`, `off`)."""
+                      controls: Iterable[ControlRecord], heads: dict[bytes, Head | None] | None = None) -> None:
+        """Add the index entries of a commit the writer just wrote at (`seg`, `off`); `heads` are its
+        streams' heads as the writer's checks found them (None: new), so that none is looked up again."""
         end = off + len(enc.buf)
         self.index_runs(batch, seg, off, end, enc.first_position, enc.n_events,
-                        [(k, v0, v1, o + off, nb) for k, v0, v1, o, nb in enc.runs], enc.types, enc.ids)
+                        [(k, v0, v1, o + off, nb) for k, v0, v1, o, nb in enc.runs], enc.types, enc.ids, heads)
         if enc.tagged:
             self.index_tags(batch, seg, [(gb, ps, o + off) for gb, ps, o in enc.tagged])
         for x, xo in zip(controls, enc.control_offsets):
@@ -177,7 +178,8 @@ class Indexer:
     # -- shared by both ----------------------------------------------------------------------
 
     def index_runs(self, batch: IndexBatch, seg: int, commit_off: int, commit_end: int, first_position: int,
-                   n_events: int, runs: list[Run], types: Iterable[bytes], ids: list[tuple[bytes, int]]) -> None:
+                   n_events: int, runs: list[Run], types: Iterable[bytes], ids: list[tuple[bytes, int]],
+                   heads: dict[bytes, Head | None] | None = None) -> None:
         """Index entries of one commit: runs of one stream's consecutive events (stream key, first and
         last version, offset, bytes), the types it holds and the caller-given ids (id, position). Streams
         get one extent per run; types one posting per commit that holds them (a read by type scans
@@ -187,7 +189,7 @@ class Indexer:
         where = EXTENT_VAL.pack(seg, commit_off, n_events, commit_end - commit_off)
         batch.commits.append((COMMIT_KEY.pack(first_position), where))
         for key, v0, v1, off, nbytes in runs:
-            h = self.head_or_new(batch, key)
+            h = self.head_or_new(batch, key, heads)
             h.version = v1
             batch.extents.append((EXTENT_KEY.pack(h.num, v0), EXTENT_VAL.pack(seg, off, v1 - v0 + 1, nbytes)))
             batch.heads[key] = h.pack()
@@ -238,9 +240,10 @@ class Indexer:
             h = self.head_or_new(batch, key)
             batch.extra.append((b"snapshots", EXTENT_KEY.pack(h.num, x.version), SNAPSHOT_VAL.pack(seg, off)))
 
-    def head_or_new(self, batch: IndexBatch, key: bytes) -> Head:
-        """The head of stream `key`, created (with a new stream number) when the stream is new."""
-        h = self.head_of(key)
+    def head_or_new(self, batch: IndexBatch, key: bytes, known: dict[bytes, Head | None] | None = None) -> Head:
+        """The head of stream `key`, created (with a new stream number) when the stream is new.
+        `known`: heads the caller already looked up (None: new), by key."""
+        h = known[key] if known is not None and key in known else self.head_of(key)
         if h is None:
             h = self.heads[key] = Head(self.next_stream)
             self.next_stream += 1

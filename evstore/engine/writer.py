@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from evstore.storage import index as ix
 from evstore.format.layout import KIND_MARK, KIND_TRACKING
-from evstore.engine.checks import CheckedCondition, Part
+from evstore.engine.checks import CheckedCondition, Part, check_expected, check_stream, type_names
 from evstore.engine.indexer import MARK_STATE
 from evstore.errors import (
     ConditionFailed,
@@ -31,7 +31,7 @@ from evstore.errors import (
     TrackingConflict,
     WrongExpectedVersion,
 )
-from evstore.format.encode import ControlRecord, PartToEncode, encode_commit
+from evstore.format.encode import ControlRecord, EncodedCommit, PartToEncode, encode_commit
 from evstore.storage.index import HEAD_CLOSED, HEAD_TOMBSTONE, Head, IndexBatch, stream_key
 from evstore.lifecycle import Lifecycle
 from evstore.records import ANY, NO_STREAM, STREAM_EXISTS, AppendResult, Stream, encode_tags
@@ -98,19 +98,8 @@ class Writer:
             for p in parts:
                 h = indexer.head_of(p.key)
                 p.head = h
-                actual = 0 if h is None else h.version
                 check_appendable(p.stream, h)
-                e = p.expected
-                if e is ANY:
-                    pass
-                elif e is NO_STREAM:
-                    if actual != 0:
-                        raise WrongExpectedVersion(p.stream, e, actual)
-                elif e is STREAM_EXISTS:
-                    if actual == 0:
-                        raise WrongExpectedVersion(p.stream, e, actual)
-                elif e != actual:
-                    raise WrongExpectedVersion(p.stream, e, actual)
+                check_version(p.stream, p.expected, 0 if h is None else h.version)
                 if binder is not None or p.expected_state is not None:
                     mark = self.check_state(p, h, binder)
                     if mark is not None:
@@ -120,6 +109,37 @@ class Writer:
             results, seq = self.write(parts, controls, ts)
         group.await_durable(seq)
         return results
+
+    def append_plain(self, stream: Stream, events: list[Any], expected: Any) -> AppendResult | None:
+        """The fast path of an append to one stream of *plain* events (evstore.format.encode's
+        `plain_events`: no ids, no tags) without lifecycles, expected state or condition: the checks
+        of `commit` that apply, one encoder call and the write. None, with nothing written, when an
+        event is not plain (or not valid): the caller then takes `commit`, which says what is wrong."""
+        sb, sflag = check_stream(stream)
+        key = stream_key(stream)
+        expected = check_expected(expected)
+        core = self.core
+        group = core.group
+        group.check_writable()
+        with core.wlock:
+            if self.closing:
+                raise StoreClosed(core.path)
+            h = core.indexer.head_of(key)
+            check_appendable(stream, h)
+            actual = 0 if h is None else h.version
+            try:
+                check_version(stream, expected, actual)
+            except WrongExpectedVersion:
+                if any(getattr(e, "id", None) is not None for e in events):
+                    return None  # perhaps a retry of a committed append: `commit` answers it
+                raise
+            enc = core.impl.encode_plain(stream, key, sb, sflag, actual, events, type_names, self.next_position,
+                                         time.time_ns())
+            if enc is None:
+                return None
+            results, seq = self.install(enc, (), {key: h})
+        group.await_durable(seq)
+        return results[0]
 
     def check_state(self, p: Part, h: Head | None, binder: Binder | None) -> ControlRecord | None:
         """Check expected_state and the lifecycle of one part; the `$state` mark to write, if any."""
@@ -239,12 +259,33 @@ class Writer:
         enc = encode_commit(core.impl, [
             PartToEncode(p.stream, p.key, p.sb, p.sflag, 0 if p.head is None else p.head.version, p.events)
             for p in parts], controls, self.next_position, time.time_ns() if ts is None else ts)
+        return self.install(enc, controls, {p.key: p.head for p in parts})
+
+    def install(self, enc: EncodedCommit, controls: Sequence[ControlRecord],
+                heads: dict[bytes, Head | None]) -> tuple[list[AppendResult], int]:
+        """Write an encoded, checked commit and install its effects; `heads` are the heads of its
+        streams as the checks read them (None: a new stream). Requires the writer lock."""
+        core = self.core
         seg, off = core.log.append(enc.buf, enc.first_position, enc.n_events)
         # The commit is in the log: from here on, state changes are installed.
         batch = IndexBatch()
-        core.indexer.index_encoded(batch, seg.first, off, enc, controls)
+        core.indexer.index_encoded(batch, seg.first, off, enc, controls, heads)
         self.next_position = enc.first_position + enc.n_events
         return enc.results, core.group.add_written(batch, enc.ids)
+
+
+def check_version(stream: Stream, expected: Any, actual: int) -> None:
+    """Raise `WrongExpectedVersion` unless a stream at version `actual` (0: none) meets `expected`."""
+    if expected is ANY:
+        return
+    if expected is NO_STREAM:
+        if actual != 0:
+            raise WrongExpectedVersion(stream, expected, actual)
+    elif expected is STREAM_EXISTS:
+        if actual == 0:
+            raise WrongExpectedVersion(stream, expected, actual)
+    elif expected != actual:
+        raise WrongExpectedVersion(stream, expected, actual)
 
 
 def check_appendable(stream: Stream, head: Head | None) -> None:

@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from evstore._evlog_c import ffi, lib
-from evstore.format.encode import MAX_COMMIT_BYTES, MAX_VERSION, ControlRecord, EncodedCommit, PartToEncode, \
-    input_error, random_bytes
+from evstore.format.encode import MAX_COMMIT_BYTES, MAX_EVENT_BYTES, MAX_SCHEMA, MAX_VERSION, ControlRecord, \
+    EncodedCommit, PartToEncode, input_error, random_bytes
+from evstore.records import NewEvent, Stream
 from evstore.format.layout import COMMIT_SIZE, EFULL, HEADER_SIZE, LogFormatError
 from evstore.records import AppendResult
 from evstore.format.scanresult import ScanResult, check_buffer, check_uint, scan_filter, tiling_error
@@ -213,3 +214,51 @@ def _encode(parts: Sequence[PartToEncode], controls: Sequence[ControlRecord], fi
     tagged = [(gb, ps, offs[ps - first_position]) for gb, ps in tagged_at]
     control_offsets = ffi.unpack(offs + n_events, n_controls) if n_controls else []
     return EncodedCommit(buf, first_position, n_events, results, runs, types, ids, tagged, control_offsets)
+
+
+_EMPTY: tuple[()] = ()
+
+
+def encode_plain(stream: Stream, key: bytes, stored: bytes, flags: int, version: int, events: Sequence[object],
+                 type_names: dict[str, bytes], first_position: int, ts: int) -> EncodedCommit | None:
+    """The commit of one stream's *plain* events (see evstore.format.encode's `plain_events`, whose
+    test this loop makes as it marshals them), or None when an event is not plain. The same bytes
+    and offsets as `encode_commit` of that part: the append fast path, one loop and one C call."""
+    chunks: list[bytes] = [stored]
+    add = chunks.extend
+    desc: list[int] = []
+    dadd = desc.extend
+    types: dict[bytes, None] = {}
+    n = 0
+    for e in events:
+        if type(e) is not NewEvent:
+            return None
+        t = e.type
+        tb = type_names.get(t) if type(t) is str else None
+        d, m, sc = e.data, e.metadata, e.schema
+        if (tb is None or type(d) is not bytes or type(m) is not bytes or e.id is not None or e.tags
+                or type(sc) is not int or not 0 <= sc <= MAX_SCHEMA or len(d) + len(m) > MAX_EVENT_BYTES):
+            return None
+        add((tb, m, d))
+        dadd((len(tb), len(m), 0, len(d), 0, sc))
+        types[tb] = None
+        n += 1
+    if not n or version + n > MAX_VERSION or len(stored) > 0xFFFF or flags not in (0, 1):
+        return None
+    inb = b"".join(chunks)
+    size = COMMIT_SIZE + HEADER_SIZE * n + len(inb) + len(stored) * (n - 1)
+    if size - COMMIT_SIZE > MAX_COMMIT_BYTES or first_position + n > 0xFFFF_FFFF_FFFF_FFFF:
+        return None
+    buf = bytearray(size)
+    offs = _new_out("uint64_t[]", n + 1)
+    out_len = _new_out("size_t *")
+    part = _PART.pack(version, n, len(stored), flags, 0)
+    with ffi.from_buffer("uint8_t[]", buf, require_writable=True) as pout:
+        rc = lib.evl_encode_commit(inb, len(inb), ffi.from_buffer("evl_enc_part[]", part), 1,
+                                   ffi.from_buffer("evl_enc_event[]", array("I", desc)), n, ffi.NULL, 0,
+                                   random_bytes(16 * n), n, first_position, ts, pout, size, out_len, offs)
+    if rc:
+        return None
+    last = first_position + n - 1
+    return EncodedCommit(buf, first_position, n, [AppendResult(stream, version + 1, version + n, first_position, last)],
+                         [(key, version + 1, version + n, 0, size - COMMIT_SIZE)], types, [], [], [])

@@ -16,10 +16,12 @@ from typing import NamedTuple
 
 from evstore.format.layout import (FLAG_UUID_STREAM, HEADER_SIZE, KIND_AUX, KIND_MARK, KIND_SNAPSHOT,
                                    KIND_TRACKING)
-from evstore.records import AppendResult, Stream
+from evstore.records import AppendResult, NewEvent, Stream
 
 MAX_COMMIT_BYTES = 256 << 20
 MAX_VERSION = (1 << 63) - 1
+MAX_EVENT_BYTES = 16 << 20  # an event's data and metadata
+MAX_SCHEMA = (1 << 32) - 1
 
 ValidEvent = tuple[bytes, bytes, bytes, "bytes | None", int, bytes]  # type, data, metadata, id, schema, tags
 
@@ -197,3 +199,24 @@ def input_error(parts: Sequence[PartToEncode], controls: Sequence[ControlRecord]
     if size > MAX_COMMIT_BYTES:
         return ValueError(f"a commit of {size:,} bytes exceeds the limit of {MAX_COMMIT_BYTES:,}")
     return None
+
+
+def plain_events(events: Sequence[object], type_names: dict[str, bytes]) -> list[ValidEvent] | None:
+    """The events as `ValidEvent`s when every one is *plain*: a `NewEvent` whose type is in
+    `type_names` (a cache of checked type names), with bytes data and metadata of at most
+    MAX_EVENT_BYTES together, no id, no tags and a schema in 0..MAX_SCHEMA. None otherwise: the
+    caller then validates them fully (and says what is wrong). `encode_plain` of both log
+    implementations accepts exactly these events."""
+    out: list[ValidEvent] = []
+    add = out.append
+    for e in events:
+        if type(e) is not NewEvent:
+            return None
+        t = e.type
+        tb = type_names.get(t) if type(t) is str else None
+        d, m, s = e.data, e.metadata, e.schema
+        if (tb is None or type(d) is not bytes or type(m) is not bytes or e.id is not None or e.tags
+                or type(s) is not int or not 0 <= s <= MAX_SCHEMA or len(d) + len(m) > MAX_EVENT_BYTES):
+            return None
+        add((tb, d, m, None, s, b""))
+    return out if out else None

@@ -34,9 +34,9 @@ from evstore.format.layout import (
     U64,
     LogFormatError,
 )
-from evstore.format.encode import MAX_COMMIT_BYTES, MAX_VERSION, ControlRecord, EncodedCommit, PartToEncode, \
+from evstore.format.encode import MAX_COMMIT_BYTES, MAX_VERSION, ControlRecord, EncodedCommit, PartToEncode, plain_events, \
     input_error, random_ids, tags_ok
-from evstore.records import AppendResult
+from evstore.records import AppendResult, Stream
 from evstore.format.scanresult import U32, U64_MAX, ScanResult, check_buffer, check_uint, scan_filter, tiling_error
 
 IMPL = "python"
@@ -352,3 +352,16 @@ def _encode(parts: Sequence[PartToEncode], controls: Sequence[ControlRecord], fi
     buf = bytearray().join(chunks)
     seal(buf)
     return EncodedCommit(buf, first_position, n_events, results, runs, types, ids, tagged, control_offsets)
+
+
+def encode_plain(stream: Stream, key: bytes, stored: bytes, flags: int, version: int, events: Sequence[object],
+                 type_names: dict[str, bytes], first_position: int, ts: int) -> EncodedCommit | None:
+    """The commit of one stream's plain events (`plain_events`), or None when an event is not plain
+    or the commit cannot be encoded: the same bytes and offsets as evstore.format.clog's."""
+    valid = plain_events(events, type_names)
+    if valid is None:
+        return None
+    try:
+        return _encode([PartToEncode(stream, key, stored, flags, version, valid)], (), first_position, ts)
+    except (struct.error, ValueError, TypeError, OverflowError):
+        return None

@@ -133,7 +133,7 @@ class Log:
         self.next_position = first_position
         self.fd_lock = threading.Lock()  # a leaf lock: guards `_fd` and `retired_fds` (no lock is taken under it)
         self._fd = -1  # the active segment, writer only
-        self.retired_fds: list[int] = []  # sealed segments' descriptors, closed by the next group sync
+        self.retired_fds: list[int] = []  # sealed segments' descriptors, closed by the next group sync (the writer, durability="os")
         self._list_lock = threading.Lock()
         self._recovered: list[Segment] = []  # segments the last recover() scanned (to sync before indexing)
         self.load_segments()
