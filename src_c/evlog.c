@@ -41,6 +41,8 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <stdint.h>
+#include <sys/types.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -402,6 +404,26 @@ int evl_write(int fd, const uint8_t *buf, size_t n, int sync)
         while (rc != 0 && errno == EINTR);
         if (rc != 0)
             return -errno;
+    }
+    return 0;
+}
+
+int evl_pwrite(int fd, const uint8_t *buf, size_t n, uint64_t off)
+{
+    if (off > (uint64_t)INT64_MAX || n > (uint64_t)INT64_MAX - off)
+        return -EINVAL;
+    while (n > 0) {
+        ssize_t k = pwrite(fd, buf, n, (off_t)off);
+        if (k < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (k == 0)
+            return -EIO; /* no progress and no error: fail rather than spin */
+        buf += k;
+        n -= (size_t)k;
+        off += (uint64_t)k;
     }
     return 0;
 }

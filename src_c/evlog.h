@@ -159,6 +159,20 @@ int evl_encode_commit(const uint8_t *in, size_t in_len, const evl_enc_part *part
  */
 int evl_write(int fd, const uint8_t *buf, size_t n, int sync);
 
+/*
+ * Write all n bytes of buf at offset off of fd (pwrite(2), retried on EINTR and short writes),
+ * leaving the file offset alone. The log writes into space preallocated ahead of its tail this
+ * way: no write changes the file's size, so an fdatasync need not commit any metadata.
+ * @param[in] fd   a descriptor open for writing (not O_APPEND, where Linux ignores off).
+ * @param[in] buf  the bytes (may be NULL when n is 0).
+ * @param[in] n    how many bytes.
+ * @param[in] off  the file offset of the first byte (0 .. 2**63-1).
+ * @return 0; -EINVAL when off + n overflows the file offset; -EIO when pwrite makes no progress;
+ *         or -errno of pwrite (e.g. -ENOSPC, -EIO, -EBADF). On error some bytes may have been
+ *         written: the caller restores the range.
+ */
+int evl_pwrite(int fd, const uint8_t *buf, size_t n, uint64_t off);
+
 /* In/out state of evl_scan(). Set the inputs, zero the outputs, call; call again from `end`
  * to continue. */
 typedef struct evl_scan_state {

@@ -21,11 +21,27 @@ def ev(t: str = "Happened", data: bytes = b"{}", **kw: object) -> NewEvent:
 
 
 def log_bytes(path: str) -> int:
-    """The bytes of every segment of the store at `path`."""
+    """The bytes of every segment of the store at `path` up to the end of its commits (the space
+    allocated after them holds nothing: a commit written there counts)."""
     d = os.path.join(path, "log")
-    return sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d))
+    return sum(commits_end(os.path.join(d, f)) for f in os.listdir(d) if f.endswith(".seg"))
 
 
 def segments(path: str) -> list[str]:
     """The file names in the store's log/ directory, sorted."""
     return sorted(os.listdir(os.path.join(path, "log")))
+
+
+def commits_end(seg: str) -> int:
+    """Where the commits of the segment file `seg` end: a walk of its records' lengths from the
+    segment header to the end of the file or to a zero record header (the space the writer
+    allocates ahead of its tail), independent of the store's own scanner."""
+    with open(seg, "rb") as f:
+        raw = f.read()
+    off = 32
+    while off + 64 <= len(raw):
+        length = int.from_bytes(raw[off + 4 : off + 8], "little")
+        if length < 64 or off + length > len(raw):
+            break
+        off += length
+    return off

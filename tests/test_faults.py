@@ -13,16 +13,16 @@ from evstore import NewEvent
 
 
 class FaultyLog(types.ModuleType):
-    """The log implementation with a write that writes half the bytes and then fails."""
+    """The log implementation with a pwrite that writes half the bytes and then fails."""
 
     def __init__(self, real: types.ModuleType, err: int) -> None:
         super().__init__("faulty")
-        self.__dict__.update({k: v for k, v in vars(real).items() if not k.startswith("__") and k != "write"})
+        self.__dict__.update({k: v for k, v in vars(real).items() if not k.startswith("__") and k != "pwrite"})
         self._real = real
         self._err = err
 
-    def write(self, fd: int, buf: bytes, sync: bool) -> None:  # type: ignore[override]
-        os.write(fd, bytes(buf[: len(buf) // 2]))
+    def pwrite(self, fd: int, buf: bytes, offset: int) -> None:  # type: ignore[override]
+        os.pwrite(fd, bytes(buf[: len(buf) // 2]), offset)
         raise OSError(self._err, os.strerror(self._err))
 
 

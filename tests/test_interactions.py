@@ -101,14 +101,14 @@ def _payload(seed: int, size: int) -> bytes:
 
 
 class FaultyLog(types.ModuleType):
-    """The log implementation whose write writes half the commit and then fails with ENOSPC."""
+    """The log implementation whose pwrite writes half the commit and then fails with ENOSPC."""
 
     def __init__(self, real: types.ModuleType) -> None:
         super().__init__("faulty")
-        self.__dict__.update({k: v for k, v in vars(real).items() if not k.startswith("__") and k != "write"})
+        self.__dict__.update({k: v for k, v in vars(real).items() if not k.startswith("__") and k != "pwrite"})
 
-    def write(self, fd: int, buf: Any, sync: bool) -> None:  # type: ignore[override]
-        os.write(fd, bytes(buf[: len(buf) // 2]))
+    def pwrite(self, fd: int, buf: Any, offset: int) -> None:  # type: ignore[override]
+        os.pwrite(fd, bytes(buf[: len(buf) // 2]), offset)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 

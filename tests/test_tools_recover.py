@@ -16,6 +16,7 @@ import evstore
 from evstore import NewEvent, tools
 
 from conftest import ROOT, python_env
+from tests.support import commits_end
 
 SCRIPT = os.path.join(os.path.dirname(sys.executable), "evstore")
 FAULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fault_inject")
@@ -93,7 +94,7 @@ def whole_segments_before(path: str, k: int) -> int:
 def test_recover_index_ahead_of_the_log(store: tuple[str, list[tuple[object, ...]]]) -> None:
     path, before = store
     last = segments(path)[-1]
-    os.truncate(last, os.path.getsize(last) - 300)
+    os.truncate(last, commits_end(last) - 300)
     with pytest.raises(evstore.IndexAheadOfLog):
         evstore.open(path)
     out = run("recover", path)

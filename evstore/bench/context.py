@@ -54,7 +54,23 @@ def dir_bytes(path: str) -> int:
 
 
 def log_bytes(path: str) -> int:
-    return dir_bytes(os.path.join(path, "log"))
+    """Bytes of a store's log files, without the zeros of the space allocated after their commits
+    (to within the few zero bytes a commit itself may end with)."""
+    logdir = os.path.join(path, "log")
+    total = 0
+    for name in os.listdir(logdir):
+        with open(os.path.join(logdir, name), "rb") as f:
+            end = f.seek(0, os.SEEK_END)
+            while end > 0:
+                step = min(end, 1 << 20)
+                f.seek(end - step)
+                chunk = f.read(step).rstrip(b"\0")
+                if chunk:
+                    end = end - step + len(chunk)
+                    break
+                end -= step
+        total += end
+    return total
 
 
 def es_module() -> Any:

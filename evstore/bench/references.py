@@ -30,6 +30,28 @@ def raw_write(ctx: Ctx, commits: int, commit_bytes: int, sync: bool) -> float:
     return dt
 
 
+def raw_pwrite(ctx: Ctx, commits: int, commit_bytes: int) -> float:
+    """pwrite + fdatasync of `commits` buffers of `commit_bytes` into a file allocated beforehand
+    (posix_fallocate, synced): no write changes the file's size, the device's best for a log."""
+    path = ctx.path("raw-prealloc.log")
+    buf = b"r" * commit_bytes
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        os.posix_fallocate(fd, 0, (commits + 1) * commit_bytes)
+        os.fsync(fd)
+        os.pwrite(fd, buf, 0)
+        os.fdatasync(fd)
+        t = time.perf_counter()
+        for i in range(1, commits + 1):
+            os.pwrite(fd, buf, i * commit_bytes)
+            os.fdatasync(fd)
+        dt = time.perf_counter() - t
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    return dt
+
+
 def lmdb_scan(ctx: Ctx, n: int) -> float:
     """Best time of a py-lmdb cursor scan over n entries (16-byte keys, 200-byte values)."""
     import lmdb

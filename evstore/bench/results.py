@@ -20,7 +20,8 @@ REF = "reference"
 BACKENDS = ("c", "python", "sqlite", "popo", "ref")
 BACKEND_NAME = {"c": C, "python": PY, "sqlite": SQLITE, "popo": POPO, "ref": REF}
 
-HIGHER_IS_BETTER = {"events/s": True, "GB/s": True, "MB/s": True, "ms": False, "B/event": False, "MB": False}
+HIGHER_IS_BETTER = {"events/s": True, "GB/s": True, "MB/s": True, "ms": False, "B/event": False, "MB": False,
+                    "us/commit": False}
 
 
 @dataclass
@@ -100,7 +101,7 @@ class Target:
     remark: Callable[[Peers], str] | None = None
 
 
-def times_sqlite(k: int, what: str = "") -> Target:
+def times_sqlite(k: float, what: str = "") -> Target:
     """At least k times better than SQLite: ">= {k}x SQLite {what}"."""
     return Target(f">= {k}x SQLite" + (f" {what}" if what else ""),
                   lambda p: p.x_sqlite is not None and p.x_sqlite >= k)

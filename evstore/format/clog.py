@@ -51,6 +51,14 @@ def write(fd: int, buf: Any, sync: bool) -> None:
         raise OSError(-rc, os.strerror(-rc))
 
 
+def pwrite(fd: int, buf: Any, offset: int) -> None:
+    """Write all of `buf` at `offset` of `fd` (evl_pwrite); OSError on failure."""
+    with ffi.from_buffer("uint8_t[]", buf) as p:
+        rc = lib.evl_pwrite(fd, p, len(p), offset)
+    if rc:
+        raise OSError(-rc, os.strerror(-rc))
+
+
 def scan(
     buf: Any,
     off: int,

@@ -111,6 +111,19 @@ def write(fd: int, buf: Any, sync: bool) -> None:
         os.fdatasync(fd)
 
 
+def pwrite(fd: int, buf: Any, offset: int) -> None:
+    """Write all of `buf` at `offset` of `fd`, as evl_pwrite does; OSError on failure."""
+    with memoryview(buf) as m, m.cast("B") as mv:
+        if offset < 0 or offset > (1 << 63) - 1 - len(mv):
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        done = 0
+        while done < len(mv):
+            k = os.pwrite(fd, mv[done:], offset + done)  # retries EINTR itself
+            if k == 0:
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            done += k
+
+
 # Header fields by index: 0 crc, 1 length, 2 kind, 3 flags, 4 type_len, 5 stream_len, 6 tags_len,
 # 7 position, 8 version, 9 recorded_at, 10 id, 11 schema, 12 meta_len.
 

@@ -9,6 +9,7 @@ index verify them with the log implementation's `walk`/`scan` and report damage 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any, NamedTuple, Protocol
@@ -44,6 +45,35 @@ def raise_unless_torn(path: str, offset: int, reason: str, torn: bool) -> None:
         raise CorruptedError(path, offset, reason)
 
 
+_ZERO_HEADER = bytes(HEADER_SIZE)
+
+
+def zero_header(buf: Any, off: int, size: int) -> bool:
+    """Whether a record header of zero bytes starts at `off` (the end of a segment's commits, in
+    space allocated ahead of them; docs/log_format.md). Bytes past `size` count as zero."""
+    return bytes(buf[off : min(off + HEADER_SIZE, size)]) == _ZERO_HEADER[: max(0, min(HEADER_SIZE, size - off))]
+
+
+def zeros_after(path: str, off: int) -> bool:
+    """Whether every byte of the file from `off` to its end is zero. Read, not mapped: another
+    process's mapping of the same pages is not faulted in, and pages of unwritten space cost no
+    allocation."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        while True:
+            chunk = os.pread(fd, 1 << 20, off)
+            if not chunk:
+                return True
+            if chunk.count(0) != len(chunk):
+                return False
+            off += len(chunk)
+    finally:
+        os.close(fd)
+
+
 def torn_tail(impl: ModuleType, buf: Any, good_end: int, err_off: int, size: int) -> bool:
     """Whether damage at `err_off` of a last segment, after whole commits up to `good_end`, is a torn
     tail: no valid COMMIT record follows it, or the only one that does ends the damaged commit itself
@@ -69,14 +99,21 @@ class SegmentScanner:
     `unsynced_from`: the offset of a last segment from which nothing was synced (a writer with
     durability="os" syncs only at index checkpoints, rolls and close): damage there is a torn tail
     even when whole commits follow it, since a power cut keeps any subset of the unsynced pages.
+
+    The end of the commits: the end of `size`, or a record header of zero bytes where a commit
+    would start, after which the file holds only zeros (space the writer allocated ahead of its
+    tail). With `check_zeros=False` (readers, which never cut the log) that last clause is not
+    checked; otherwise non-zero bytes after a zero header are damage like any other.
     """
 
     def __init__(self, impl: ModuleType, path: str, buf: Any, size: int, start: int, next_position: int, *,
                  last: bool, kinds: int = ALL_KINDS, report: Reporter = raise_unless_torn,
-                 progress: Callable[[int], None] | None = None, unsynced_from: int | None = None) -> None:
+                 progress: Callable[[int], None] | None = None, unsynced_from: int | None = None,
+                 check_zeros: bool = True) -> None:
         self.impl, self.path, self.buf, self.size = impl, path, buf, size
         self.kinds, self.last, self.report, self.progress = kinds, last, report, progress
         self.unsynced_from = unsynced_from  # of a last segment: where the bytes never synced begin
+        self.check_zeros = check_zeros
         self.start = start
         self.end = start
         self.next_position = next_position
@@ -120,12 +157,18 @@ class SegmentScanner:
             break
         if r.code == 0 and off < size:  # pragma: no cover - a scan stops early only on an error
             self.code, self.err_off = -1, off
+        elif r.code != 0 and r.err_off == off and self.at_zeros(off):
+            return  # the end of the segment's commits: allocated space follows
         elif r.code != 0:
             self.code, self.err_off = int(r.code), int(r.err_off)
         if self.code:
             unsynced = self.unsynced_from is not None and self.err_off >= self.unsynced_from
             self.torn = self.last and (unsynced or torn_tail(impl, buf, off, self.err_off, size))
             self.report(self.path, self.err_off, self.reason, self.torn)
+
+    def at_zeros(self, off: int) -> bool:
+        """Whether the commits end at `off`, a commit boundary: a zero header, then only zeros."""
+        return zero_header(self.buf, off, self.size) and (not self.check_zeros or zeros_after(self.path, off))
 
     def event_batches(self, types: tuple[bytes, ...] | None, stop_position: int,
                       max_out: int) -> Iterator[tuple[list[int], int, int]]:
@@ -148,6 +191,8 @@ class SegmentScanner:
             self.commits += r.commits
             self.events += r.events
             if r.code != 0:
+                if r.err_off == off and zero_header(buf, off, size):
+                    return  # the end of the segment's commits (the index names what lies beyond)
                 if nxt <= stop_position:
                     self.code, self.err_off = int(r.code), int(r.err_off)
                     self.report(self.path, self.err_off, self.reason, False)

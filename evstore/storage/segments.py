@@ -25,6 +25,9 @@ from evstore.storage.scan import SegmentScanner
 
 _SEGMENT_NAME = re.compile(r"^(\d{20})\.seg$")
 
+# Bytes the writer allocates ahead of the active segment's tail at a time (at most to the segment size).
+PREALLOCATE = 4 << 20
+
 
 def segment_name(first_position: int) -> str:
     return f"{first_position:020d}.seg"
@@ -37,12 +40,13 @@ class Segment:
     whole length (taken after it was sealed) is final. A mapping taken while it was the active segment
     may be shorter than the sealed file, and `full_buffer` maps it again."""
 
-    __slots__ = ("first", "path", "end", "sealed", "_map", "_map_len", "_map_final")
+    __slots__ = ("first", "path", "end", "allocated", "sealed", "_map", "_map_len", "_map_final")
 
     def __init__(self, first: int, path: str, end: int) -> None:
         self.first = first
         self.path = path
         self.end = end  # bytes known to hold whole, verified commits
+        self.allocated = end  # of the writer's active segment: the file's size (zeros after `end`)
         self.sealed = False
         self._map: Any = None
         self._map_len = 0
@@ -269,7 +273,8 @@ class Log:
             self._recovered.append(seg)
             buf = seg.buffer(size)
             scanner = SegmentScanner(self.impl, seg.path, buf, size, off, next_pos, last=last,
-                                     unsynced_from=off if unsynced_tail and last else None)
+                                     unsynced_from=off if unsynced_tail and last else None,
+                                     check_zeros=self.writable)
             for c in scanner:  # raises CorruptedError on damage that is not a torn tail
                 yield Commit(seg, c.offset, c.end, c.first_position, c.n_events, c.records)
             off, next_pos = scanner.end, scanner.next_position
@@ -308,9 +313,25 @@ class Log:
 
     def _open_active(self) -> None:
         seg = self.segments[-1]
-        fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND)
+        fd = os.open(seg.path, os.O_WRONLY)
+        seg.allocated = max(seg.end, os.fstat(fd).st_size)  # recovery left zeros only after `end`
         with self.fd_lock:
             self._fd = fd
+
+    def _reserve(self, seg: Segment, need: int) -> None:
+        """Allocate the active segment up to at least `need` bytes, PREALLOCATE more when the segment
+        size allows: appends then write into space that is already the file's (pwrite), so that their
+        fdatasync need not commit a change of its size. The new space reads as zeros, the end of the
+        log (docs/log_format.md). Raises OSError (e.g. ENOSPC) with the file as it was."""
+        target = max(need, min(seg.allocated + PREALLOCATE, self.segment_size))
+        try:
+            os.posix_fallocate(self._fd, seg.allocated, target - seg.allocated)
+        except OSError:
+            if target == need:
+                raise
+            os.posix_fallocate(self._fd, seg.allocated, need - seg.allocated)  # a nearly full disk
+            target = need
+        seg.allocated = target
 
     def _new_segment(self, first: int) -> None:
         """Create the segment named for `first`, durably (header synced, then its entry). A segment's
@@ -323,6 +344,10 @@ class Log:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, make_segment_header(self.impl, first))
+            try:  # born preallocated: the sync below covers the new space too
+                os.posix_fallocate(fd, SEGMENT_HEADER_SIZE, min(PREALLOCATE, self.segment_size))
+            except OSError:
+                pass  # a nearly full disk: appends reserve what each needs, or fail cleanly
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -355,23 +380,39 @@ class Log:
             self._open_active()
         off = seg.end
         try:
-            self.impl.write(self._fd, buf, False)
+            if off + len(buf) > seg.allocated:
+                self._reserve(seg, off + len(buf))
         except OSError as e:
-            self._undo(seg, off)
+            raise StorageError(seg.path, e.errno, f"cannot allocate space in {seg.path}: {e.strerror}; nothing "
+                               "was written (free space and retry)") from e
+        try:
+            self.impl.pwrite(self._fd, buf, off)
+        except OSError as e:
+            self._undo(seg, off, len(buf))
             raise StorageError(seg.path, e.errno, f"cannot write to {seg.path}: {e.strerror}; nothing was "
                                "written (free space and retry)") from e
         seg.end = off + len(buf)
         self.next_position = first_position + n_events
         return seg, off
 
-    def _undo(self, seg: Segment, off: int) -> None:
+    def _undo(self, seg: Segment, off: int, n: int) -> None:
+        """After a failed write of `n` bytes at `off`: zeros again where it may have written (only
+        zeros follow the log's end), or, failing that, the segment cut at `off`."""
+        try:
+            if off + n <= seg.allocated and os.pwrite(self._fd, bytes(n), off) == n:
+                return
+        except OSError:
+            pass
         try:
             os.ftruncate(self._fd, off)
+            seg.allocated = off
         except OSError:  # pragma: no cover - the descriptor itself is broken; the next open recovers
             pass
 
     def roll(self, first_position: int) -> None:
-        """Seal the active segment (durably) and start a new one at `first_position`."""
+        """Seal the active segment (durably) and start a new one at `first_position`. The sealed file
+        keeps the zeros reserved after its last commit: a file of the log never shrinks while it is
+        open (another process may have it mapped, and would fault on pages cut off)."""
         if self._fd >= 0:
             os.fsync(self._fd)
             with self.fd_lock:
@@ -412,4 +453,5 @@ class Log:
                         raise
 
     def size(self) -> int:
+        """Bytes of the segment files on disk (with the space reserved after their last commits)."""
         return sum(os.path.getsize(s.path) for s in self.segments)

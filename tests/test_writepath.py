@@ -1,0 +1,208 @@
+"""The write path: space allocated ahead of the log's tail and written with pwrite (the zero-header
+end of the log, docs/log_format.md), and the append fast path for plain events."""
+
+from __future__ import annotations
+
+import errno
+import os
+import uuid
+from typing import Any
+
+import pytest
+
+import evstore
+from evstore import NewEvent, tools
+from evstore.format import clog, pylog
+from evstore.storage import segments
+
+from tests.support import commits_end, ev
+
+
+def seg_files(path: str) -> list[str]:
+    d = os.path.join(path, "log")
+    return [os.path.join(d, f) for f in sorted(os.listdir(d)) if f.endswith(".seg")]
+
+
+def zeros_from(path: str, off: int) -> bool:
+    with open(path, "rb") as f:
+        f.seek(off)
+        return not any(f.read())
+
+
+def test_commits_go_into_space_allocated_ahead_and_zeros_follow_them(store_path: str, impl: str) -> None:
+    with evstore.open(store_path, log_impl=impl) as s:
+        for i in range(50):
+            s.append(f"s{i % 3}", [ev("T", b"x" * 100)])
+        seg = seg_files(store_path)[-1]
+        end = commits_end(seg)
+        assert os.path.getsize(seg) >= end + (1 << 20) and zeros_from(seg, end)
+    assert os.path.getsize(seg) > commits_end(seg)  # closing keeps the space: the next writer uses it
+    with evstore.open(store_path, log_impl=impl) as s:
+        assert s.head() == 50 and len(s.read_stream("s1")) == 17
+        s.append("s1", [ev("T", b"after")])
+        assert commits_end(seg) > end and zeros_from(seg, commits_end(seg))
+    assert tools.verify(store_path).ok
+
+
+def test_sealed_segments_keep_their_zeros_and_read_across(store_path: str, impl: str) -> None:
+    with evstore.open(store_path, log_impl=impl, segment_size=8192) as s:
+        for i in range(120):
+            s.append("long", [ev("T", bytes([i % 251]) * 200)])
+        files = seg_files(store_path)
+        assert len(files) > 3
+        sizes = [os.path.getsize(f) for f in files]
+        assert any(size > commits_end(f) for f, size in zip(files[:-1], sizes))  # never cut while open
+        assert [e.data[:1] for e in s.read_stream("long")] == [bytes([i % 251]) for i in range(120)]
+    rep = tools.verify(store_path)
+    assert rep.ok and not rep.problems
+    with evstore.open(store_path, log_impl=impl, readonly=True) as r:
+        assert [e.position for e in r.read_all()] == list(range(1, 121))
+
+
+def test_bytes_after_a_zero_header_are_a_torn_tail_or_corruption(store_path: str, impl: str) -> None:
+    with evstore.open(store_path, log_impl=impl) as s:
+        s.append("a", [ev("A")])
+        s.append("a", [ev("B")])
+    seg = seg_files(store_path)[-1]
+    end = commits_end(seg)
+    with open(seg, "rb") as f:
+        raw = f.read(end)
+    # garbage far after the end (a stale page a power cut kept): torn, cut off by the writer
+    with open(seg, "r+b") as f:
+        f.seek(end + 9000)
+        f.write(b"\xab" * 100)
+    with evstore.open(store_path, log_impl=impl) as s:
+        assert s.head() == 2
+    assert os.path.getsize(seg) == end
+    # a whole commit after zeros is committed data after damage: corruption, nothing cut
+    second = raw[commits_end_of_first(raw):]
+    with open(seg, "r+b") as f:
+        f.seek(end + 8192)
+        f.write(second)
+    os.unlink(os.path.join(store_path, "index", "data.mdb"))
+    with pytest.raises(evstore.CorruptedError) as info:
+        evstore.open(store_path, log_impl=impl)
+    assert info.value.offset == end
+    assert os.path.getsize(seg) == end + 8192 + len(second)
+
+
+def commits_end_of_first(raw: bytes) -> int:
+    """The end of the first commit of a segment's bytes (its COMMIT record has kind 2)."""
+    o = 32
+    while raw[o + 8] != 2:
+        o += int.from_bytes(raw[o + 4 : o + 8], "little")
+    return o + int.from_bytes(raw[o + 4 : o + 8], "little")
+
+
+def test_a_full_disk_when_allocating_writes_nothing(store_path: str, impl: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    with evstore.open(store_path, log_impl=impl, segment_size=1 << 20) as s:
+        s.append("s", [ev("T", b"first")])
+        seg = seg_files(store_path)[-1]
+        calls: list[int] = []
+
+        def full(fd: int, off: int, n: int) -> None:
+            calls.append(n)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(segments.os, "posix_fallocate", full)
+        before = (commits_end(seg), os.path.getsize(seg))
+        with pytest.raises(evstore.StorageError) as info:
+            s.append("s", [ev("T", b"y" * (2 << 20))], expected_version=1)  # beyond the allocated space
+        assert info.value.errno == errno.ENOSPC and "nothing was written" in str(info.value)
+        assert calls and (commits_end(seg), os.path.getsize(seg)) == before and s.head() == 1
+        monkeypatch.undo()
+        assert s.append("s", [ev("T", b"z" * (2 << 20))], expected_version=1).first_version == 2
+    with evstore.open(store_path, log_impl=impl) as s:
+        assert [len(e.data) for e in s.read_stream("s")] == [5, 2 << 20]
+
+
+def test_a_nearly_full_disk_allocates_only_what_the_commit_needs(store_path: str, impl: str,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    with evstore.open(store_path, log_impl=impl) as s:
+        s.append("s", [ev("T", b"first")])
+        seg = seg_files(store_path)[-1]
+        real = os.posix_fallocate
+        asked: list[int] = []
+
+        def tight(fd: int, off: int, n: int) -> None:
+            asked.append(n)
+            if n > (3 << 20):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            real(fd, off, n)
+
+        monkeypatch.setattr(segments.os, "posix_fallocate", tight)
+        s.append("s", [ev("T", b"y" * (6 << 20))], expected_version=1)
+        assert len(asked) == 2 and asked[0] > asked[1]  # the reserve was refused, the exact need was not
+        assert os.path.getsize(seg) == commits_end(seg)
+    with evstore.open(store_path, log_impl=impl) as s:
+        assert s.stream_version("s") == 2
+
+
+@pytest.mark.parametrize("log", [clog, pylog], ids=["c", "python"])
+def test_pwrite_writes_at_the_offset_and_reports_errors(log: Any, tmp_path: Any) -> None:
+    p = str(tmp_path / "f")
+    fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        log.pwrite(fd, b"abc", 5)
+        log.pwrite(fd, bytearray(b"Z"), 0)
+        log.pwrite(fd, b"", 100)
+        assert open(p, "rb").read() == b"Z\0\0\0\0abc"
+        with pytest.raises(OSError) as info:
+            log.pwrite(fd, b"x", (1 << 63) - 1)
+        assert info.value.errno == errno.EINVAL
+    finally:
+        os.close(fd)
+    with pytest.raises(OSError) as info:
+        log.pwrite(fd, b"x", 0)  # closed
+    assert info.value.errno == errno.EBADF
+
+
+# -- the fast path --------------------------------------------------------------------------------
+
+
+def test_plain_appends_take_the_fast_path_and_others_the_general_one(store_path: str, impl: str,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    with evstore.open(store_path, log_impl=impl) as s:
+        s.append("s", [ev("Known")])  # the first append of a type checks and caches its name
+        core = s._core
+        assert core is not None
+        general = core.writer.commit
+        used: list[str] = []
+
+        def spy(*a: Any, **k: Any) -> Any:
+            used.append("commit")
+            return general(*a, **k)
+
+        monkeypatch.setattr(core.writer, "commit", spy)
+        s.append("s", [ev("Known"), ev("Known", b"2", metadata=b"m", schema=7)], expected_version=1)
+        assert used == []
+        eid = uuid.uuid4()
+        s.append("s", [ev("Known", id=eid)], expected_version=3)
+        s.append("s", [ev("Known", tags=("t",))], expected_version=4)
+        s.append("s", (ev("Known"),), expected_version=5)  # not a list
+        assert used == ["commit"] * 3
+        # a retry with the same ids after a version moved on is answered by the general path
+        assert s.append("s", [ev("Known", id=eid)], expected_version=3).first_version == 4
+        with pytest.raises(evstore.WrongExpectedVersion):
+            s.append("s", [ev("Known")], expected_version=1)
+        recs = s.read_stream("s")
+        assert [(r.version, r.schema, r.metadata) for r in recs[:3]] == [(1, 1, b""), (2, 1, b""), (3, 7, b"m")]
+
+
+def test_the_fast_path_refuses_bad_input_like_the_general_one(store_path: str, impl: str) -> None:
+    with evstore.open(store_path, log_impl=impl) as s:
+        s.append("s", [ev("Known")])
+        bad: list[tuple[Any, type[Exception]]] = [
+            ([NewEvent("Known", "text")], TypeError),  # type: ignore[arg-type]
+            ([NewEvent("Known", b"x", schema=-1)], ValueError),
+            ([NewEvent("", b"x")], ValueError),
+            ([("Known", b"x")], TypeError),
+            ([], ValueError),
+        ]
+        for events, exc in bad:
+            with pytest.raises(exc):
+                s.append("s", events)
+        with pytest.raises(TypeError):
+            s.append(42, [ev("Known")])  # type: ignore[arg-type]
+        assert s.head() == 1 and s.stream_version("s") == 1
