@@ -16,13 +16,13 @@ from evstore.format.layout import FLAG_UUID_STREAM
 from evstore.consumer import ConsumerStats, consume
 from evstore.engine import marks
 from evstore.engine.checks import (
-    DURABILITIES,
     MAX_EVENT_BYTES,
     MAX_NAME_BYTES,
     Condition,
     Part,
     QueryItem,
     check_condition,
+    check_open_options,
     check_position,
     check_snapshot,
     check_stream,
@@ -199,6 +199,20 @@ class EventStore:
         if not parts and not controls:
             raise ValueError("append_many needs at least one (stream, events, expected_version)")
         return core.writer.commit(parts, controls, self._binder, condition=check_condition(condition))
+
+    @_index_errors
+    def append_fields(self, stream: Stream, types: Sequence[str], datas: Sequence[bytes],
+                      metadatas: Sequence[bytes], *, expected_version: Any = ANY) -> AppendResult:
+        """For adapters: `append` of events given as parallel sequences of their fields (type, data,
+        metadata; schema 1, no id, no tags), as adapters hold them: no `NewEvent` is made unless a
+        field needs the full checks (a new type, bad input). Raises: as `append`."""
+        core = self._w()
+        if self._binder is None:
+            done = core.writer.append_plain(stream, [], expected_version, (types, datas, metadatas))
+            if done is not None:
+                return done
+        events = [NewEvent(t, d, m) for t, d, m in zip(types, datas, metadatas, strict=True)]  # ValueError
+        return self.append(stream, events, expected_version=expected_version)
 
     def import_commit(self, parts: list[tuple[Stream, Sequence[NewEvent], Any]], recorded_at_ns: int,
                       controls: Sequence[ControlRecord] = ()) -> list[AppendResult]:
@@ -610,18 +624,7 @@ def open(path: str | os.PathLike[str], *, create: bool = True, readonly: bool = 
     segments: keeping many of them alive keeps those mappings (and their pages) alive.
     """
     binder = make_binder(lifecycles)
-    p = os.fspath(path)
-    if not isinstance(p, str):
-        raise TypeError("path must be a str or os.PathLike[str]")
-    if "\x00" in p:
-        raise ValueError("path must not contain NUL bytes")
-    if durability is not None and durability not in DURABILITIES:
-        raise ValueError(f"durability must be one of {DURABILITIES}, not {durability!r}")
-    for name, v, lo in (("segment_size", segment_size, 4096), ("map_size", map_size, 1 << 20)):
-        if type(v) is not int:
-            raise TypeError(f"{name} must be an int")
-        if not lo <= v <= (1 << 40):
-            raise ValueError(f"{name} must be between {lo} and 2**40 bytes")
+    p = check_open_options(path, durability, segment_size, map_size)
     core = registry.open(os.path.realpath(p), create=create, readonly=readonly, durability=durability,
                          segment_size=segment_size, map_size=map_size, log_impl=log_impl)
     return EventStore(core, readonly, binder)

@@ -206,3 +206,21 @@ def test_the_fast_path_refuses_bad_input_like_the_general_one(store_path: str, i
         with pytest.raises(TypeError):
             s.append(42, [ev("Known")])  # type: ignore[arg-type]
         assert s.head() == 1 and s.stream_version("s") == 1
+
+
+def test_append_fields_takes_the_fast_path_and_falls_back_for_new_types(store_path: str, impl: str) -> None:
+    with evstore.open(store_path, log_impl=impl) as s:
+        r = s.append_fields("f", ["NeverSeenBefore", "NeverSeenBefore"], [b"a", b"b"], [b"", b"m"],
+                            expected_version=evstore.NO_STREAM)  # a new type: the general path checks it
+        assert (r.first_version, r.last_version) == (1, 2)
+        r = s.append_fields("f", ["NeverSeenBefore"], [b"c"], [b"n"], expected_version=2)
+        assert r.first_position == 3
+        with pytest.raises(evstore.WrongExpectedVersion):
+            s.append_fields("f", ["NeverSeenBefore"], [b"d"], [b""], expected_version=1)
+        for bad in [(["NeverSeenBefore"], ["text"], [b""]), (["NeverSeenBefore"], [b"x"], []), ([""], [b"x"], [b""])]:
+            with pytest.raises((TypeError, ValueError)):
+                s.append_fields("f", *bad)  # type: ignore[arg-type]
+        recs = s.read_stream("f")
+        assert [(e.type, e.data, e.metadata, e.schema) for e in recs] == [
+            ("NeverSeenBefore", b"a", b"", 1), ("NeverSeenBefore", b"b", b"m", 1), ("NeverSeenBefore", b"c", b"n", 1)]
+        assert s.head() == 3

@@ -7,6 +7,7 @@ accepted; nothing here touches the store. `validate_events` is the per-event hot
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
@@ -30,6 +31,23 @@ def check_stream(stream: Any) -> tuple[bytes, int]:
     if isinstance(stream, uuid.UUID):
         return stream.bytes, FLAG_UUID_STREAM
     raise TypeError(f"a stream id must be a str or uuid.UUID, not {type(stream).__name__}")
+
+
+def check_open_options(path: Any, durability: Any, segment_size: Any, map_size: Any) -> str:
+    """The path of `evstore.open` as a str, once it and the options are valid."""
+    p = os.fspath(path)
+    if not isinstance(p, str):
+        raise TypeError("path must be a str or os.PathLike[str]")
+    if "\x00" in p:
+        raise ValueError("path must not contain NUL bytes")
+    if durability is not None and durability not in DURABILITIES:
+        raise ValueError(f"durability must be one of {DURABILITIES}, not {durability!r}")
+    for name, v, lo in (("segment_size", segment_size, 4096), ("map_size", map_size, 1 << 20)):
+        if type(v) is not int:
+            raise TypeError(f"{name} must be an int")
+        if not lo <= v <= (1 << 40):
+            raise ValueError(f"{name} must be between {lo} and 2**40 bytes")
+    return p
 
 
 def check_name(name: Any, what: str) -> bytes:

@@ -110,11 +110,14 @@ class Writer:
         group.await_durable(seq)
         return results
 
-    def append_plain(self, stream: Stream, events: list[Any], expected: Any) -> AppendResult | None:
+    def append_plain(self, stream: Stream, events: list[Any], expected: Any,
+                     fields: tuple[Sequence[object], Sequence[object], Sequence[object]] | None = None
+                     ) -> AppendResult | None:
         """The fast path of an append to one stream of *plain* events (evstore.format.encode's
         `plain_events`: no ids, no tags) without lifecycles, expected state or condition: the checks
         of `commit` that apply, one encoder call and the write. None, with nothing written, when an
-        event is not plain (or not valid): the caller then takes `commit`, which says what is wrong."""
+        event is not plain (or not valid): the caller then takes `commit`, which says what is wrong.
+        `fields`: the events as (type names, data, metadata) instead (`events` is then ignored)."""
         sb, sflag = check_stream(stream)
         key = stream_key(stream)
         expected = check_expected(expected)
@@ -130,11 +133,15 @@ class Writer:
             try:
                 check_version(stream, expected, actual)
             except WrongExpectedVersion:
-                if any(getattr(e, "id", None) is not None for e in events):
+                if fields is None and any(getattr(e, "id", None) is not None for e in events):
                     return None  # perhaps a retry of a committed append: `commit` answers it
                 raise
-            enc = core.impl.encode_plain(stream, key, sb, sflag, actual, events, type_names, self.next_position,
-                                         time.time_ns())
+            if fields is None:
+                enc = core.impl.encode_plain(stream, key, sb, sflag, actual, events, type_names,
+                                             self.next_position, time.time_ns())
+            else:
+                enc = core.impl.encode_fields(stream, key, sb, sflag, actual, *fields, type_names,
+                                              self.next_position, time.time_ns())
             if enc is None:
                 return None
             results, seq = self.install(enc, (), {key: h})

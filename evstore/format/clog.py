@@ -224,9 +224,6 @@ def _encode(parts: Sequence[PartToEncode], controls: Sequence[ControlRecord], fi
     return EncodedCommit(buf, first_position, n_events, results, runs, types, ids, tagged, control_offsets)
 
 
-_EMPTY: tuple[()] = ()
-
-
 def encode_plain(stream: Stream, key: bytes, stored: bytes, flags: int, version: int, events: Sequence[object],
                  type_names: dict[str, bytes], first_position: int, ts: int) -> EncodedCommit | None:
     """The commit of one stream's *plain* events (see evstore.format.encode's `plain_events`, whose
@@ -237,7 +234,6 @@ def encode_plain(stream: Stream, key: bytes, stored: bytes, flags: int, version:
     desc: list[int] = []
     dadd = desc.extend
     types: dict[bytes, None] = {}
-    n = 0
     for e in events:
         if type(e) is not NewEvent:
             return None
@@ -250,7 +246,34 @@ def encode_plain(stream: Stream, key: bytes, stored: bytes, flags: int, version:
         add((tb, m, d))
         dadd((len(tb), len(m), 0, len(d), 0, sc))
         types[tb] = None
-        n += 1
+    return _encode_run(stream, key, stored, flags, version, chunks, desc, types, first_position, ts)
+
+
+def encode_fields(stream: Stream, key: bytes, stored: bytes, flags: int, version: int, names: Sequence[object],
+                  datas: Sequence[object], metadatas: Sequence[object], type_names: dict[str, bytes],
+                  first_position: int, ts: int) -> EncodedCommit | None:
+    """As `encode_plain`, for events given as their fields (type names, data, metadata; schema 1),
+    as adapters hold them: no event object is made. None when a field is not plain."""
+    if not len(names) == len(datas) == len(metadatas):
+        return None
+    chunks: list[bytes] = [stored]
+    add = chunks.extend
+    desc: list[int] = []
+    dadd = desc.extend
+    types: dict[bytes, None] = {}
+    for t, d, m in zip(names, datas, metadatas):
+        tb = type_names.get(t) if type(t) is str else None
+        if tb is None or type(d) is not bytes or type(m) is not bytes or len(d) + len(m) > MAX_EVENT_BYTES:
+            return None
+        add((tb, m, d))
+        dadd((len(tb), len(m), 0, len(d), 0, 1))
+        types[tb] = None
+    return _encode_run(stream, key, stored, flags, version, chunks, desc, types, first_position, ts)
+
+
+def _encode_run(stream: Stream, key: bytes, stored: bytes, flags: int, version: int, chunks: list[bytes],
+                desc: list[int], types: dict[bytes, None], first_position: int, ts: int) -> EncodedCommit | None:
+    n = len(desc) // 6
     if not n or version + n > MAX_VERSION or len(stored) > 0xFFFF or flags not in (0, 1):
         return None
     inb = b"".join(chunks)

@@ -220,3 +220,17 @@ def plain_events(events: Sequence[object], type_names: dict[str, bytes]) -> list
             return None
         add((tb, d, m, None, s, b""))
     return out if out else None
+
+
+def plain_fields(names: Sequence[object], datas: Sequence[object], metadatas: Sequence[object],
+                 type_names: dict[str, bytes]) -> list[ValidEvent] | None:
+    """As `plain_events`, for events given as parallel sequences of their type names, data and
+    metadata (schema 1, no id, no tags); None when one is not plain."""
+    out: list[ValidEvent] = []
+    add = out.append
+    for t, d, m in zip(names, datas, metadatas):
+        tb = type_names.get(t) if type(t) is str else None
+        if tb is None or type(d) is not bytes or type(m) is not bytes or len(d) + len(m) > MAX_EVENT_BYTES:
+            return None
+        add((tb, d, m, None, 1, b""))
+    return out if out else None

@@ -34,8 +34,8 @@ from evstore.format.layout import (
     U64,
     LogFormatError,
 )
-from evstore.format.encode import MAX_COMMIT_BYTES, MAX_VERSION, ControlRecord, EncodedCommit, PartToEncode, plain_events, \
-    input_error, random_ids, tags_ok
+from evstore.format.encode import MAX_COMMIT_BYTES, MAX_VERSION, ControlRecord, EncodedCommit, PartToEncode, \
+    ValidEvent, input_error, plain_events, plain_fields, random_ids, tags_ok
 from evstore.records import AppendResult, Stream
 from evstore.format.scanresult import U32, U64_MAX, ScanResult, check_buffer, check_uint, scan_filter, tiling_error
 
@@ -371,7 +371,22 @@ def encode_plain(stream: Stream, key: bytes, stored: bytes, flags: int, version:
                  type_names: dict[str, bytes], first_position: int, ts: int) -> EncodedCommit | None:
     """The commit of one stream's plain events (`plain_events`), or None when an event is not plain
     or the commit cannot be encoded: the same bytes and offsets as evstore.format.clog's."""
-    valid = plain_events(events, type_names)
+    return _encode_valid(stream, key, stored, flags, version, plain_events(events, type_names), first_position, ts)
+
+
+def encode_fields(stream: Stream, key: bytes, stored: bytes, flags: int, version: int, names: Sequence[object],
+                  datas: Sequence[object], metadatas: Sequence[object], type_names: dict[str, bytes],
+                  first_position: int, ts: int) -> EncodedCommit | None:
+    """As `encode_plain`, for events given as their fields (schema 1): the same bytes as
+    evstore.format.clog's."""
+    if not len(names) == len(datas) == len(metadatas):
+        return None
+    return _encode_valid(stream, key, stored, flags, version, plain_fields(names, datas, metadatas, type_names),
+                         first_position, ts)
+
+
+def _encode_valid(stream: Stream, key: bytes, stored: bytes, flags: int, version: int,
+                  valid: list[ValidEvent] | None, first_position: int, ts: int) -> EncodedCommit | None:
     if valid is None:
         return None
     try:
