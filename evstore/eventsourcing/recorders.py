@@ -135,11 +135,15 @@ class EvstoreRecorder:
         groups: dict[uuid.UUID | str, list[int]] = {}
         for i, s in enumerate(stored_events):
             groups.setdefault(stream_of(s.originator_id), []).append(i)
-        parts: list[tuple[uuid.UUID | str, list[NewEvent], int]] = []
+        # each part's events as their fields (topics, states, metadata): one stream without tracking
+        # goes to append_fields, which makes no event object (the store's fast path)
+        parts: list[tuple[uuid.UUID | str, tuple[list[str], list[bytes], list[bytes]], int]] = []
         extras = EVENT_EXTRAS
         for oid, idx in groups.items():
             prev = None
-            events = []
+            topics: list[str] = []
+            states: list[bytes] = []
+            metas: list[bytes] = []
             for i in idx:
                 s = stored_events[i]
                 ov = s.originator_version
@@ -154,8 +158,10 @@ class EvstoreRecorder:
                     md = _encode_meta(ov, s.uuid, s.metadata)  # type: ignore[attr-defined,unused-ignore]
                 else:
                     md = _pack_ov(ov)
-                events.append(NewEvent(s.topic, s.state, md))
-            parts.append((oid, events, 0))
+                topics.append(s.topic)
+                states.append(s.state)
+                metas.append(md)
+            parts.append((oid, (topics, states, metas), 0))
         trk = None if tracking is None else (tracking_name(tracking), tracking.notification_id)
         if not parts and trk is None:
             return []
@@ -172,7 +178,12 @@ class EvstoreRecorder:
                     )
                 parts[n] = (oid, events, head[0])
             try:
-                results = self.store.append_many(parts, tracking=trk)
+                if trk is None and len(parts) == 1:
+                    oid, (t, d, m), expected = parts[0]
+                    results = [self.store.append_fields(oid, t, d, m, expected_version=expected)]
+                else:
+                    results = self.store.append_many(
+                        [(oid, [NewEvent(*e) for e in zip(*f)], x) for oid, f, x in parts], tracking=trk)
             except evstore.WrongExpectedVersion:
                 continue  # a stale cached head, or a concurrent writer: re-read and re-check
             except evstore.TrackingConflict as e:
@@ -248,7 +259,16 @@ class EvstoreRecorder:
         else:
             n = self.store.stream_version(oid)
             probe = min(n, vgt)
-            if probe < 1 or self._ov_at(oid, probe) == probe + off:
+            if probe < 1:
+                return []
+            cached = self._heads.get(oid)  # (version, originator_version) of the stream's last event
+            if cached is not None and cached[0] == probe:
+                ov = cached[1]
+            else:
+                ov = self._ov_at(oid, probe)
+                if probe == n and len(self._heads) < _MAX_CACHE:
+                    self._heads[oid] = (n, ov)
+            if ov == probe + off:
                 return []
         return self._select_gapped(oid, given, gt, lte, desc, limit)
 
