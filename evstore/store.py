@@ -124,11 +124,11 @@ class EventStore:
             core.check_usable()  # raises
         return core
 
-    def _r(self) -> Core:
-        """The core, for a read: every durable commit of this process is indexed first."""
+    def _r(self, streams_only: bool = False) -> Core:
+        """The core, for a read: durable commits are indexed first (`streams_only`: the overlay has them)."""
         core = self._c()
         group = core.group
-        if group.indexed_seq < group.durable_seq:
+        if not streams_only and group.indexed_seq < group.durable_seq:
             group.flush_index()
         elif core.readonly:
             core.follow_rebuilt_index()
@@ -281,7 +281,7 @@ class EventStore:
     @_index_errors
     def stream_version(self, stream: Stream) -> int:
         """The stream's last version (0 when it has no events)."""
-        core = self._r()
+        core = self._r(True)
         check_stream(stream)
         h = core.reader.head_of(stream)
         return 0 if h is None else h.version
@@ -322,7 +322,7 @@ class EventStore:
 
     def _stream_regions(self, stream: Stream, gt: int | None, lte: int | None, desc: bool,
                         limit: int | None) -> list[Chunk]:
-        core = self._r()
+        core = self._r(True)
         check_stream(stream)
         found = core.reader.stream_range(stream, check_position(gt, "gt"), check_position(lte, "lte"), desc,
                                          check_position(limit, "limit"))

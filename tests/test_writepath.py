@@ -224,3 +224,90 @@ def test_append_fields_takes_the_fast_path_and_falls_back_for_new_types(store_pa
         assert [(e.type, e.data, e.metadata, e.schema) for e in recs] == [
             ("NeverSeenBefore", b"a", b"", 1), ("NeverSeenBefore", b"b", b"m", 1), ("NeverSeenBefore", b"c", b"n", 1)]
         assert s.head() == 3
+
+
+# -- read-your-writes through the overlay ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("durability", ["fsync", "os"])
+def test_stream_reads_see_their_own_writes_without_writing_the_index(store_path: str, impl: str, durability: str,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from evstore.storage.index import Index
+
+    with evstore.open(store_path, log_impl=impl, durability=durability) as s:
+        s.append("a", [ev("T", b"0")])
+        s.sync()
+        writes: list[int] = []
+        real = Index.write
+
+        def counted(self: Any, batch: Any) -> None:
+            writes.append(1)
+            real(self, batch)
+
+        monkeypatch.setattr(Index, "write", counted)
+        core = s._core
+        assert core is not None
+        with core.group.index_lock:  # the indexer cannot write meanwhile: only the overlay has them
+            for i in range(1, 30):
+                s.append("a", [ev("T", b"%d" % i)], expected_version=i)
+                recs = s.read_stream("a")
+                assert [r.data for r in recs] == [b"%d" % k for k in range(i + 1)]
+                assert s.stream_version("a") == i + 1
+                assert [r.version for r in s.read_stream("a", gt=i - 1, lte=i + 1)] == [i, i + 1]
+                assert [r.version for r in s.read_stream("a", desc=True, limit=2)] == [i + 1, i]
+            s.append("new", [ev("T", b"n")], expected_version=evstore.NO_STREAM)
+            assert [r.data for r in s.read_stream("new")] == [b"n"]
+            assert writes == []
+        assert [r.data for r in s.read_all(gt=29)] == [b"29", b"n"]  # an index read indexes first
+        assert writes
+
+
+def test_marks_reach_stream_reads_through_the_overlay(store_path: str, impl: str) -> None:
+    with evstore.open(store_path, log_impl=impl) as s:
+        s.append("d-1", [ev(), ev()])
+        s.append("t-1", [ev()])
+        s.sync()
+        core = s._core
+        assert core is not None
+        with core.group.index_lock:
+            s.delete_stream("d-1")
+            assert s.read_stream("d-1") == [] and s.stream_version("d-1") == 2
+            s.delete_stream("t-1", tombstone=True)
+            with pytest.raises(evstore.StreamDeleted):
+                s.read_stream("t-1")
+
+
+def test_stream_reads_race_the_indexer_and_never_skip_or_repeat(store_path: str, impl: str) -> None:
+    import threading
+
+    with evstore.open(store_path, log_impl=impl, durability="os") as s:
+        stop = threading.Event()
+        errors: list[BaseException] = []
+        acked = [0]
+
+        def writer() -> None:
+            try:
+                v = 0
+                while not stop.is_set() and v < 3000:
+                    s.append("r", [ev("T", b"%d" % v)] * (1 + v % 3), expected_version=v or evstore.NO_STREAM)
+                    v += 1 + v % 3
+                    acked[0] = v
+            except BaseException as e:  # reported below
+                errors.append(e)
+
+        t = threading.Thread(target=writer)
+        t.start()
+        reads = 0
+        while t.is_alive() or reads < 50:
+            floor = acked[0]
+            recs = s.read_stream("r")
+            versions = [r.version for r in recs]
+            assert versions == list(range(1, len(versions) + 1))
+            assert len(versions) >= floor  # every acknowledged append is seen at once
+            reads += 1
+            if reads > 5000:
+                break
+        stop.set()
+        t.join()
+        assert not errors
+        assert [r.version for r in s.read_stream("r")] == list(range(1, acked[0] + 1))

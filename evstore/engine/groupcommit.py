@@ -4,7 +4,8 @@ A commit goes through three states: *written* (in the log, not yet synced: `pend
 (synced per the durability mode: `unindexed`), *indexed* (its entries in a durable LMDB
 transaction). One thread syncs every commit written so far while the others wait (group commit);
 waiters return as soon as the log is durable; the indexer thread then writes the index in batches,
-off the append path. A read of this process first indexes every durable commit (read-your-writes).
+off the append path. A stream read of this process finds the durable commits not yet indexed in the
+overlay (engine/overlay.py); any other read first indexes them (read-your-writes).
 
 With durability="os" a commit is durable once written (the OS has it): the writer queues it for the
 indexer itself, under the writer lock, with no syncer round; the indexer fdatasyncs the log before
@@ -15,7 +16,8 @@ Locks (the order in which they may be taken is that of `Core`'s docstring):
 - `ids_lock` (a leaf) guards `pending_ids`; the log's `fd_lock` (a leaf) its descriptors, so that
   `flush_index` never takes the writer lock under the index lock;
 - `index_lock` guards `indexed_seq`, `index_error` and every index write transaction;
-- `queue_lock` guards `unindexed` and `unindexed_seq`;
+- `queue_lock` guards `unindexed` and `unindexed_seq`; the overlay's leaf lock its entries, added under
+  `queue_lock` as commits become durable (read-your-writes for stream reads: engine/overlay.py);
 - `sync_cond` guards `syncing`, `durable_seq` and `failed`.
 `failed` is sticky: once set (an fsync failed, or a read found the log damaged) every write raises
 `StoreFailed` until the store is reopened.
@@ -31,6 +33,7 @@ from typing import TYPE_CHECKING
 import lmdb
 
 from evstore.errors import CorruptedError, EvstoreError, IndexUnavailable, StoreFailed
+from evstore.engine.overlay import Overlay
 from evstore.storage.index import Index, IndexBatch
 
 if TYPE_CHECKING:
@@ -64,6 +67,7 @@ class GroupCommit:
         self.indexer: threading.Thread | None = None  # GUARDED_BY(indexer_lock): set once, started
         self.indexer_lock = threading.Lock()
         self.index_wake = threading.Event()
+        self.overlay = Overlay()  # durable, unindexed stream heads and extents (its own leaf lock)
         self.stopping = False
 
     # -- the writer's side -------------------------------------------------------------------
@@ -82,6 +86,7 @@ class GroupCommit:
         with self.queue_lock:
             self.unindexed.append(batch)
             self.unindexed_seq = seq
+            self.overlay.add([batch])
         with self.sync_cond:
             self.durable_seq = seq
         log = self.core.log
@@ -163,6 +168,7 @@ class GroupCommit:
             with self.queue_lock:
                 self.unindexed.extend(batches)
                 self.unindexed_seq = target
+                self.overlay.add(batches)
         with cond:
             self.syncing = False
             if err is None and interrupted is None:
@@ -249,6 +255,7 @@ class GroupCommit:
                 for k, _v in batch.ids:
                     self.pending_ids.pop(k, None)
             self.indexed_seq = target
+            self.overlay.remove(batches)
         core.notify_commits()
 
     def _reopen_after(self, e: BaseException) -> None:

@@ -14,6 +14,7 @@ import mmap
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from evstore.engine.overlay import merge_extents
 from evstore.storage import index as ix
 from evstore.format.layout import HEADER, HEADER_SIZE, LogFormatError
 from evstore.errors import StreamDeleted
@@ -72,10 +73,14 @@ class Reader:
     # -- heads -----------------------------------------------------------------------------
 
     def head_of(self, stream: Stream) -> Head | None:
-        """The indexed head of `stream` (a checked stream id), or None."""
+        """The head of `stream` (a checked stream id) as of its last durable commit, or None."""
+        key = stream_key(stream)
+        ov = self.core.group.overlay.stream(key)
+        if ov is not None:
+            return Head.unpack(ov[0])
         index = self.core.index
         with index.begin() as txn:
-            return ix.head(index, txn, stream_key(stream))
+            return ix.head(index, txn, key)
 
     def last_position(self) -> int:
         """The position of the last indexed event (0 when none)."""
@@ -91,8 +96,10 @@ class Reader:
         """(extents, lo, hi) of a read of versions gt < v <= lte of `stream` (at most `limit`, from the
         end with `desc`), or None when it reads nothing. Raises StreamDeleted when tombstoned."""
         index = self.core.index
+        key = stream_key(stream)
+        ov = self.core.group.overlay.stream(key)  # copied before the transaction (engine/overlay.py)
         with index.begin() as txn:
-            head = ix.head(index, txn, stream_key(stream))
+            head = ix.head(index, txn, key) if ov is None else Head.unpack(ov[0])
             if head is None:
                 return None
             if head.flags & HEAD_TOMBSTONE:
@@ -106,7 +113,10 @@ class Reader:
                     lo = max(lo, hi - limit + 1)
                 else:
                     hi = min(hi, lo + limit - 1)
-            return ix.extents(index, txn, head.num, lo, hi), lo, hi
+            found = ix.extents(index, txn, head.num, lo, hi)
+        if ov is not None and ov[1]:
+            found = merge_extents(found, ov[1], lo, hi)
+        return found, lo, hi
 
     def extents(self, num: int, lo: int, hi: int) -> list[Extent]:
         index = self.core.index

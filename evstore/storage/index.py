@@ -423,8 +423,8 @@ def extents(index: Index, txn: lmdb.Transaction, num: int, lo: int, hi: int) -> 
     """Stream `num`'s extents covering versions lo..hi, in version order."""
     out = []
     cur = txn.cursor(index.db["extents"])
-    if not cur.set_range(EXTENT_KEY.pack(num, lo)):
-        cur.last()
+    if not cur.set_range(EXTENT_KEY.pack(num, lo)) and not cur.last():
+        return out  # no extents at all (a first commit not indexed yet)
     k = EXTENT_KEY.unpack(cur.key())
     if k[0] != num or k[1] > lo:
         cur.prev()
