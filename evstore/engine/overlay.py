@@ -46,10 +46,19 @@ class Overlay:
         with self.lock:
             streams = self.streams
             for b in batches:
-                if not b.heads:
+                heads = b.heads
+                if len(heads) == 1:  # the common commit: one stream
+                    [(key, packed)] = heads.items()
+                    e = streams.get(key)
+                    if e is None:
+                        e = streams[key] = _Entry(packed, b)
+                    else:
+                        e.head, e.batch = packed, b
+                    num = packed[7::-1]
+                    e.extents += [(b, k, v) for k, v in b.extents if k[:8] == num]
                     continue
                 by_num: dict[bytes, _Entry] = {}
-                for key, packed in b.heads.items():
+                for key, packed in heads.items():
                     e = streams.get(key)
                     if e is None:
                         e = streams[key] = _Entry(packed, b)

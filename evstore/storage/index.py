@@ -421,7 +421,7 @@ def heads_from(index: Index, txn: lmdb.Transaction, prefix: bytes) -> list[tuple
 
 def extents(index: Index, txn: lmdb.Transaction, num: int, lo: int, hi: int) -> list[Extent]:
     """Stream `num`'s extents covering versions lo..hi, in version order."""
-    out = []
+    out: list[Extent] = []
     cur = txn.cursor(index.db["extents"])
     if not cur.set_range(EXTENT_KEY.pack(num, lo)) and not cur.last():
         return out  # no extents at all (a first commit not indexed yet)
