@@ -71,7 +71,7 @@ READER = textwrap.dedent("""
                    "segment then regrows to less than its first allocation (32 + segment_size), and the "
                    "reader's scan of the sealed segment touches pages past the end of the file: SIGBUS")
 def test_a_reader_survives_a_torn_tail_cut_while_it_has_the_segment_mapped(store_path: str, tmp_path: Any) -> None:
-    size = 8192
+    size = 65536  # a multiple of the page size on 4 KiB and 64 KiB page systems
     with evstore.open(store_path, segment_size=size) as s:
         for _ in range(3):
             s.append("a", [ev("T", b"x" * 100)])
