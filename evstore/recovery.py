@@ -118,7 +118,7 @@ def verify(path: str, progress: Progress = _no_progress) -> VerifyReport:
             else:
                 what = f"segment starts at position {seg.first}, before {expected} (it overlaps the one before)"
             rep.problems.append(Problem(seg.path, 0, what, False))
-        sc = scan_segment(impl, seg, seg.first, progress)
+        sc = scan_segment(impl, seg, seg.first, progress, last)
         rep.commits += sc.commits
         rep.events += sc.events
         expected = sc.next_position
@@ -257,8 +257,8 @@ def _plan(real: str, impl: ModuleType) -> _Plan:
             plan.findings.append(f"{seg.path}: its header says position {seg.first}; renamed "
                                  f"{segment_name(expected)}")
         plan.chain.append(seg)
-        sc = scan_segment(impl, seg, expected)
         later = any(p >= expected for p in by_first)
+        sc = scan_segment(impl, seg, expected, last=not later)
         if sc.code != 0 and (later or not sc.torn):
             plan.damaged, plan.good_end = seg, sc.good_end
             plan.findings.append(f"{seg.path}: {sc.reason} at offset {sc.err_off}; kept its whole commits "

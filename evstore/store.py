@@ -22,6 +22,7 @@ from evstore.engine.checks import (
     Part,
     QueryItem,
     check_condition,
+    check_fields,
     check_open_options,
     check_position,
     check_snapshot,
@@ -203,16 +204,15 @@ class EventStore:
     @_index_errors
     def append_fields(self, stream: Stream, types: Sequence[str], datas: Sequence[bytes],
                       metadatas: Sequence[bytes], *, expected_version: Any = ANY) -> AppendResult:
-        """For adapters: `append` of events given as parallel sequences of their fields (type, data,
-        metadata; schema 1, no id, no tags), as adapters hold them: no `NewEvent` is made unless a
-        field needs the full checks (a new type, bad input). Raises: as `append`."""
+        """For adapters: `append` of events as parallel sequences of their fields (type, data, metadata;
+        schema 1, no id, no tags): no `NewEvent` is made but for a new type or bad input. Raises: as `append`."""
         core = self._w()
+        check_fields(types, datas, metadatas)
         if self._binder is None:
             done = core.writer.append_plain(stream, [], expected_version, (types, datas, metadatas))
             if done is not None:
                 return done
-        events = [NewEvent(t, d, m) for t, d, m in zip(types, datas, metadatas, strict=True)]  # ValueError
-        return self.append(stream, events, expected_version=expected_version)
+        return self.append(stream, list(map(NewEvent, types, datas, metadatas)), expected_version=expected_version)
 
     def import_commit(self, parts: list[tuple[Stream, Sequence[NewEvent], Any]], recorded_at_ns: int,
                       controls: Sequence[ControlRecord] = ()) -> list[AppendResult]:

@@ -16,7 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define EVL_FORMAT_VERSION 1
+#define EVL_FORMAT_VERSION 2 /* 2: allocated space and seal markers after commits (docs/log_format.md) */
 #define EVL_HEADER_SIZE 64          /* bytes of the fixed header of every record */
 #define EVL_SEGMENT_HEADER_SIZE 32  /* bytes of the header of every segment file */
 

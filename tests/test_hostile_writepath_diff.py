@@ -139,9 +139,6 @@ COMMON = settings(max_examples=40, deadline=None, suppress_health_check=[HealthC
                                                                          HealthCheck.too_slow])
 
 
-@pytest.mark.xfail(strict=True, reason="the fast path checks the expected version and the stream's head before "
-                   "the general path's checks of an empty event list, of a retry's event ids and of "
-                   "append_fields' lengths")
 @COMMON
 @given(ops=st.lists(op, max_size=12))
 @example(ops=[("append", "s0", [], 5, True)])

@@ -62,9 +62,11 @@ def test_torn_tail_is_truncated_at_every_offset_of_the_last_commit(store_path: s
         assert os.path.getsize(seg) == cut + len(pad)
         if cut % 7 == 0:
             shutil.rmtree(index)  # and a rebuild from the log alone agrees
-        with evstore.open(store_path, log_impl=impl) as s:  # the writer cuts it off
+        with evstore.open(store_path, log_impl=impl) as s:  # the writer cuts it off (with zeros)
             assert s.head() == len(committed)
-        assert os.path.getsize(seg) == len(full)
+        assert os.path.getsize(seg) == cut + len(pad) and commits_end(seg) == len(full)
+        with open(seg, "rb") as f:
+            assert not any(f.read()[len(full):])
     with open(seg, "wb") as f:  # zeros after the last commit are a torn tail too
         f.write(full + bytes(300))
     with evstore.open(store_path, log_impl=impl) as s:

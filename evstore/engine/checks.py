@@ -50,6 +50,13 @@ def check_open_options(path: Any, durability: Any, segment_size: Any, map_size: 
     return p
 
 
+def check_fields(types: Any, datas: Any, metadatas: Any) -> None:
+    """Events given as their fields (`EventStore.append_fields`): as many data and metadata as types."""
+    if not len(types) == len(datas) == len(metadatas):
+        raise ValueError(f"append_fields needs as many data and metadata values as types, not {len(types)}, "
+                         f"{len(datas)} and {len(metadatas)}")
+
+
 def check_name(name: Any, what: str) -> bytes:
     if not isinstance(name, str):
         raise TypeError(f"{what} must be a str, not {type(name).__name__}")

@@ -118,6 +118,11 @@ class Writer:
         of `commit` that apply, one encoder call and the write. None, with nothing written, when an
         event is not plain (or not valid): the caller then takes `commit`, which says what is wrong.
         `fields`: the events as (type names, data, metadata) instead (`events` is then ignored)."""
+        if fields is None:
+            if not events:
+                return None  # `commit` says what is wrong, in its order of checks
+        elif not fields[0]:
+            raise ValueError("an append needs at least one event")
         sb, sflag = check_stream(stream)
         key = stream_key(stream)
         expected = check_expected(expected)
@@ -128,11 +133,11 @@ class Writer:
             if self.closing:
                 raise StoreClosed(core.path)
             h = core.indexer.head_of(key)
-            check_appendable(stream, h)
             actual = 0 if h is None else h.version
             try:
+                check_appendable(stream, h)
                 check_version(stream, expected, actual)
-            except WrongExpectedVersion:
+            except (WrongExpectedVersion, StreamClosed, StreamDeleted):
                 if fields is None and any(getattr(e, "id", None) is not None for e in events):
                     return None  # perhaps a retry of a committed append: `commit` answers it
                 raise

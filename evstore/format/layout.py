@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import struct
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: allocated space after a segment's commits, and seal markers (docs/log_format.md)
+READABLE_FORMATS = (1, 2)  # a format-1 log reads the same (it has neither)
 HEADER_SIZE = 64
 SEGMENT_HEADER_SIZE = 32
 COMMIT_SIZE = HEADER_SIZE + 8
@@ -50,6 +51,10 @@ assert HEADER.size == HEADER_SIZE
 SEGMENT_HEADER = struct.Struct("<8sIIQII")
 assert SEGMENT_HEADER.size == SEGMENT_HEADER_SIZE
 U64 = struct.Struct("<Q")
+# The seal marker after a sealed segment's last commit (format 2): a record header's first 8 bytes zero
+# (no record has length 0), a magic, the offset it stands at, and the CRC-32C of the magic and offset.
+SEAL = struct.Struct("<8x8sQI36x")
+SEAL_MAGIC = b"EVSEALED"
 
 
 class LogFormatError(Exception):

@@ -19,7 +19,7 @@ import time
 from types import ModuleType
 from typing import Any
 
-from evstore.format.layout import FORMAT_VERSION
+from evstore.format.layout import FORMAT_VERSION, READABLE_FORMATS
 from evstore.storage.durable import make_dirs, remove, replace_file
 from evstore.errors import CorruptedError, EvstoreError, StorageError, StoreLocked, UnsupportedFormat
 from evstore.storage.index import INDEX_FILES, U32
@@ -153,8 +153,12 @@ def load_meta(path: str, impl: ModuleType, segment_size: int, readonly: bool) ->
         meta = json.loads(body)
     except ValueError as e:
         raise CorruptedError(mpath, 12, "meta is not readable") from e
-    if meta.get("format") != FORMAT_VERSION:
+    if meta.get("format") not in READABLE_FORMATS:
         raise UnsupportedFormat(path, meta.get("format"), FORMAT_VERSION)
+    if meta["format"] != FORMAT_VERSION and not readonly:
+        # this writer's segments are of the current format: an older evstore must refuse the store
+        meta["format"] = FORMAT_VERSION
+        write_meta(mpath, impl, meta)
     return dict(meta)
 
 

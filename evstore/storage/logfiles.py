@@ -18,6 +18,7 @@ from typing import Any
 from evstore.format.layout import (
     ERROR_TEXT,
     FORMAT_VERSION,
+    READABLE_FORMATS,
     SEGMENT_HEADER,
     SEGMENT_HEADER_SIZE,
     SEGMENT_MAGIC,
@@ -97,7 +98,7 @@ def list_segments(logdir: str, impl: ModuleType) -> list[SegFile]:
                 problem = "not an evstore segment (bad magic)"
             elif impl.crc32c(raw[:24]) != crc:
                 problem = "segment header checksum mismatch"
-            elif version != FORMAT_VERSION:
+            elif version not in READABLE_FORMATS:
                 raise UnsupportedFormat(path, version, FORMAT_VERSION)
             elif pos < 1:
                 problem = "segment header names position 0"
@@ -136,10 +137,11 @@ class SegScan:
 
 
 def scan_segment(impl: ModuleType, seg: SegFile, next_position: int,
-                 progress: Callable[[int], None] | None = None) -> SegScan:
-    """Check every commit of a segment with a valid header, expecting `next_position` first."""
+                 progress: Callable[[int], None] | None = None, last: bool = True) -> SegScan:
+    """Check every commit of a segment with a valid header, expecting `next_position` first (`last`:
+    no segment follows it, so that a torn tail or a zero header may end it)."""
     size = os.path.getsize(seg.path)
-    sc = SegmentScanner(impl, seg.path, map_file(seg.path), size, SEGMENT_HEADER_SIZE, next_position, last=True,
+    sc = SegmentScanner(impl, seg.path, map_file(seg.path), size, SEGMENT_HEADER_SIZE, next_position, last=last,
                         kinds=0, report=_collect, progress=progress)
     for _ in sc:  # kinds=0: checks and counts, yields nothing
         pass
@@ -165,10 +167,10 @@ def iter_commits(impl: ModuleType, segs: list[SegFile], first: int) -> Iterator[
     """Every whole commit of the chain of segments `segs` (in order, starting at position `first`),
     stopping at the first damage or torn tail. Callers check the chain (verify) first."""
     nxt = first
-    for seg in segs:
+    for i, seg in enumerate(segs):
         size = os.path.getsize(seg.path)
-        sc = SegmentScanner(impl, seg.path, map_file(seg.path), size, SEGMENT_HEADER_SIZE, nxt, last=True,
-                            report=_collect)
+        sc = SegmentScanner(impl, seg.path, map_file(seg.path), size, SEGMENT_HEADER_SIZE, nxt,
+                            last=i == len(segs) - 1, report=_collect)
         for c in sc:
             yield CommitView(c.buf, c.records, c.first_position, c.n_events, c.recorded_at_ns)
         nxt = sc.next_position

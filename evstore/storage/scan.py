@@ -14,7 +14,8 @@ from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any, NamedTuple, Protocol
 
-from evstore.format.layout import COMMIT_SIZE, EFULL, ERROR_TEXT, HEADER, HEADER_SIZE, KIND_COMMIT, U64
+from evstore.format.layout import (COMMIT_SIZE, EFULL, ERROR_TEXT, HEADER, HEADER_SIZE, KIND_COMMIT, SEAL, SEAL_MAGIC,
+                                   U64)
 from evstore.errors import CorruptedError
 
 ALL_KINDS = 0b1111110  # every kind 1..6
@@ -52,6 +53,22 @@ def zero_header(buf: Any, off: int, size: int) -> bool:
     """Whether a record header of zero bytes starts at `off` (the end of a segment's commits, in
     space allocated ahead of them; docs/log_format.md). Bytes past `size` count as zero."""
     return bytes(buf[off : min(off + HEADER_SIZE, size)]) == _ZERO_HEADER[: max(0, min(HEADER_SIZE, size - off))]
+
+
+def seal_marker(impl: ModuleType, off: int) -> bytes:
+    """The seal marker a segment's writer puts at `off`, the end of its commits, when it seals it."""
+    body = SEAL_MAGIC + U64.pack(off)
+    return SEAL.pack(SEAL_MAGIC, off, impl.crc32c(body))
+
+
+def sealed_at(impl: ModuleType, buf: Any, off: int, size: int) -> bool:
+    """Whether a valid seal marker for offset `off` starts at `off`."""
+    if off + SEAL.size > size:
+        return False
+    raw = bytes(buf[off : off + SEAL.size])
+    magic, at, crc = SEAL.unpack(raw)
+    return (raw[:8] == bytes(8) and magic == SEAL_MAGIC and at == off and impl.crc32c(raw[8:24]) == crc
+            and raw[28:] == bytes(36))
 
 
 def zeros_after(path: str, off: int) -> bool:
@@ -100,10 +117,11 @@ class SegmentScanner:
     durability="os" syncs only at index checkpoints, rolls and close): damage there is a torn tail
     even when whole commits follow it, since a power cut keeps any subset of the unsynced pages.
 
-    The end of the commits: the end of `size`, or a record header of zero bytes where a commit
-    would start, after which the file holds only zeros (space the writer allocated ahead of its
-    tail). With `check_zeros=False` (readers, which never cut the log) that last clause is not
-    checked; otherwise non-zero bytes after a zero header are damage like any other.
+    The end of the commits: the end of `size`; the segment's seal marker; or, in the last segment, a
+    record header of zero bytes where a commit would start; only zeros may follow either (space the
+    writer allocated ahead of its tail). With `check_zeros=False` (readers, which never cut the log)
+    that last clause is not checked; otherwise non-zero bytes there are damage like any other. A
+    zero header in a sealed segment is damage: it ends at its seal marker (docs/log_format.md).
     """
 
     def __init__(self, impl: ModuleType, path: str, buf: Any, size: int, start: int, next_position: int, *,
@@ -154,10 +172,13 @@ class SegmentScanner:
             self.end, self.next_position = off, nxt
             if r.code == 0 and off < size and r.commits:
                 continue  # the output array was full: go on
+            at_end = r.code != 0 and r.err_off == off and self.at_end(off)
+            if r.code != 0 and not at_end and self.last and self.moved_on(off, nxt):
+                continue  # a writer finished commits there since: what stopped the scan was one in flight
             break
         if r.code == 0 and off < size:  # pragma: no cover - a scan stops early only on an error
             self.code, self.err_off = -1, off
-        elif r.code != 0 and r.err_off == off and self.at_zeros(off):
+        elif at_end:
             return  # the end of the segment's commits: allocated space follows
         elif r.code != 0:
             self.code, self.err_off = int(r.code), int(r.err_off)
@@ -166,9 +187,20 @@ class SegmentScanner:
             self.torn = self.last and (unsynced or torn_tail(impl, buf, off, self.err_off, size))
             self.report(self.path, self.err_off, self.reason, self.torn)
 
-    def at_zeros(self, off: int) -> bool:
-        """Whether the commits end at `off`, a commit boundary: a zero header, then only zeros."""
-        return zero_header(self.buf, off, self.size) and (not self.check_zeros or zeros_after(self.path, off))
+    def moved_on(self, off: int, nxt: int) -> bool:
+        """Whether whole commits now scan from `off` of a last segment, whose writer may be appending:
+        damage that heals when scanned again was a commit being written, not damage."""
+        r = self.impl.scan(self.buf, off, self.size, next_position=nxt, kinds=0, max_out=0)
+        return bool(r.commits)
+
+    def at_end(self, off: int) -> bool:
+        """Whether the segment's commits end at `off`, a commit boundary: at its seal marker, or (the
+        last segment only, not sealed yet) at a zero header; only zeros follow either."""
+        if sealed_at(self.impl, self.buf, off, self.size):
+            return not self.check_zeros or zeros_after(self.path, off + SEAL.size)
+        if not self.last or not zero_header(self.buf, off, self.size):
+            return False
+        return not self.check_zeros or zeros_after(self.path, off)
 
     def event_batches(self, types: tuple[bytes, ...] | None, stop_position: int,
                       max_out: int) -> Iterator[tuple[list[int], int, int]]:
@@ -191,7 +223,7 @@ class SegmentScanner:
             self.commits += r.commits
             self.events += r.events
             if r.code != 0:
-                if r.err_off == off and zero_header(buf, off, size):
+                if r.err_off == off and (zero_header(buf, off, size) or sealed_at(impl, buf, off, size)):
                     return  # the end of the segment's commits (the index names what lies beyond)
                 if nxt <= stop_position:
                     self.code, self.err_off = int(r.code), int(r.err_off)

@@ -14,6 +14,8 @@ from typing import Any
 from evstore.format.layout import (
     COMMIT_SIZE,
     FORMAT_VERSION,
+    READABLE_FORMATS,
+    SEAL,
     HEADER,
     SEGMENT_HEADER,
     SEGMENT_HEADER_SIZE,
@@ -21,7 +23,7 @@ from evstore.format.layout import (
 )
 from evstore.storage.durable import fsync_dir, remove
 from evstore.errors import CorruptedError, IndexAheadOfLog, IndexDamaged, StorageError, UnsupportedFormat
-from evstore.storage.scan import SegmentScanner
+from evstore.storage.scan import SegmentScanner, seal_marker
 
 _SEGMENT_NAME = re.compile(r"^(\d{20})\.seg$")
 
@@ -97,7 +99,7 @@ def check_segment_header(impl: ModuleType, path: str, raw: bytes, first: int) ->
         raise CorruptedError(path, 0, "not an evstore segment (bad magic)")
     if impl.crc32c(raw[:24]) != crc:
         raise CorruptedError(path, 0, "segment header checksum mismatch")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_FORMATS:
         raise UnsupportedFormat(path, version, FORMAT_VERSION)
     if pos != first:
         raise CorruptedError(path, 16, f"segment header says position {pos}, its name says {first}")
@@ -224,6 +226,9 @@ class Log:
         buf = seg.buffer(end)
         o = end - COMMIT_SIZE
         if self.impl.find_commit(buf, o, end) != o:
+            if not any(bytes(buf[o:end])):  # zeros where the index's last COMMIT is: the log ends before it
+                raise IndexAheadOfLog(seg.path, o, f"the log's commits end before offset {end} that the index "
+                                      "covers (zeros there)")
             raise IndexDamaged(seg.path, o, "the index checkpoint is not the end of a commit in the log")
         h = HEADER.unpack_from(buf, o)
         if h[7] + h[8] != next_pos:
@@ -273,7 +278,8 @@ class Log:
             self._recovered.append(seg)
             buf = seg.buffer(size)
             scanner = SegmentScanner(self.impl, seg.path, buf, size, off, next_pos, last=last,
-                                     unsynced_from=off if unsynced_tail and last else None,
+                                     # a reader: what follows the checkpoint may be a commit in flight
+                                     unsynced_from=off if (unsynced_tail or not self.writable) and last else None,
                                      check_zeros=self.writable)
             for c in scanner:  # raises CorruptedError on damage that is not a torn tail
                 yield Commit(seg, c.offset, c.end, c.first_position, c.n_events, c.records)
@@ -296,9 +302,16 @@ class Log:
         self._recovered = []
 
     def _truncate(self, seg: Segment, end: int) -> None:
+        """Cut a torn tail off: zeros from `end` to the end of the file, synced. The file keeps its
+        size: a reader may have it mapped (a page cut off under a mapping faults when touched)."""
         fd = os.open(seg.path, os.O_WRONLY)
         try:
-            os.ftruncate(fd, end)
+            size = os.fstat(fd).st_size
+            zeros = bytes(min(1 << 20, max(0, size - end)))
+            off = end
+            while off < size:
+                n = min(len(zeros), size - off)
+                off += os.pwrite(fd, zeros[:n], off)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -344,8 +357,10 @@ class Log:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             os.write(fd, make_segment_header(self.impl, first))
-            try:  # born preallocated: the sync below covers the new space too
-                os.posix_fallocate(fd, SEGMENT_HEADER_SIZE, min(PREALLOCATE, self.segment_size))
+            try:  # born preallocated (within the segment size): the sync below covers the new space too
+                n = min(PREALLOCATE, self.segment_size - SEGMENT_HEADER_SIZE)
+                if n > 0:
+                    os.posix_fallocate(fd, SEGMENT_HEADER_SIZE, n)
             except OSError:
                 pass  # a nearly full disk: appends reserve what each needs, or fail cleanly
             os.fsync(fd)
@@ -413,7 +428,13 @@ class Log:
         """Seal the active segment (durably) and start a new one at `first_position`. The sealed file
         keeps the zeros reserved after its last commit: a file of the log never shrinks while it is
         open (another process may have it mapped, and would fault on pages cut off)."""
-        if self._fd >= 0:
+        seg = self.active
+        if seg is not None and self._fd < 0:
+            self._open_active()  # a roll before this writer's first append to it: seal it all the same
+        if self._fd >= 0 and seg is not None:
+            if seg.allocated > seg.end:  # allocated space follows: mark where the commits end
+                self.impl.pwrite(self._fd, seal_marker(self.impl, seg.end), seg.end)
+                seg.allocated = max(seg.allocated, seg.end + SEAL.size)
             os.fsync(self._fd)
             with self.fd_lock:
                 self.retired_fds.append(self._fd)
