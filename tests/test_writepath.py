@@ -314,3 +314,39 @@ def test_stream_reads_race_the_indexer_and_never_skip_or_repeat(store_path: str,
         t.join()
         assert not errors
         assert [r.version for r in s.read_stream("r")] == list(range(1, acked[0] + 1))
+
+
+def test_a_format_1_store_reads_the_same_and_its_writer_records_format_2(store_path: str, impl: str) -> None:
+    from evstore.format import codec
+    from evstore.format.layout import SEGMENT_HEADER
+    from evstore.storage import directory
+
+    with evstore.open(store_path, log_impl=impl, segment_size=4096) as s:
+        for i in range(40):
+            s.append(f"s{i % 4}", [ev("T", b"%d" % i * 20)])
+    log = codec.load(impl)
+    for seg in seg_files(store_path):  # as a format-1 writer left them: version 1, no space after
+        os.truncate(seg, commits_end(seg))
+        with open(seg, "r+b") as f:
+            raw = f.read(32)
+            magic, _v, flags, first, _crc, zero = SEGMENT_HEADER.unpack(raw)
+            head = SEGMENT_HEADER.pack(magic, 1, flags, first, 0, zero)
+            f.seek(0)
+            f.write(SEGMENT_HEADER.pack(magic, 1, flags, first, log.crc32c(head[:24]), zero))
+    mpath = os.path.join(store_path, directory.META_NAME)
+    meta = directory.load_meta(store_path, log, 4096, True)
+    directory.write_meta(mpath, log, {**meta, "format": 1})
+    with evstore.open(store_path, log_impl=impl, readonly=True) as r:
+        assert [e.position for e in r.read_all()] == list(range(1, 41))
+    assert directory.load_meta(store_path, log, 4096, True)["format"] == 1  # a reader changes nothing
+    assert tools.verify(store_path).ok
+    with evstore.open(store_path, log_impl=impl, segment_size=4096) as s:
+        for i in range(40, 80):
+            s.append(f"s{i % 4}", [ev("T", b"%d" % i * 20)])
+    assert directory.load_meta(store_path, log, 4096, True)["format"] == 2
+    assert tools.verify(store_path).ok
+    with evstore.open(store_path, log_impl=impl, readonly=True) as r:
+        assert [e.position for e in r.read_all()] == list(range(1, 81))
+    directory.write_meta(mpath, log, {**directory.load_meta(store_path, log, 4096, True), "format": 3})
+    with pytest.raises(evstore.UnsupportedFormat):
+        evstore.open(store_path, log_impl=impl)
