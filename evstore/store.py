@@ -129,7 +129,7 @@ class EventStore:
         """The core, for a read: durable commits are indexed first (`streams_only`: the overlay has them)."""
         core = self._c()
         group = core.group
-        if not streams_only and group.indexed_seq < group.durable_seq:
+        if (not streams_only or not group.overlay.valid) and group.indexed_seq < group.durable_seq:
             group.flush_index()
         elif core.readonly:
             core.follow_rebuilt_index()

@@ -55,7 +55,7 @@ def test_info_and_streams(filled: str) -> None:
     out = run("info", filled, "--json")
     assert out.returncode == 0, out.stderr
     d = json.loads(out.stdout)
-    assert d["head"] == 51 and d["index_lag"] == 0 and d["format"] == 1 and d["streams"] == 6
+    assert d["head"] == 51 and d["index_lag"] == 0 and d["format"] == 2 and d["streams"] == 6
     assert len(d["segments"]) > 1 and d["log_bytes"] == sum(s["bytes"] for s in d["segments"])
     out = run("streams", filled, "--prefix", "order-")
     assert out.returncode == 0

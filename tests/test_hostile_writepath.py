@@ -693,6 +693,8 @@ def test_a_reader_opening_while_the_writer_appends_sees_no_damage(store_path: st
         core = s._core
         assert core is not None
         core.group.kick_indexer = lambda: None  # type: ignore[method-assign]  # the index stays there
+        hold = core.group.index_lock  # and no indexer already woken writes it meanwhile
+        hold.acquire()
         seg = seg_files(store_path)[-1]
         start = commits_end(seg)
         s.append("a", [ev("T", b"c" * 3000)])
@@ -719,4 +721,5 @@ def test_a_reader_opening_while_the_writer_appends_sees_no_damage(store_path: st
         finally:
             reader.stdin.close()
             reader.wait()
+            hold.release()
         assert answer.startswith("opened"), answer

@@ -350,3 +350,33 @@ def test_a_format_1_store_reads_the_same_and_its_writer_records_format_2(store_p
     directory.write_meta(mpath, log, {**directory.load_meta(store_path, log, 4096, True), "format": 3})
     with pytest.raises(evstore.UnsupportedFormat):
         evstore.open(store_path, log_impl=impl)
+
+
+@pytest.mark.parametrize("durability", ["fsync", "os"])
+def test_an_interrupt_while_a_commit_becomes_durable_leaves_the_store_usable(store_path: str, impl: str,
+                                                                             durability: str) -> None:
+    """Ctrl-C while the syncer records a durable group (or the writer a durable commit): the next
+    waiter can still sync (nothing waits for a syncer that is gone) and reads see every commit."""
+    with evstore.open(store_path, log_impl=impl, durability=durability) as s:
+        s.append("a", [ev("T", b"1")])
+        core = s._core
+        assert core is not None
+        overlay = core.group.overlay
+        real = overlay.add
+        calls = [0]
+
+        def interrupted(batches: Any) -> None:
+            calls[0] += 1
+            if calls[0] == 1:
+                raise KeyboardInterrupt
+            real(batches)
+
+        overlay.add = interrupted  # type: ignore[method-assign]
+        with pytest.raises(KeyboardInterrupt):
+            s.append("a", [ev("T", b"2")], expected_version=1)
+        assert not overlay.valid  # given up: reads index first
+        r = s.append("a", [ev("T", b"3")], expected_version=2)  # it was committed: version 2 is taken
+        assert r.first_version == 3
+        assert [e.data for e in s.read_stream("a")] == [b"1", b"2", b"3"] and s.stream_version("a") == 3
+    with evstore.open(store_path, log_impl=impl) as s:
+        assert [e.data for e in s.read_stream("a")] == [b"1", b"2", b"3"]

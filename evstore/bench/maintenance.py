@@ -29,8 +29,8 @@ def verify_log(path: str, impl_name: str) -> tuple[float, int]:
     scans = []
     for seg in log.segments:
         size = os.path.getsize(seg.path)
-        scans.append(SegmentScanner(impl, seg.path, seg.buffer(size), size, 32, seg.first, last=False,
-                                    kinds=0, report=raise_unless_torn))
+        scans.append(SegmentScanner(impl, seg.path, seg.buffer(size), size, 32, seg.first,
+                                    last=seg is log.segments[-1], kinds=0, report=raise_unless_torn))
     t = time.perf_counter()
     total = 0
     for sc in scans:

@@ -86,7 +86,7 @@ class GroupCommit:
         with self.queue_lock:
             self.unindexed.append(batch)
             self.unindexed_seq = seq
-            self.overlay.add([batch])
+            self.add_to_overlay([batch])
         with self.sync_cond:
             self.durable_seq = seq
         log = self.core.log
@@ -94,6 +94,15 @@ class GroupCommit:
             for fd in log.take_retired():
                 os.close(fd)
         return seq
+
+    def add_to_overlay(self, batches: list[IndexBatch]) -> None:
+        """Add durable batches to the overlay; one interrupted half-way (a KeyboardInterrupt) leaves
+        it incomplete, so it is given up: stream reads then index first, as other reads do."""
+        try:
+            self.overlay.add(batches)
+        except BaseException:
+            self.overlay.invalidate()
+            raise
 
     def check_writable(self) -> None:
         """Raise `StoreFailed` once a failure is latched."""
@@ -131,6 +140,10 @@ class GroupCommit:
             return
         core = self.core
         cond = self.sync_cond
+        err: BaseException | None = None
+        interrupted: BaseException | None = None
+        target = seq
+        batches: list[IndexBatch] = []
         with cond:
             while self.durable_seq < seq:
                 if self.failed is not None:
@@ -142,10 +155,6 @@ class GroupCommit:
                 break
             else:
                 return
-        err: BaseException | None = None
-        interrupted: BaseException | None = None
-        target = seq
-        batches: list[IndexBatch] = []
         try:
             with core.wlock:
                 target = self.written_seq
@@ -164,18 +173,20 @@ class GroupCommit:
             interrupted = e
             with core.wlock:
                 self.pending[:0] = batches
-        if err is None and interrupted is None:
-            with self.queue_lock:
-                self.unindexed.extend(batches)
-                self.unindexed_seq = target
-                self.overlay.add(batches)
-        with cond:
-            self.syncing = False
+        try:
             if err is None and interrupted is None:
-                self.durable_seq = max(self.durable_seq, target)
-            elif err is not None:
-                self.failed = err
-            cond.notify_all()
+                with self.queue_lock:
+                    self.unindexed.extend(batches)
+                    self.unindexed_seq = target
+                    self.add_to_overlay(batches)
+        finally:  # whatever interrupts this thread, the next waiter can sync
+            with cond:
+                self.syncing = False
+                if err is None and interrupted is None:
+                    self.durable_seq = max(self.durable_seq, target)
+                elif err is not None:
+                    self.failed = err
+                cond.notify_all()
         if interrupted is not None:
             raise interrupted
         if err is not None:

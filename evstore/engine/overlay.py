@@ -40,10 +40,19 @@ class Overlay:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.streams: dict[bytes, _Entry] = {}  # GUARDED_BY(lock): stream key -> entry
+        self.valid = True  # GUARDED_BY(lock); False for good once an add was interrupted half-way
+
+    def invalidate(self) -> None:
+        """Give the overlay up (an add did not finish): every read indexes first from now on."""
+        with self.lock:
+            self.valid = False
+            self.streams = {}
 
     def add(self, batches: list[IndexBatch]) -> None:
         """Commits became durable: their batches, in commit order."""
         with self.lock:
+            if not self.valid:
+                return
             streams = self.streams
             for b in batches:
                 heads = b.heads
