@@ -628,6 +628,22 @@ int main(int argc, char **argv)
     CHECK(evl_write(fd, work, 0, 0) == 0);
     close(fd);
     CHECK(evl_write(fd, work, 1, 0) == -EBADF);
+    /* evl_pwrite: at an offset of a temporary file (the offset moves nothing else), bad offsets, a
+       descriptor that is not open. */
+    char tmpl[] = "/tmp/evlog-pwrite-XXXXXX";
+    fd = mkstemp(tmpl);
+    CHECK(fd >= 0);
+    unlink(tmpl);
+    CHECK(evl_pwrite(fd, work, 100, 4096) == 0);
+    CHECK(evl_pwrite(fd, work + 100, 0, 1) == 0);
+    CHECK(lseek(fd, 0, SEEK_CUR) == 0 && lseek(fd, 0, SEEK_END) == 4196);
+    uint8_t back[100];
+    CHECK(pread(fd, back, 100, 4096) == 100 && memcmp(back, work, 100) == 0);
+    CHECK(evl_pwrite(fd, work, 1, (uint64_t)INT64_MAX) == -EINVAL);
+    CHECK(evl_pwrite(fd, work, 2, (uint64_t)INT64_MAX - 1) == -EINVAL);
+    CHECK(evl_pwrite(fd, work, 1, UINT64_MAX) == -EINVAL);
+    close(fd);
+    CHECK(evl_pwrite(fd, work, 1, 0) == -EBADF);
     CHECK(strlen(evl_strerror(-EBADF)) > 0 && strlen(evl_strerror(12345)) > 0);
     free(work);
     return 0;
