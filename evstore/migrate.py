@@ -1,7 +1,7 @@
 """Copy a store into any `eventsourcing` persistence module: the road to a server database.
 
 Each event becomes a `StoredEvent(originator_id=stream, originator_version=version, topic=type,
-state=data)` in the target's process recorder, in position order, in batches. Each batch carries a
+state=data)` (under eventsourcing 10 the id is `str(stream)`) in the target's process recorder, in position order, in batches. Each batch carries a
 tracking record (`evstore-copy:<name>`, last position copied) in the same target transaction, so an
 interrupted copy resumes exactly where it stopped: nothing is copied twice or skipped. Event metadata,
 ids and timestamps have no place in eventsourcing's stored events and are not copied.
@@ -26,8 +26,11 @@ def copy_to_module(path: str, module: str, *, env: Mapping[str, str] | None = No
     `env` configures the target as the library reads it (default: this process's environment) with
     PERSISTENCE_MODULE set to `module`. `stop_after` (events) interrupts the copy early, for tests.
     """
-    from eventsourcing.persistence import InfrastructureFactory, StoredEvent, Tracking
+    from eventsourcing.persistence import InfrastructureFactory, StoredEvent
     from eventsourcing.utils import Environment
+
+    # eventsourcing 9.5 or 10: 10 names the tracking upstream `context_name` and has str originator ids.
+    from evstore.eventsourcing.compat import new_tracking, oid_of
 
     settings = dict(os.environ if env is None else env)
     settings["PERSISTENCE_MODULE"] = module
@@ -46,11 +49,11 @@ def copy_to_module(path: str, module: str, *, env: Mapping[str, str] | None = No
             pending: list[StoredEvent] = []
             last = done
             for ev in store.read_all(gt=done):
-                pending.append(StoredEvent(originator_id=ev.stream, originator_version=ev.version, topic=ev.type,
-                                           state=ev.data))
+                pending.append(StoredEvent(originator_id=oid_of(ev.stream), originator_version=ev.version,
+                                           topic=ev.type, state=ev.data))
                 last = ev.position
                 if len(pending) >= batch or (stop_after is not None and copied + len(pending) >= stop_after):
-                    recorder.insert_events(pending, tracking=Tracking(application_name=name, notification_id=last))
+                    recorder.insert_events(pending, tracking=new_tracking(name, last))
                     copied += len(pending)
                     if progress:
                         progress(len(pending))
@@ -58,7 +61,7 @@ def copy_to_module(path: str, module: str, *, env: Mapping[str, str] | None = No
                     if stop_after is not None and copied >= stop_after:
                         return copied, last
             if pending:
-                recorder.insert_events(pending, tracking=Tracking(application_name=name, notification_id=last))
+                recorder.insert_events(pending, tracking=new_tracking(name, last))
                 copied += len(pending)
                 if progress:
                     progress(len(pending))

@@ -1,5 +1,6 @@
-"""eventsourcing 10's reusable recorder, factory and DCB test cases, run on evstore (the 9.5 cases are
-tests/test_eventsourcing_*.py). Skipped, as a whole, unless eventsourcing 10 is installed.
+"""eventsourcing 10's reusable recorder and factory test cases, run on evstore (the 9.5 cases are
+tests/test_eventsourcing_recorders.py; the DCB recorder case, under either version, is
+tests/test_eventsourcing_dcb.py). Skipped, as a whole, unless eventsourcing 10 is installed.
 
 Each recorder case runs with UUID-string ids (UUID streams) and with other str ids (str streams), and
 with versions from 1 and from 0."""
@@ -16,8 +17,6 @@ if not ES10:
     pytest.skip("eventsourcing 10 is not installed (the eventsourcing 9.5 cases are tests/test_eventsourcing_*.py)",
                 allow_module_level=True)
 
-from eventsourcing.dcb import tests as lib_dcb  # noqa: E402
-from eventsourcing.dcb.persistence import DcbInfrastructureFactory  # noqa: E402
 from eventsourcing.persistence import (  # noqa: E402
     AggregateRecorder,
     ApplicationRecorder,
@@ -32,8 +31,6 @@ from es_helpers import TempStoreMixin  # noqa: E402
 from evstore.eventsourcing import (  # noqa: E402
     EvstoreAggregateRecorder,
     EvstoreApplicationRecorder,
-    EvstoreDCBFactory,
-    EvstoreDCBRecorder,
     EvstoreFactory,
     EvstoreProcessRecorder,
     EvstoreTrackingRecorder,
@@ -183,29 +180,3 @@ class TestFactory(TempStoreMixin, lib.InfrastructureFactoryTestCase[EvstoreFacto
             self.assertIsInstance(f, EvstoreFactory)
         finally:
             f.close()
-
-
-# -- DCB ----------------------------------------------------------------------------------------
-
-
-class TestDcbRecorder(TempStoreMixin, lib_dcb.DcbRecorderTestCase):
-    def recorder(self, name: str = "DCBApp") -> EvstoreDCBRecorder:
-        f = DcbInfrastructureFactory.construct(self.es_env(name))
-        self.factories.append(f)
-        self.assertIsInstance(f, EvstoreDCBFactory)
-        r = f.dcb_recorder()
-        assert isinstance(r, EvstoreDCBRecorder)
-        return r
-
-    def test_append_read(self) -> None:
-        self._test_append_read(self.recorder())
-
-    def test_append_subscribe(self) -> None:
-        self._test_append_subscribe(self.recorder())
-
-    def test_factories_are_found(self) -> None:
-        f1 = InfrastructureFactory.construct(self.es_env("A"))
-        f2 = DcbInfrastructureFactory.construct(self.es_env("B"))
-        self.factories += [f1, f2]
-        self.assertIsInstance(f1, EvstoreFactory)
-        self.assertIsInstance(f2, EvstoreDCBFactory)

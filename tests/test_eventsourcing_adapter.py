@@ -1,10 +1,11 @@
 """evstore.eventsourcing beyond the library's cases: settings, the version mapping (checked against
-the library's in-memory recorder), and the fast path's use of the store."""
+the library's in-memory recorder), and the fast path's use of the store. Runs under eventsourcing 9.5
+and 10 (ids are made with `oid_of`: a UUID under 9.5, its str under 10)."""
 
 from __future__ import annotations
 
 import os
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 from eventsourcing.persistence import InfrastructureFactory, IntegrityError, StoredEvent, Tracking
 from eventsourcing.popo import POPOAggregateRecorder
@@ -15,6 +16,12 @@ from hypothesis import strategies as st
 from es_helpers import MODULE, TempStoreMixin
 
 from evstore.eventsourcing import EvstoreApplicationRecorder, EvstoreSettingError
+from evstore.eventsourcing.compat import oid_of
+
+
+def new_id() -> UUID | str:
+    """A fresh originator id as the installed library has them (9.5: a UUID, 10: its str)."""
+    return oid_of(uuid4())
 
 
 def ev(oid: object, v: int, topic: str = "t") -> StoredEvent:
@@ -57,7 +64,7 @@ class TestSettings(TempStoreMixin):
         f = InfrastructureFactory.construct(self.es_env("A"))
         r = f.application_recorder()
         assert isinstance(r, EvstoreApplicationRecorder)
-        r.insert_events([ev(uuid4(), 1)])
+        r.insert_events([ev(new_id(), 1)])
         f.close()
         self.assertTrue(r.store.closed)
 
@@ -70,16 +77,18 @@ class TestVersionMapping(TempStoreMixin):
 
     def test_ids_round_trip(self) -> None:
         r = self.recorder()
-        u, s = uuid4(), str(uuid4())
+        u, s = new_id(), "order-" + str(uuid4())
         r.insert_events([ev(u, 0), ev(s, 5), ev(u, 1)])
         self.assertEqual([type(e.originator_id) for e in r.select_events(u)], [type(u)] * 2)
         self.assertEqual([e.originator_id for e in r.select_events(s)], [s])
         notes = r.select_notifications(None, 10)
         self.assertEqual([(n.originator_id, n.originator_version) for n in notes], [(u, 0), (u, 1), (s, 5)])
+        # A UUID id (9.5) and its canonical str (10) name one UUID stream; any other str a str stream.
+        self.assertEqual((r.store.stream_version(UUID(str(u))), r.store.stream_version(s)), (2, 1))
 
     def test_stale_duplicate_and_unordered_versions(self) -> None:
         r = self.recorder()
-        u = uuid4()
+        u = new_id()
         r.insert_events([ev(u, 3), ev(u, 4)])
         for bad in ([ev(u, 4)], [ev(u, 2)], [ev(u, 6), ev(u, 5)], [ev(u, 5), ev(u, 5)]):
             with self.assertRaises(IntegrityError):
@@ -96,7 +105,7 @@ class TestVersionMapping(TempStoreMixin):
 
     def test_tracking_is_atomic_with_events(self) -> None:
         r = self.es_factory().process_recorder()
-        u = uuid4()
+        u = new_id()
         r.insert_events([ev(u, 1)], tracking=Tracking("up", 5))
         with self.assertRaises(IntegrityError):  # version conflict: tracking not written either
             r.insert_events([ev(u, 1)], tracking=Tracking("up", 6))
@@ -107,7 +116,7 @@ class TestVersionMapping(TempStoreMixin):
 
     def test_contiguous_select_reads_only_the_range(self) -> None:
         r = self.recorder()
-        u = uuid4()
+        u = new_id()
         r.insert_events([ev(u, v) for v in range(1000)])
         calls: list[dict[str, object]] = []
         orig = r.store.stream_chunks
@@ -131,7 +140,7 @@ class TestVersionMapping(TempStoreMixin):
         r = self.recorder()
         oracle = POPOAggregateRecorder()
         for versions in ([0, 1, 2], [1, 2, 3, 4], [0, 2, 3, 7], [5]):
-            oid = uuid4()
+            oid = new_id()
             for rec in (r, oracle):
                 rec.insert_events([ev(oid, v) for v in versions])
             for gt in (None, -1, 0, 1, 2, 3, 6, 60):
@@ -157,7 +166,7 @@ class TestVersionMapping(TempStoreMixin):
                                                    queries: list[tuple[int | None, int | None, bool, int | None]]) -> None:
         r = self.recorder()
         oracle = POPOAggregateRecorder()
-        oid = uuid4() if start % 2 else str(uuid4())
+        oid = new_id() if start % 2 else "aggregate-" + str(uuid4())
         versions = [start]
         for s in steps[1:]:
             versions.append(versions[-1] + s)

@@ -3,6 +3,13 @@
 
 from __future__ import annotations
 
+import pytest
+
+from evstore.eventsourcing.compat import ES10
+
+if ES10:
+    pytest.skip("eventsourcing 10 is installed: its cases are tests/test_es10_application.py", allow_module_level=True)
+
 from eventsourcing.tests import application as lib_app
 from eventsourcing.tests import projection as lib_proj
 

@@ -4,6 +4,13 @@ Each case runs with UUID and with str originator ids (and with versions from 0 a
 
 from __future__ import annotations
 
+import pytest
+
+from evstore.eventsourcing.compat import ES10
+
+if ES10:
+    pytest.skip("eventsourcing 10 is installed: its cases are tests/test_es10_recorders.py", allow_module_level=True)
+
 from typing import Any
 from uuid import UUID, uuid4
 

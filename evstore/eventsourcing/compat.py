@@ -6,7 +6,8 @@ from here, and asks `ES10` (or the helpers below) where the behaviour differs:
 - 10 keeps the errors in `eventsourcing.errors` (9.5: `eventsourcing.persistence`);
 - 10's `StoredEvent`/`Notification` are keyword-only, have `originator_id: str` and carry `uuid` and
   `metadata` (`EVENT_EXTRAS`);
-- 10's `Tracking` names its upstream `context_name` (9.5: `application_name`);
+- 10's `Tracking` names its upstream `context_name` (9.5: `application_name`), and so do the tracking
+  recorder's methods' parameters (the library's runners pass it by keyword);
 - 10 spells the DCB names `Dcb*` (9.5: `DCB*`), its `DcbEvent` requires `uuid` and `metadata`, and its
   `DcbRecorder` has an abstract `head()`;
 - 10's event-sourced application class is `AggregatesApplication` (9.5: `Application`).
@@ -24,7 +25,7 @@ __all__ = [
     "DcbInfrastructureFactory", "DcbQuery", "DcbQueryItem", "DcbReadResponse", "DcbRecorder",
     "DcbSequencedEvent", "DcbSubscription", "InfrastructureFactoryError", "IntegrityError",
     "Notification", "OperationalError", "ProgrammingError", "StoredEvent", "Tracking", "dcb_event",
-    "dcb_event_extras", "oid_of", "stream_of", "tracking_name",
+    "dcb_event_extras", "new_tracking", "oid_of", "stream_of", "tracking_name",
 ]
 
 NIL_UUID = uuid.UUID(int=0)
@@ -83,6 +84,11 @@ else:
 def tracking_name(tracking: Tracking) -> str:
     """The upstream name of a tracking record (`context_name` in 10, `application_name` in 9.5)."""
     return tracking.context_name if ES10 else tracking.application_name  # type: ignore[attr-defined,unused-ignore]
+
+
+def new_tracking(name: str, notification_id: int) -> Tracking:
+    """A tracking record of the upstream `name` (10's keyword is `context_name`, 9.5's `application_name`)."""
+    return Tracking(name, notification_id)
 
 
 def dcb_event(type_: str, data: bytes, tags: list[str], uuid_: uuid.UUID | None,

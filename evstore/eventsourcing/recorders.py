@@ -19,6 +19,7 @@ from eventsourcing.persistence import (
 )
 from evstore.eventsourcing import meta
 from evstore.eventsourcing.compat import (
+    ES10,
     EVENT_EXTRAS,
     NIL_UUID,
     IntegrityError,
@@ -470,9 +471,16 @@ class EvstoreTrackingRecorder(EvstoreRecorder, TrackingRecorder):
         """Record the tracking object; IntegrityError unless its id is above the recorded maximum."""
         self._insert((), tracking)
 
-    def max_tracking_id(self, name: str) -> int | None:
-        """The largest recorded notification id of the upstream application (context), or None."""
-        return self.store.max_tracking(name)
+    # The library's runners pass the upstream's name by keyword, and 10 renamed the keyword. (mypy
+    # checks both variants and wants them identical: they differ in that name only.)
+    if ES10:
+        def max_tracking_id(self, context_name: str) -> int | None:
+            """The largest recorded notification id of the upstream context, or None."""
+            return self.store.max_tracking(context_name)
+    else:
+        def max_tracking_id(self, application_name: str) -> int | None:  # type: ignore[misc]
+            """The largest recorded notification id of the upstream application, or None."""
+            return self.store.max_tracking(application_name)
 
 
 class EvstoreProcessRecorder(EvstoreTrackingRecorder, EvstoreApplicationRecorder, ProcessRecorder):
