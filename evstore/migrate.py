@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
+from typing import Any
 
 import evstore
 from evstore.errors import EvstoreError
@@ -30,12 +31,12 @@ def copy_to_module(path: str, module: str, *, env: Mapping[str, str] | None = No
     from eventsourcing.utils import Environment
 
     # eventsourcing 9.5 or 10: 10 names the tracking upstream `context_name` and has str originator ids.
-    from evstore.eventsourcing.compat import new_tracking, oid_of
+    from evstore.eventsourcing.compat import new_stored_event, new_tracking
 
     settings = dict(os.environ if env is None else env)
     settings["PERSISTENCE_MODULE"] = module
     try:
-        factory = InfrastructureFactory.construct(Environment(env=settings))
+        factory: InfrastructureFactory[Any] = InfrastructureFactory.construct(Environment(env=settings))
     except Exception as e:  # an unknown module, a missing driver, a missing setting
         raise EvstoreError(f"cannot use the persistence module {module!r}: {_reason(e)}") from e
     try:
@@ -49,8 +50,7 @@ def copy_to_module(path: str, module: str, *, env: Mapping[str, str] | None = No
             pending: list[StoredEvent] = []
             last = done
             for ev in store.read_all(gt=done):
-                pending.append(StoredEvent(originator_id=oid_of(ev.stream), originator_version=ev.version,
-                                           topic=ev.type, state=ev.data))
+                pending.append(new_stored_event(ev.stream, ev.version, ev.type, ev.data))
                 last = ev.position
                 if len(pending) >= batch or (stop_after is not None and copied + len(pending) >= stop_after):
                     recorder.insert_events(pending, tracking=new_tracking(name, last))

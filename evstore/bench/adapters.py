@@ -34,7 +34,7 @@ def _es_rows(ctx: Ctx, wl: str, fn_rec: Callable[[Any, Dataset], int], what: str
 
 def w_es_select_events(ctx: Ctx) -> list[Row]:
     def rec(r: Any, d: Dataset) -> int:
-        return len(r.select_events(d.big))
+        return len(r.select_events(ctx.es.compat.oid_of(d.big)))  # 10's ids are str
 
     return _es_rows(ctx, "es_select_events", rec, "select_events of the long stream")
 
@@ -49,33 +49,79 @@ def w_es_select_notifications(ctx: Ctx) -> list[Row]:
 # -- repository.get -------------------------------------------------------------------------------
 
 
+BenchAggregate: Any = None  # the aggregate repository.get rebuilds (None without eventsourcing)
+BenchApplication: Any = None  # its application class
 try:  # eventsourcing is an optional dependency: the application workloads need it
-    from eventsourcing.domain import Aggregate as _Aggregate
-    from eventsourcing.domain import event as _event
-
-    class BenchAggregate(_Aggregate):
-        """The aggregate that repository.get rebuilds."""
-
-        @_event("Started")
-        def __init__(self) -> None:
-            self.count = 0
-            self.note = ""
-
-        @_event("Noted")
-        def add(self, note: str) -> None:
-            self.count += 1
-            self.note = note
-
+    from evstore.eventsourcing import compat as _compat
 except ImportError:  # pragma: no cover
-    BenchAggregate = None  # type: ignore[assignment,misc]
+    _compat = None  # type: ignore[assignment]
+# eventsourcing 10's aggregates are made of decisions, and its repository.get takes the class.
+ES10 = _compat is not None and _compat.ES10
+
+if _compat is not None:
+    if ES10:
+        from eventsourcing.domain import triggers as _triggers
+        from eventsourcing.msgspec import (  # type: ignore[import-not-found,unused-ignore]
+            Aggregate as _Aggregate10,
+            AggregatesApplication as _Application10,
+            AggregateSnapshot as _Snapshot10,
+            AggregateState as _State10,
+            Decision as _Decision10,
+        )
+
+        class _BenchState(_State10):  # type: ignore[misc,unused-ignore]
+            count: int
+            note: str
+
+        class _BenchAggregate10(_Aggregate10):  # type: ignore[misc,unused-ignore]
+            """The aggregate that repository.get rebuilds (eventsourcing 10)."""
+
+            class Snapshot(_Snapshot10):  # type: ignore[misc,unused-ignore]
+                state: _BenchState
+
+            class Started(_Decision10):  # type: ignore[misc,unused-ignore]
+                pass
+
+            class Noted(_Decision10):  # type: ignore[misc,unused-ignore]
+                note: str
+
+            @_triggers(Started)  # type: ignore[untyped-decorator,unused-ignore]
+            def __init__(self) -> None:
+                self.count = 0
+                self.note = ""
+
+            @_triggers(Noted)  # type: ignore[untyped-decorator,unused-ignore]
+            def add(self, note: str) -> None:
+                self.count += 1
+                self.note = note
+
+        BenchAggregate, BenchApplication = _BenchAggregate10, _Application10
+    else:
+        from eventsourcing.application import Application as _Application95  # type: ignore[attr-defined,unused-ignore]
+        from eventsourcing.domain import Aggregate as _Aggregate95
+        from eventsourcing.domain import event as _event
+
+        class _BenchAggregate95(_Aggregate95):  # type: ignore[type-arg,unused-ignore]
+            """The aggregate that repository.get rebuilds (eventsourcing 9.5)."""
+
+            @_event("Started")
+            def __init__(self) -> None:
+                self.count = 0
+                self.note = ""
+
+            @_event("Noted")
+            def add(self, note: str) -> None:
+                self.count += 1
+                self.note = note
+
+        BenchAggregate, BenchApplication = _BenchAggregate95, _Application95
 
 
 def w_repository_get(ctx: Ctx) -> list[Row]:
     """repository.get of an aggregate of `aggregate` events (rows "repository_get"), then of the same
     aggregate after a snapshot (rows "repository_get_snapshot")."""
-    from eventsourcing.application import Application
-
     cls = BenchAggregate
+    by_class = (cls,) if ES10 else ()  # 10's repository.get and take_snapshot take the aggregate class
     n = ctx.sizes.aggregate
     note_text = "x" * 150
     rows_plain = []
@@ -92,7 +138,7 @@ def w_repository_get(ctx: Ctx) -> list[Row]:
         elif b == "sqlite":
             env.update(PERSISTENCE_MODULE="eventsourcing.sqlite", SQLITE_DBNAME=ctx.path("app.sqlite"))
         try:
-            app: Application[uuid.UUID] = Application(env=env)
+            app = BenchApplication(env=env)
         finally:
             if saved_pure is None:
                 os.environ.pop("EVSTORE_PURE", None)
@@ -104,14 +150,14 @@ def w_repository_get(ctx: Ctx) -> list[Row]:
                 agg.add(note_text)
             app.save(agg)
             aid = agg.id
-            dt, got = best(lambda: app.repository.get(aid), ctx.repeat)
+            dt, got = best(lambda: app.repository.get(aid, *by_class), ctx.repeat)
             assert got.version == n
             ds, _ = best(lambda: app.recorder.select_events(aid), ctx.repeat)
             share = ds / dt
             rows_plain.append(events_row("repository_get", b, n, dt,
                                          f"{dt * 1e3:.1f} ms/get; storage (select_events) {share:.0%} of it"))
-            app.take_snapshot(aid)
-            dt2, got = best(lambda: app.repository.get(aid), max(ctx.repeat, 5))
+            app.take_snapshot(aid, *by_class)
+            dt2, got = best(lambda: app.repository.get(aid, *by_class), max(ctx.repeat, 5))
             assert got.version == n
             rows_snap.append(events_row("repository_get_snapshot", b, n, dt2,
                                         f"{dt2 * 1e3:.2f} ms/get (events/s = {n:,} / time)"))

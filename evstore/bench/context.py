@@ -86,9 +86,9 @@ def es_module() -> Any:
 
 
 def stored(oid: uuid.UUID, v: int) -> Any:
-    from eventsourcing.persistence import StoredEvent
+    from evstore.eventsourcing.compat import new_stored_event
 
-    return StoredEvent(oid, v, TOPICS[v % 4], PAYLOAD)
+    return new_stored_event(oid, v, TOPICS[v % 4], PAYLOAD)
 
 
 def sqlite_recorder(path: str, pool_size: int = 5) -> Any:

@@ -25,7 +25,7 @@ __all__ = [
     "DcbInfrastructureFactory", "DcbQuery", "DcbQueryItem", "DcbReadResponse", "DcbRecorder",
     "DcbSequencedEvent", "DcbSubscription", "InfrastructureFactoryError", "IntegrityError",
     "Notification", "OperationalError", "ProgrammingError", "StoredEvent", "Tracking", "dcb_event",
-    "dcb_event_extras", "new_tracking", "oid_of", "stream_of", "tracking_name",
+    "dcb_event_extras", "new_stored_event", "new_tracking", "oid_of", "stream_of", "tracking_name",
 ]
 
 NIL_UUID = uuid.UUID(int=0)
@@ -139,3 +139,10 @@ def stream_of(oid: uuid.UUID | str) -> uuid.UUID | str:
 def oid_of(stream: uuid.UUID | str) -> uuid.UUID | str:
     """The originator id of an evstore stream, as the library version has it."""
     return str(stream) if ES10 else stream
+
+
+def new_stored_event(stream: uuid.UUID | str, originator_version: int, topic: str, state: bytes) -> StoredEvent:
+    """A StoredEvent of an evstore stream's event (the id as the library version has it; no uuid and no
+    metadata). 9.5 types `originator_id` as `UUID | str`, 10 as `str`."""
+    return StoredEvent(originator_id=oid_of(stream),  # type: ignore[arg-type,unused-ignore]
+                       originator_version=originator_version, topic=topic, state=state)

@@ -108,8 +108,20 @@ class EvstoreRecorder:
         the stream is absent."""
         recs = self.store.read_stream(oid, desc=True, limit=1)
         if not recs:
+            self._absent(oid)
             return 0, -1
         return int(_unpack(recs[0][0], recs[0][1])[8]), originator_version_of(recs[0])
+
+    def _absent(self, oid: uuid.UUID | str) -> None:
+        """Called for a stream found empty. Under eventsourcing 10 an id in canonical UUID form names
+        the UUID stream; a store written under 9.5 may hold that same text as a str id's stream, which
+        10 would silently miss (and a first insert would start a second stream beside it): refuse."""
+        if ES10 and type(oid) is uuid.UUID and self.store.stream_version(str(oid)):
+            raise OperationalError(
+                f"originator id {str(oid)!r} has events in this store under the str id written by eventsourcing "
+                f"9.5, but under eventsourcing 10 an id in canonical UUID form names the UUID stream; read "
+                f"this aggregate under eventsourcing 9.5, or give it an id not in UUID form"
+            )
 
     def _base(self, oid: uuid.UUID | str) -> int | None:
         """The originator_version of the stream's first event (cached), or None for an absent stream."""
@@ -222,6 +234,7 @@ class EvstoreRecorder:
         if base is None and gt is None and lte is None and not desc:
             chunks = read(oid, limit=limit)
             if not chunks:
+                self._absent(oid)
                 return []
             base = originator_version_of((chunks[0][0], chunks[0][1][0]))
             self._remember_base(oid, base)
@@ -231,6 +244,7 @@ class EvstoreRecorder:
         if base is None:
             base = self._base(oid)
             if base is None:
+                self._absent(oid)
                 return []
         off = base - 1  # for a contiguous stream, originator_version = evstore version + off
         vgt = None if gt is None or gt - off < 1 else gt - off
