@@ -175,6 +175,20 @@ def test_a_small_run() -> None:
         bench.run(workloads=["nope"])
 
 
+def test_the_eventsourcing_workloads_run() -> None:
+    """The recorder and application workloads, under whichever eventsourcing version is installed
+    (.ci/run runs this file under 9.5 and 10)."""
+    rows = bench.run(scale=0.001, repeat=1, workloads=["es_select_events", "es_select_notifications", "repository_get"],
+                     backends=("c", "sqlite", "popo"), progress=False)
+    got: dict[str, dict[str, int]] = {}
+    for r in rows:
+        got.setdefault(r.workload, {})[r.backend] = r.n
+    assert sorted(got) == ["es_select_events", "es_select_notifications", "repository_get", "repository_get_snapshot"]
+    for workload, ns in got.items():  # every backend read the same events
+        assert sorted(ns) == sorted((bench.C, bench.SQLITE, bench.POPO)) and len(set(ns.values())) == 1, workload
+    assert all(r.value and r.value > 0 for r in rows)
+
+
 def test_memory_reader_is_a_module(store_path: str) -> None:
     out = subprocess.run([sys.executable, "-m", "evstore.bench.memory_reader", store_path, "c"], env=python_env(),
                          capture_output=True, text=True, timeout=60)

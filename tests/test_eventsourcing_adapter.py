@@ -16,7 +16,9 @@ from hypothesis import strategies as st
 from es_helpers import MODULE, TempStoreMixin
 
 from evstore.eventsourcing import EvstoreApplicationRecorder, EvstoreSettingError
-from evstore.eventsourcing.compat import oid_of
+from evstore.eventsourcing import meta
+from evstore.eventsourcing.compat import ES10, OperationalError, oid_of
+from evstore.records import NewEvent
 
 
 def new_id() -> UUID | str:
@@ -85,6 +87,22 @@ class TestVersionMapping(TempStoreMixin):
         self.assertEqual([(n.originator_id, n.originator_version) for n in notes], [(u, 0), (u, 1), (s, 5)])
         # A UUID id (9.5) and its canonical str (10) name one UUID stream; any other str a str stream.
         self.assertEqual((r.store.stream_version(UUID(str(u))), r.store.stream_version(s)), (2, 1))
+
+    def test_a_str_id_in_uuid_form_written_under_95(self) -> None:
+        """9.5 keeps a str id in canonical UUID form as a str stream; 10 names the UUID stream by it,
+        so it refuses (naming both versions) rather than miss the events or start a second stream."""
+        r = self.recorder()
+        text = str(uuid4())
+        r.store.append(text, [NewEvent("t", b"s", meta.encode(1))])  # as 9.5 records ev(text, 1)
+        if not ES10:
+            self.assertEqual([(e.originator_id, e.originator_version) for e in r.select_events(text)], [(text, 1)])
+            return
+        for call in (lambda: r.select_events(text), lambda: r.select_events(text, gt=0, desc=True),
+                     lambda: r.insert_events([ev(text, 2)])):
+            with self.assertRaises(OperationalError) as cm:
+                call()
+            self.assertIn("eventsourcing 9.5", str(cm.exception))
+        self.assertEqual(r.store.stream_version(UUID(text)), 0)
 
     def test_stale_duplicate_and_unordered_versions(self) -> None:
         r = self.recorder()
