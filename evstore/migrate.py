@@ -1,10 +1,11 @@
 """Copy a store into any `eventsourcing` persistence module: the road to a server database.
 
 Each event becomes a `StoredEvent(originator_id=stream, originator_version=version, topic=type,
-state=data)` (under eventsourcing 10 the id is `str(stream)`) in the target's process recorder, in position order, in batches. Each batch carries a
-tracking record (`evstore-copy:<name>`, last position copied) in the same target transaction, so an
-interrupted copy resumes exactly where it stopped: nothing is copied twice or skipped. Event metadata,
-ids and timestamps have no place in eventsourcing's stored events and are not copied.
+state=data)` (under eventsourcing 10 the id is `str(stream)`) in the target's process recorder, in
+position order, in batches. Each batch carries a tracking record (`evstore-copy:<name>`, last position
+copied) in the same target transaction, so an interrupted copy resumes exactly where it stopped:
+nothing is copied twice or skipped. Event metadata, ids and timestamps have no place in
+eventsourcing's stored events and are not copied.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def copy_to_module(path: str, module: str, *, env: Mapping[str, str] | None = No
     from eventsourcing.persistence import InfrastructureFactory, StoredEvent
     from eventsourcing.utils import Environment
 
-    # eventsourcing 9.5 or 10: 10 names the tracking upstream `context_name` and has str originator ids.
+    # eventsourcing 9.5 or 10 (10 has str originator ids and names the tracking upstream `context_name`)
     from evstore.eventsourcing.compat import new_stored_event, new_tracking
 
     settings = dict(os.environ if env is None else env)

@@ -5,7 +5,6 @@ repository.get of one long aggregate, with and without a snapshot."""
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Callable
 from typing import Any
 

@@ -118,9 +118,9 @@ class EvstoreRecorder:
         10 would silently miss (and a first insert would start a second stream beside it): refuse."""
         if ES10 and type(oid) is uuid.UUID and self.store.stream_version(str(oid)):
             raise OperationalError(
-                f"originator id {str(oid)!r} has events in this store under the str id written by eventsourcing "
-                f"9.5, but under eventsourcing 10 an id in canonical UUID form names the UUID stream; read "
-                f"this aggregate under eventsourcing 9.5, or give it an id not in UUID form"
+                f"originator id {str(oid)!r}: this store keeps its events under a str id, as eventsourcing 9.5 "
+                f"writes one, but under eventsourcing 10 an id in canonical UUID form names the UUID stream, "
+                f"which is empty; read this aggregate under eventsourcing 9.5, or give it an id not in UUID form"
             )
 
     def _base(self, oid: uuid.UUID | str) -> int | None:
