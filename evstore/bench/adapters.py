@@ -33,7 +33,7 @@ def _es_rows(ctx: Ctx, wl: str, fn_rec: Callable[[Any, Dataset], int], what: str
 
 def w_es_select_events(ctx: Ctx) -> list[Row]:
     def rec(r: Any, d: Dataset) -> int:
-        return len(r.select_events(ctx.es.compat.oid_of(d.big)))  # 10's ids are str
+        return len(r.select_events(d.big))
 
     return _es_rows(ctx, "es_select_events", rec, "select_events of the long stream")
 
