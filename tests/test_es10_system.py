@@ -18,7 +18,7 @@ if not ES10:
 
 from eventsourcing.application import ProcessingEvent  # noqa: E402
 from eventsourcing.domain import AggregateEvent, put_metadata_in_context, triggers  # noqa: E402
-from eventsourcing.msgspec import Aggregate, Decision, Transcoder  # noqa: E402
+from eventsourcing.msgspec import Aggregate, AggregatesApplication, Decision, Transcoder  # noqa: E402
 from eventsourcing.system import (  # noqa: E402
     MultiThreadedRunner,
     NewMultiThreadedRunner,
@@ -56,9 +56,7 @@ class Reservation(Aggregate):
         return str(uuid5(NAMESPACE_URL, f"/reservations/{order_id}"))
 
 
-class Orders(ProcessApplication[Decision]):
-    """A leader (a process application that follows nobody here, so that the runners can lead it)."""
-
+class Orders(AggregatesApplication):
     def place(self, item: str) -> str:
         order = Order(item)
         self.save(order)
@@ -74,6 +72,7 @@ class Reservations(ProcessApplication[Decision]):
 
 class TestSystemOnEvstore(TempStoreMixin):
     def env(self) -> dict[str, str]:
+        # (the library's ProcessApplication takes its transcoder from the environment)
         return {"PERSISTENCE_MODULE": MODULE, "EVSTORE_PATH": self.evstore_root, "EVSTORE_DURABILITY": "os",
                 "TRANSCODER_TOPIC": get_topic(Transcoder)}
 
