@@ -119,23 +119,33 @@ def cmd_read(a: argparse.Namespace) -> int:
 
             stream = uuid.UUID(a.stream)
         gt = None if a.from_ is None else max(a.from_ - 1, 0)
-        events = s.read_stream(stream, gt=gt, lte=a.to, desc=a.desc, limit=a.limit)
+        if a.category is not None:
+            if a.stream is not None or a.uuid:
+                raise ValueError("read takes a STREAM or --category, not both")
+            events = list(s.read_all(gt=gt, lte=a.to, category=a.category, limit=None if a.desc else a.limit))
+            if a.desc:
+                events = events[::-1][: a.limit]
+        elif a.stream is None:
+            raise ValueError("read needs a STREAM (or --category C)")
+        else:
+            events = s.read_stream(stream, gt=gt, lte=a.to, desc=a.desc, limit=a.limit)
         _print_events(events, a.format)
     return 0
 
 
-def _last_events(s: evstore.EventStore, n: int, types: list[str] | None) -> tuple[list[Any], int]:
-    """The last `n` events (of `types`) and the head they were read at: windows back from the head,
-    doubled until they hold `n` matching events or reach the start."""
+def _last_events(s: evstore.EventStore, n: int, types: list[str] | None,
+                 category: str | None = None) -> tuple[list[Any], int]:
+    """The last `n` events (of `types`, of `category`) and the head they were read at: windows back
+    from the head, doubled until they hold `n` matching events or reach the start."""
     head = s.head()
     if n == 0:
         return [], head
-    if types is None:
+    if types is None and category is None:
         return list(s.read_all(gt=max(head - n, 0), lte=head)), head
     window = max(n * 4, 1024)
     while True:
         gt = max(head - window, 0)
-        found = list(s.read_all(gt=gt, lte=head, types=types))
+        found = list(s.read_all(gt=gt, lte=head, types=types, category=category))
         if len(found) >= n or gt == 0:
             return found[-n:], head
         window *= 4
@@ -144,11 +154,11 @@ def _last_events(s: evstore.EventStore, n: int, types: list[str] | None) -> tupl
 def cmd_tail(a: argparse.Namespace) -> int:
     types = [a.type] if a.type else None
     with _open_ro(a.path) as s:
-        events, head = _last_events(s, a.lines, types)
+        events, head = _last_events(s, a.lines, types, a.category)
         _print_events(events, a.format)
         if not a.follow:
             return 0
-        with s.subscribe(gt=head, types=types) as sub:
+        with s.subscribe(gt=head, types=types, category=a.category) as sub:
             for e in sub:
                 _print_events([e], a.format)
     return 0
@@ -355,10 +365,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_streams)
 
     fmt = {"choices": ["table", "json", "jsonl"], "default": "table", "help": "output format (default table)"}
-    p = sub.add_parser("read", help="print a stream's events")
+    p = sub.add_parser("read", help="print a stream's events, or a category's")
     p.add_argument("path")
-    p.add_argument("stream")
+    p.add_argument("stream", nargs="?")
     p.add_argument("--uuid", action="store_true", help="the stream id is a UUID")
+    p.add_argument("--category", help="the events of every stream of this category (the ids before their "
+                   "first '-'), in position order; --from/--to are then positions")
     p.add_argument("--from", dest="from_", type=_count, help="first version to print")
     p.add_argument("--to", type=_count, help="last version to print")
     p.add_argument("--desc", action="store_true", help="newest first")
@@ -372,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how many of the last events (of --type, if given) to print (default 10)")
     p.add_argument("-f", "--follow", action="store_true")
     p.add_argument("--type", help="only events of this type")
+    p.add_argument("--category", help="only events of streams of this category")
     p.add_argument("--format", **fmt)  # type: ignore[arg-type]
     p.set_defaults(func=cmd_tail)
 

@@ -19,7 +19,7 @@ class ConsumingStore(Protocol):
 
     def max_tracking(self, upstream: str) -> int | None: ...
     def subscribe(self, *, gt: int = 0, types: Iterable[str] | None = None,
-                  timeout: float | None = None) -> Any: ...
+                  timeout: float | None = None, category: str | None = None) -> Any: ...
     def append_many(self, appends: Iterable[tuple[Stream, Sequence[NewEvent], Any]], *,
                     tracking: tuple[str, int] | None = None, condition: Any = None) -> list[AppendResult]: ...
 
@@ -55,7 +55,7 @@ def consumer_position(store: ConsumingStore, name: str) -> int:
 
 def consume(store: ConsumingStore, name: str, handler: Callable[[RecordedEvent, ConsumerContext], None], *,
             types: Iterable[str] | None = None, timeout: float | None = None, limit: int | None = None,
-            checkpoint_every: int = 100) -> ConsumerStats:
+            checkpoint_every: int = 100, category: str | None = None) -> ConsumerStats:
     """Run `handler(event, ctx)` for each event after the consumer's position, following new commits.
 
     Ends when no event arrives for `timeout` seconds, after `limit` events, or when the handler raises
@@ -76,7 +76,7 @@ def consume(store: ConsumingStore, name: str, handler: Callable[[RecordedEvent, 
     handled = 0
     position = start  # every event up to here has been handled and its effects committed
     saved = start  # the position last committed as the checkpoint
-    sub = store.subscribe(gt=start, types=types, timeout=timeout)
+    sub = store.subscribe(gt=start, types=types, timeout=timeout, category=category)
     try:
         for event in sub:
             ctx = ConsumerContext()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NamedTuple, Union
@@ -233,6 +233,19 @@ class LifecycleViolation:
     allowed: tuple[str, ...]
 
 
+def bound_histories(streams: Iterable[tuple[Any, int]], binder: Callable[[Any], Lifecycle | None],
+                    read: Callable[[Any], list[Any]], skip: type[Exception]) -> Iterator[tuple[Any, Lifecycle, list[Any]]]:
+    """(stream, lifecycle, visible history) of each of `streams` bound to a lifecycle by `binder`, for
+    `find_violations`; a stream whose `read` raises `skip` (tombstoned) is left out."""
+    for stream, _version in streams:
+        lc = binder(stream)
+        if lc is not None:
+            try:
+                yield stream, lc, read(stream)
+            except skip:
+                continue
+
+
 def find_violations(histories: Iterable[tuple[Any, Lifecycle, list[Any]]]) -> list[LifecycleViolation]:
     """Each event its lifecycle refuses, for (stream, lifecycle, recorded events) histories; a refused
     event is skipped (the state stays) so that later violations are found too."""
@@ -337,5 +350,5 @@ def draw_command(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["Lifecycle", "LifecycleViolation", "category", "make_binder", "add_draw_parser", "draw_command",
+__all__ = ["Lifecycle", "LifecycleViolation", "bound_histories", "category", "make_binder", "add_draw_parser", "draw_command",
            "load_lifecycle", "load_object"]

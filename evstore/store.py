@@ -21,6 +21,7 @@ from evstore.engine.checks import (
     Condition,
     Part,
     QueryItem,
+    category_filter,
     check_condition,
     check_fields,
     check_open_options,
@@ -43,7 +44,7 @@ from evstore.errors import (
 )
 from evstore.format.encode import MAX_COMMIT_BYTES, ControlRecord
 from evstore.storage.index import HEAD_CLOSED, HEAD_TOMBSTONE, Head, max_tracking
-from evstore.lifecycle import Binding, Lifecycle, LifecycleViolation, find_violations, make_binder
+from evstore.lifecycle import Binding, Lifecycle, LifecycleViolation, bound_histories, find_violations, make_binder
 from evstore.records import ANY, AppendResult, NewEvent, RecordedEvent, Stream, StreamInfo, decode_stream
 from evstore.snapshots import Loaded, Snapshot
 from evstore.subscription import Subscription
@@ -253,26 +254,30 @@ class EventStore:
             return ix.has_tracking(core.index, txn, name, position)
 
     def consume(self, name: str, handler: Callable[..., None], *, types: Iterable[str] | None = None,
-                timeout: float | None = None, limit: int | None = None, checkpoint_every: int = 100) -> ConsumerStats:
-        """Run `handler(event, ctx)` for each event after consumer `name`'s position, following new
-        commits; what the handler appends with `ctx.append(...)` commits together with the consumer's
-        new position (exactly once within the store). See `evstore.consumer.consume`."""
+                timeout: float | None = None, limit: int | None = None, checkpoint_every: int = 100,
+                category: str | None = None) -> ConsumerStats:
+        """Run `handler(event, ctx)` for each event (of `types`, of `category`) after consumer `name`'s
+        position, following new commits; what the handler appends with `ctx.append(...)` commits
+        together with the consumer's new position (exactly once within the store). See
+        `evstore.consumer.consume` (and its Raises)."""
         return consume(self, name, handler, types=types, timeout=timeout, limit=limit,
-                       checkpoint_every=checkpoint_every)
+                       checkpoint_every=checkpoint_every, category=category)
 
     def subscribe(self, *, gt: int = 0, types: Iterable[str] | None = None,
-                  timeout: float | None = None) -> Subscription:
-        """Events after position `gt` (of the given types), then new ones as they commit, from this
-        process or another; never skips or repeats one. See `Subscription`.
+                  timeout: float | None = None, category: str | None = None) -> Subscription:
+        """Events after position `gt` (of the given types, of streams of `category`), then new ones as
+        they commit, from this process or another; never skips or repeats one. See `Subscription`.
 
-        Raises: TypeError, ValueError for a bad position, types or timeout (None, or seconds >= 0)."""
+        Raises: TypeError, ValueError for a bad position, types, category or timeout (None, or
+        seconds >= 0)."""
         core = self._r()
         start = check_position(gt, "gt") or 0
         seconds = check_timeout(timeout)
         tfilter = type_filter(types)
+        cat = category_filter(category)
 
         def fetch(after: int, upto: int, limit: int) -> list[RecordedEvent]:
-            return list(self._read_all(after, upto, limit, tfilter))
+            return list(self._read_all(after, upto, limit, tfilter, cat))
 
         return Subscription(fetch, self.head, core.commit_cond, start, seconds)
 
@@ -330,22 +335,25 @@ class EventStore:
 
     @_index_errors
     def read_all(self, *, gt: int | None = 0, lte: int | None = None, limit: int | None = None,
-                 types: Iterable[str] | None = None) -> Iterator[RecordedEvent]:
-        """Every event with `gt < position <= lte` in position order (of the given types, if any),
-        as of the moment of the call; at most `limit`. Streams the log: memory stays flat.
+                 types: Iterable[str] | None = None, category: str | None = None) -> Iterator[RecordedEvent]:
+        """Every event with `gt < position <= lte` in position order (of the given types, and of the
+        streams of `category` — the ids whose text before the first "-" it is — if given), as of the
+        moment of the call; at most `limit`. Streams the log: memory stays flat. A category read is
+        served by the category postings: it costs what it returns.
 
-        Raises: CorruptedError (while iterating) when the log is damaged."""
+        Raises: TypeError, ValueError for bad arguments; CorruptedError (while iterating) when the
+        log is damaged."""
         self._r()
         start = check_position(gt, "gt")
         return self._read_all(start or 0, check_position(lte, "lte"), check_position(limit, "limit"),
-                              type_filter(types))
+                              type_filter(types), category_filter(category))
 
     @_index_errors
     def _read_all(self, gt: int, lte: int | None, limit: int | None,
-                  tfilter: tuple[bytes, ...] | None) -> Iterator[RecordedEvent]:
+                  tfilter: tuple[bytes, ...] | None, cat: bytes | None = None) -> Iterator[RecordedEvent]:
         """Fix the snapshot (the head and where to start) now; the returned iterator scans lazily."""
         reader = self._r().reader
-        plan = reader.all_plan(gt, lte, tfilter)
+        plan = reader.all_plan(gt, lte, tfilter, cat, limit)
         if plan is None:
             return iter(())
         return self._records(reader.plan_chunks(plan, gt, limit, tfilter))
@@ -360,26 +368,28 @@ class EventStore:
 
     @_index_errors
     def all_chunks(self, *, gt: int = 0, lte: int | None = None, limit: int | None = None,
-                   types: Iterable[str] | None = None) -> Iterator[tuple[Any, list[int]]]:
+                   types: Iterable[str] | None = None, category: str | None = None) -> Iterator[tuple[Any, list[int]]]:
         """`read_all` in raw form, for adapters that build their own objects (zero-copy): (mapping,
-        record offsets) pairs in position order. Records are as stored (upcasters are not applied)."""
+        record offsets) pairs in position order. Records are as stored (upcasters are not applied).
+        Raises: as `read_all`."""
         reader = self._r().reader
         tfilter = type_filter(types)
-        plan = reader.all_plan(gt, lte, tfilter)
+        plan = reader.all_plan(gt, lte, tfilter, category_filter(category), limit)
         if plan is None:
             return iter(())
         return ((buf, offs) for buf, offs, _s, _e in reader.plan_chunks(plan, gt, limit, tfilter))
 
     @_index_errors
     def query(self, items: Sequence[QueryItem], *, gt: int = 0, lte: int | None = None,
-              limit: int | None = None) -> list[RecordedEvent]:
+              limit: int | None = None, category: str | None = None) -> list[RecordedEvent]:
         """Events with `gt < position <= lte` that match any of `items` (an event matches an item when
         its type is one of the item's types, or the item names none, and it carries every tag of the
-        item), in position order, at most `limit`. Served by the tag and type indexes."""
+        item), of streams of `category` if given, in position order, at most `limit`. Served by the
+        tag, type and category indexes. Raises: TypeError, ValueError for bad arguments."""
         core = self._r()
         start = check_position(gt, "gt", allow_none=False)
         out = core.reader.query(query_items(items), start or 0, check_position(lte, "lte"),
-                                check_position(limit, "limit"))
+                                check_position(limit, "limit"), category_filter(category))
         return out if self._up is None else self._up.apply_list(out)
 
     @_index_errors
@@ -477,20 +487,9 @@ class EventStore:
         For lifecycles introduced after data exists. A refused event is skipped (the state stays) so
         that later violations are found too. Only the visible history is checked (after a soft delete)."""
         self._r()
-        binder = self._binder
-        if binder is None:
+        if self._binder is None:
             return []
-
-        def histories() -> Iterator[tuple[Stream, Lifecycle, list[RecordedEvent]]]:
-            for stream, _version in self.streams():
-                lc = binder(stream)
-                if lc is not None:
-                    try:
-                        yield stream, lc, self.read_stream(stream)
-                    except StreamDeleted:
-                        continue
-
-        return find_violations(histories())
+        return find_violations(bound_histories(self.streams(), self._binder, self.read_stream, StreamDeleted))
 
     # -- snapshots ---------------------------------------------------------------------------
 
@@ -552,20 +551,9 @@ class EventStore:
         `schema`) when more than N events were replayed (not on a read-only handle). The returned
         `version` is what the next append expects. Raises StreamDeleted when tombstoned."""
         core = self._r()
-        if snapshot_every is not None and (type(snapshot_every) is not int or snapshot_every < 0
-                                           or encode_snapshot is None):
-            raise ValueError("snapshot_every needs an int >= 0 and an encode_snapshot function")
         h = self._head(core, stream)
-        if h is None:
-            return Loaded(initial, 0)
-        if h.flags & HEAD_TOMBSTONE:
-            raise StreamDeleted(stream)
-        state, n = marks.fold(core, stream, h, lambda gt: self.read_stream(stream, gt=gt, lte=h.version), apply,
-                              initial, decode_snapshot, schema)
-        if (snapshot_every is not None and n > snapshot_every and not self.readonly and encode_snapshot is not None
-                and h.version > 0):
-            self.save_snapshot(stream, h.version, encode_snapshot(state), type=snapshot_type, schema=schema)
-        return Loaded(state, h.version)
+        return marks.load(core, stream, h, self.read_stream, None if self.readonly else self.save_snapshot, apply,
+                          initial, decode_snapshot, schema, snapshot_every, encode_snapshot, snapshot_type)
 
     # -- upcasting ---------------------------------------------------------------------------
 

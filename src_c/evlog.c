@@ -580,6 +580,19 @@ int evl_walk(const uint8_t *buf, size_t n, size_t off, size_t count, uint64_t *o
     return 0;
 }
 
+int evl_walk_runs(const uint8_t *buf, size_t n, const uint64_t *runs, size_t n_runs, uint64_t *out,
+                  size_t *err_off)
+{
+    for (size_t i = 0; i < n_runs; i++) {
+        size_t count = (size_t)runs[2 * i + 1];
+        int rc = evl_walk(buf, n, (size_t)runs[2 * i], count, out, err_off);
+        if (rc != 0)
+            return rc;
+        out += count;
+    }
+    return 0;
+}
+
 int evl_find_commit(const uint8_t *buf, size_t n, size_t off, size_t *found)
 {
     if (off > n)

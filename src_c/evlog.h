@@ -230,6 +230,21 @@ int evl_walk(const uint8_t *buf, size_t n, size_t off, size_t count, uint64_t *o
              size_t *err_off);
 
 /*
+ * evl_walk for each of n_runs runs in one call: run i is runs[2i] (offset of its first record) and
+ * runs[2i+1] (how many records). The offsets of every run's records are written to out, run after
+ * run. This is how a reader checks the commits a category's postings name.
+ * @param[in]  buf     the bytes.
+ * @param[in]  n       how many bytes of buf may be read.
+ * @param[in]  runs    2 * n_runs numbers: (offset, count) of each run.
+ * @param[in]  n_runs  how many runs.
+ * @param[out] out     room for the sum of the counts.
+ * @param[out] err_off  on error, the offset of the bad record (or of the run whose offset is past n).
+ * @return 0, or EVL_ETRUNC, EVL_EFRAME, EVL_ECRC, EVL_EKIND (with *err_off set), or EVL_EINVAL.
+ */
+int evl_walk_runs(const uint8_t *buf, size_t n, const uint64_t *runs, size_t n_runs, uint64_t *out,
+                  size_t *err_off);
+
+/*
  * Search buf from off (inclusive) for the first offset at which a valid COMMIT record starts
  * (right kind, length 72, good checksum). Used to tell a torn tail from corruption.
  * @param[in]  buf    the bytes.

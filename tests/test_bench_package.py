@@ -122,6 +122,7 @@ def test_every_target_is_one_definition() -> None:
         "open_after_crash": ">= 200 MB/s of log",
         "bytes_per_event": "<= SQLite",
         "replay_memory": "< 100 MB above baseline",
+        "read_category": ">= 80% of read_all per event and >= 5x SQLite",
     }
     assert all(bench.WORKLOADS[name].target is t for name, t in bench.TARGETS.items()
                if name != "repository_get_snapshot")  # rows of the repository_get workload

@@ -557,6 +557,31 @@ def test_walk(log: ModuleType) -> None:
         log.walk(buf, 0, -1, len(buf))
 
 
+def test_walk_runs_is_walk_of_each_run(log: ModuleType) -> None:
+    buf, _ = sample_log()
+    offs = starts(buf)
+    assert log.walk_runs(buf, [offs[1], 2, offs[5], 3, offs[0], 0], len(buf)) == offs[1:3] + offs[5:8]
+    assert log.walk_runs(buf, [], len(buf)) == []
+    assert log.walk_runs(buf, array.array("Q", [0, len(offs)]), len(buf)) == offs
+    for runs, code, at in [
+        ([offs[1], 1, offs[3], 20], ETRUNC, len(buf)),  # the second run runs off the end
+        ([offs[1], 1, offs[3], 1 << 40], ETRUNC, len(buf)),  # a count nothing could hold
+        ([offs[3] + 1, 1], ETRUNC, offs[3] + 1),
+        ([0, 1, len(buf) + 1, 1], EINVAL, len(buf) + 1),
+    ]:
+        with pytest.raises(LogFormatError) as e:
+            log.walk_runs(buf, runs, len(buf))
+        assert (e.value.code, e.value.offset) == (code, at)
+    damaged = bytearray(buf)
+    damaged[offs[4] + 30] ^= 1
+    with pytest.raises(LogFormatError) as e:
+        log.walk_runs(damaged, [offs[0], 2, offs[3], 3], len(buf))
+    assert (e.value.code, e.value.offset) == (ECRC, offs[4])
+    for bad in ([0, -1], [0]):
+        with pytest.raises(ValueError):
+            log.walk_runs(buf, bad, len(buf))
+
+
 def test_find_commit(log: ModuleType) -> None:
     buf, _ = sample_log()
     commits = [o for o in starts(buf) if buf[o + 8] == KIND_COMMIT]

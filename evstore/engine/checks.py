@@ -261,6 +261,16 @@ def type_filter(types: Iterable[str] | None) -> tuple[bytes, ...] | None:
     return tuple(sorted({check_name(t, "an event type") for t in types}))
 
 
+def category_filter(category: Any) -> bytes | None:
+    """A checked category name (a stream id's text before its first "-"), or None for all events."""
+    if category is None:
+        return None
+    raw = check_name(category, "a category")
+    if b"-" in raw:
+        raise ValueError(f"a category is the part of a stream id before its first '-': {category!r} contains one")
+    return raw
+
+
 def tracking_name(upstream: Any) -> bytes:
     raw = check_name(upstream, "a tracking upstream name")
     if b"\x00" in raw:

@@ -139,6 +139,11 @@ class Core:
             directory.remove_index(ipath)  # a lost or damaged index is rebuilt from the log
 
     def _init_state(self) -> None:
+        with self.index.begin() as txn:
+            outdated = self.index.is_outdated(txn)
+        if outdated:
+            raise IndexDamaged(self.index.path, 0, "the index was built by an older evstore (it has no category "
+                               "postings); open the store for writing (or run `evstore reindex`) to rebuild it")
         checkpoint, last = self.indexer.load()
         if checkpoint is not None:
             self.log.check_checkpoint(checkpoint, last)

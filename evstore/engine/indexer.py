@@ -40,6 +40,7 @@ from evstore.storage.index import (
     IndexBatch,
     max_tracking,
 )
+from evstore.storage.postings import CATEGORY_VAL, category_postings_of, category_prefix
 from evstore.storage.segments import Commit, Log
 
 if TYPE_CHECKING:
@@ -182,8 +183,10 @@ class Indexer:
                    heads: dict[bytes, Head | None] | None = None) -> None:
         """Index entries of one commit: runs of one stream's consecutive events (stream key, first and
         last version, offset, bytes), the types it holds and the caller-given ids (id, position). Streams
-        get one extent per run; types one posting per commit that holds them (a read by type scans
-        those commits in C with the type filter). Updates the in-memory heads."""
+        get one extent per run; types and categories one posting per commit that holds them (a read by
+        type scans those commits in C with the type filter; a category posting also counts the
+        category's events, so that a commit of that category alone is read without a filter). Updates
+        the in-memory heads."""
         if not n_events:
             return
         where = EXTENT_VAL.pack(seg, commit_off, n_events, commit_end - commit_off)
@@ -195,6 +198,10 @@ class Indexer:
             batch.heads[key] = h.pack()
         for tb in types:
             batch.types.append((TYPE_KEY.pack(self.type_id(tb, batch), first_position), where))
+        pk = COMMIT_KEY.pack(first_position)
+        for cat, k in category_postings_of((r[0], r[1], r[2]) for r in runs).items():
+            batch.categories.append((category_prefix(cat) + pk, CATEGORY_VAL.pack(
+                seg, commit_off, n_events, commit_end - commit_off, k)))
         for idb, pos in ids:
             batch.ids.append((idb, U64.pack(pos)))
 

@@ -17,7 +17,7 @@ from evstore.errors import StreamDeleted
 from evstore.format.encode import ControlRecord
 from evstore.storage.index import HEAD_CLOSED, HEAD_TOMBSTONE, Head, IndexBatch, stream_key
 from evstore.records import RecordedEvent, Stream
-from evstore.snapshots import Snapshot
+from evstore.snapshots import Loaded, Snapshot
 
 if TYPE_CHECKING:
     from evstore.engine.core import Core
@@ -85,6 +85,29 @@ def prune_snapshots(core: Core, num: int | None, keep: int) -> int:
         with core.wlock, core.group.index_lock:
             core.index.write(batch)
     return len(batch.extra)
+
+
+def load(core: Core, stream: Stream, h: Head | None, read_stream: Callable[..., list[RecordedEvent]],
+         save_snapshot: Callable[..., None] | None, apply: Callable[[Any, RecordedEvent], Any], initial: Any,
+         decode_snapshot: Callable[[Snapshot], Any] | None, schema: int, snapshot_every: int | None,
+         encode_snapshot: Callable[[Any], bytes] | None, snapshot_type: str) -> Loaded[Any]:
+    """`EventStore.load` of the stream whose head is `h`: `fold`, then a new snapshot through
+    `save_snapshot` (None: a read-only handle) when more than `snapshot_every` events were replayed.
+    Raises ValueError for a bad snapshot_every, StreamDeleted when tombstoned."""
+    if snapshot_every is not None and (type(snapshot_every) is not int or snapshot_every < 0
+                                       or encode_snapshot is None):
+        raise ValueError("snapshot_every needs an int >= 0 and an encode_snapshot function")
+    if h is None:
+        return Loaded(initial, 0)
+    if h.flags & HEAD_TOMBSTONE:
+        raise StreamDeleted(stream)
+    version = h.version
+    state, n = fold(core, stream, h, lambda gt: read_stream(stream, gt=gt, lte=version), apply, initial,
+                    decode_snapshot, schema)
+    if (snapshot_every is not None and n > snapshot_every and save_snapshot is not None
+            and encode_snapshot is not None and version > 0):
+        save_snapshot(stream, version, encode_snapshot(state), type=snapshot_type, schema=schema)
+    return Loaded(state, version)
 
 
 def fold(core: Core, stream: Stream, h: Head, read_after: Callable[[int], list[RecordedEvent]],

@@ -14,8 +14,10 @@ import mmap
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from evstore.engine import categories
 from evstore.engine.overlay import merge_extents
 from evstore.storage import index as ix
+from evstore.storage import postings
 from evstore.format.layout import HEADER, HEADER_SIZE, LogFormatError
 from evstore.errors import StreamDeleted
 from evstore.storage.index import HEAD_TOMBSTONE, Extent, Head, stream_key
@@ -147,9 +149,11 @@ class Reader:
 
     # -- the log in position order -----------------------------------------------------------
 
-    def all_plan(self, gt: int, lte: int | None, tfilter: tuple[bytes, ...] | None) -> Any:
+    def all_plan(self, gt: int, lte: int | None, tfilter: tuple[bytes, ...] | None, category: bytes | None = None,
+                 limit: int | None = None) -> Any:
         """How a read of the log after `gt` goes, fixed now: None (nothing to read), ("runs", commits
-        holding the types, stop) or ("scan", segment, offset, first position there, stop)."""
+        holding the types, stop), ("category", its first postings, how many were asked for, the
+        category, stop) or ("scan", segment, offset, first position there, stop)."""
         if tfilter == ():
             return None
         index = self.core.index
@@ -160,14 +164,21 @@ class Reader:
             stop = cp[2] - 1 if lte is None else min(lte, cp[2] - 1)
             if gt >= stop:
                 return None
+            if category is not None:
+                most = categories.page_size(limit, tfilter)
+                return ("category", postings.category_postings(index, txn, category, gt, stop, most), most, category,
+                        stop)
             if tfilter is not None:
-                return "runs", ix.type_postings(index, txn, tfilter, gt, stop), stop
+                return "runs", postings.type_postings(index, txn, tfilter, gt, stop), stop
             next_pos, seg_first, off = ix.scan_start(index, txn, gt)
         return "scan", seg_first, off, next_pos, stop
 
     def plan_chunks(self, plan: Any, gt: int, limit: int | None,
                     tfilter: tuple[bytes, ...] | None) -> Iterator[Chunk]:
         """The chunks of a plan from `all_plan` (not None)."""
+        if plan[0] == "category":
+            _kind, first, most, category, stop = plan
+            return categories.category_chunks(self.core, first, most, category, gt, stop, limit, tfilter)
         if plan[0] == "runs":
             return self.run_chunks(plan[1], gt, plan[2], limit, tfilter or ())
         _kind, seg_first, off, next_pos, stop = plan
@@ -249,10 +260,13 @@ class Reader:
 
     # -- queries ---------------------------------------------------------------------------
 
-    def query(self, items: QueryItems, gt: int, lte: int | None, limit: int | None) -> list[RecordedEvent]:
-        """Events after `gt` (up to `lte`) matching any item, in position order: tag postings (for
-        items with tags, checking type and the other tags from each candidate's header) or type
-        postings (items with types only); an item with neither matches every event."""
+    def query(self, items: QueryItems, gt: int, lte: int | None, limit: int | None,
+              category: bytes | None = None) -> list[RecordedEvent]:
+        """Events after `gt` (up to `lte`) matching any item (and of `category`), in position order: tag
+        postings (for items with tags, checking type and the other tags from each candidate's header)
+        or type postings (items with types only); an item with neither matches every event."""
+        if category is not None:
+            return categories.query(self.core, items, gt, lte, limit, category)
         index = self.core.index
         with index.begin() as txn:
             cp = index.get_checkpoint(txn)
@@ -267,12 +281,12 @@ class Reader:
                     return self.read_range(gt, stop, limit)
                 if not tags:
                     tf = tuple(sorted(types or ()))
-                    runs = ix.type_postings(index, txn, tf, gt, stop)
+                    runs = postings.type_postings(index, txn, tf, gt, stop)
                     for buf, offsets, _s, _e in self.run_chunks(runs, gt, stop, None, tf):
                         for o in offsets:
                             found.setdefault(HEADER.unpack_from(buf, o)[7], new_record(RecordedEvent, (buf, o, None)))
                     continue
-                for pos, seg, off in ix.tag_postings(index, txn, tags[0], gt, stop):
+                for pos, seg, off in postings.tag_postings(index, txn, tags[0], gt, stop):
                     if pos in found:
                         continue
                     rec = self.record(seg, off)

@@ -111,6 +111,31 @@ def walk(buf: Any, off: int, count: int, n: int) -> list[int]:
     return list(ffi.unpack(out, count))
 
 
+def walk_runs(buf: Any, runs: Sequence[int], n: int) -> list[int]:
+    """`walk` of runs of consecutive records in one call (evl_walk_runs): `runs` holds (offset,
+    count) of each run, flat (an array("Q") is taken as it is). Every run is verified; returns the
+    offsets of all their records in order. Raises `LogFormatError` at the first bad record."""
+    if not (isinstance(runs, array) and runs.typecode == "Q"):
+        try:
+            runs = array("Q", runs)
+        except OverflowError:
+            raise ValueError("offsets and counts must be >= 0") from None
+    if len(runs) % 2:
+        raise ValueError("runs holds (offset, count) pairs")
+    total = sum(runs[1::2])
+    room = total
+    if total > n // HEADER_SIZE + len(runs):  # more records than fit: a run fails; bound the array
+        room = sum(min(c, max(0, (n - o) // HEADER_SIZE + 1)) for o, c in zip(runs[::2], runs[1::2]))
+    with ffi.from_buffer("uint8_t[]", buf) as p:
+        check_buffer(0, n, len(p))
+        out = _new_out("uint64_t[]", max(room, 1))
+        err = ffi.new("size_t *")
+        rc = lib.evl_walk_runs(p, n, ffi.from_buffer("uint64_t[]", runs), len(runs) // 2, out, err)
+    if rc:
+        raise LogFormatError(rc, err[0])
+    return list(ffi.unpack(out, total))
+
+
 def find_commit(buf: Any, off: int, n: int) -> int:
     """The offset of the first valid COMMIT record in buf[off:n], or -1 (evl_find_commit)."""
     found = ffi.new("size_t *")

@@ -254,6 +254,19 @@ def walk(buf: Any, off: int, count: int, n: int) -> list[int]:
         return out
 
 
+def walk_runs(buf: Any, runs: Sequence[int], n: int) -> list[int]:
+    """`walk` of runs of consecutive records, (offset, count) of each flat in `runs`, in one call
+    (evl_walk_runs): the offsets of all their records in order."""
+    if len(runs) % 2:
+        raise ValueError("runs holds (offset, count) pairs")
+    if any(x < 0 for x in runs):
+        raise ValueError("offsets and counts must be >= 0")
+    out: list[int] = []
+    for i in range(0, len(runs), 2):
+        out += walk(buf, runs[i], runs[i + 1], n)
+    return out
+
+
 _COMMIT_TAG = struct.pack("<IB", COMMIT_SIZE, KIND_COMMIT)  # bytes 4..8 of every COMMIT record
 
 

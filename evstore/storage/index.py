@@ -24,8 +24,15 @@ Sub-databases (keys big-endian so that they sort; values little-endian):
 | `ids` | event id (16 bytes) | position (caller-given ids only) |
 | `snapshots` | stream number, version | segment, offset of the SNAPSHOT record |
 | `tracking` | upstream name, NUL, position | empty |
+| `categories` | category length, category (UTF-8), first position | the commit's location and events, events of the category in it |
 | `tags` | tag (UTF-8), NUL, position | segment, offset of the event |
-| `meta` | name | checkpoint (segment, offset, next position) and counters |
+| `meta` | name | checkpoint (segment, offset, next position), `index_version` and counters |
+
+The postings (`types`, `categories`, `tags`) are read by `evstore.storage.postings`, which documents
+their layouts. `INDEX_VERSION` names the set of entries an index holds: every transaction that
+writes a checkpoint writes it too, and an index that holds commits under an older version (one built
+before category postings) is rebuilt from the log by a writer and refused by a reader (see
+`is_outdated`).
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ import errno
 import os
 import struct
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import lmdb
@@ -57,7 +64,10 @@ HEAD_CLOSED = 1
 HEAD_TOMBSTONE = 2
 
 DB_NAMES = (b"heads", b"extents", b"commits", b"types", b"typenames", b"ids", b"snapshots", b"tracking", b"tags",
-            b"meta")
+            b"categories", b"meta")
+# 1: the entries before category postings (no `index_version` key); 2: `categories` added.
+INDEX_VERSION = 2
+_INDEX_VERSION_VAL = U64.pack(INDEX_VERSION)
 
 
 class Head:
@@ -89,8 +99,8 @@ class Head:
 class IndexBatch:
     """Index entries of one or more commits, written in one LMDB transaction."""
 
-    __slots__ = ("heads", "extents", "commits", "types", "typenames", "ids", "tags", "checkpoint", "counters",
-                 "extra")
+    __slots__ = ("heads", "extents", "commits", "types", "typenames", "ids", "tags", "categories", "checkpoint",
+                 "counters", "extra")
 
     def __init__(self) -> None:
         self.heads: dict[bytes, bytes] = {}
@@ -100,6 +110,7 @@ class IndexBatch:
         self.typenames: list[tuple[bytes, bytes]] = []
         self.ids: list[tuple[bytes, bytes]] = []
         self.tags: list[tuple[bytes, bytes]] = []
+        self.categories: list[tuple[bytes, bytes]] = []
         self.extra: list[tuple[bytes, bytes, bytes | None]] = []  # (db, key, value or None to delete)
         self.checkpoint: bytes | None = None
         self.counters: dict[bytes, bytes] = {}
@@ -112,6 +123,7 @@ class IndexBatch:
         self.typenames += other.typenames
         self.ids += other.ids
         self.tags += other.tags
+        self.categories += other.categories
         self.extra += other.extra
         self.checkpoint = other.checkpoint or self.checkpoint
         self.counters.update(other.counters)
@@ -317,6 +329,12 @@ class Index:
             return None
         return (COMMIT_KEY.unpack(cur.key())[0], *EXTENT_VAL.unpack(cur.value()))
 
+    def is_outdated(self, txn: lmdb.Transaction) -> bool:
+        """Whether the index holds commits written under an older `INDEX_VERSION` (entries missing)."""
+        if txn.get(b"checkpoint", db=self.db["meta"]) is None:
+            return False
+        return self.counter(txn, b"index_version") < INDEX_VERSION
+
     def counter(self, txn: lmdb.Transaction, name: bytes) -> int:
         raw = txn.get(name, db=self.db["meta"])
         return 0 if raw is None else U64.unpack(raw)[0]
@@ -360,6 +378,8 @@ class Index:
                 txn.cursor(db["ids"]).putmulti(b.ids)
             if b.tags:
                 txn.cursor(db["tags"]).putmulti(b.tags)
+            if b.categories:
+                txn.cursor(db["categories"]).putmulti(b.categories)
             for name, key, value in b.extra:
                 if value is None:
                     txn.delete(key, db=db[name.decode()])
@@ -370,6 +390,7 @@ class Index:
                 txn.put(k, v, db=meta)
             if b.checkpoint is not None:
                 txn.put(b"checkpoint", b.checkpoint, db=meta)
+                txn.put(b"index_version", _INDEX_VERSION_VAL, db=meta)
 
     def clear(self) -> None:
         """Drop every entry (before a rebuild from the log)."""
@@ -460,55 +481,6 @@ def scan_start(index: Index, txn: lmdb.Transaction, gt: int) -> tuple[int, int, 
     first = COMMIT_KEY.unpack(cur.key())[0]
     seg, off = EXTENT_VAL.unpack(cur.value())[:2]
     return first, seg, off
-
-
-def type_postings(index: Index, txn: lmdb.Transaction, names: tuple[bytes, ...], gt: int,
-                  stop: int) -> list[CommitLoc]:
-    """The commits holding events of any of the type `names` with positions in gt+1..stop, in
-    position order (one posting per type per commit)."""
-    commits: dict[int, CommitLoc] = {}
-    db = index.db["types"]
-    for tb in names:
-        raw = txn.get(tb, db=index.db["typenames"])
-        if raw is None:
-            continue
-        tid = U32.unpack(raw)[0]
-        cur = txn.cursor(db)
-        if not cur.set_range(TYPE_KEY.pack(tid, gt + 1)):
-            cur.last()
-        t, p = TYPE_KEY.unpack(cur.key())
-        if t != tid or p > gt + 1:  # the commit before may still hold positions above gt
-            if cur.prev():
-                t, p = TYPE_KEY.unpack(cur.key())
-                if t != tid or p + EXTENT_VAL.unpack(cur.value())[2] <= gt + 1:
-                    cur.next()
-            else:
-                cur.first()
-        for k, v in cur:
-            t, p = TYPE_KEY.unpack(k)
-            if t != tid or p > stop:
-                break
-            if p not in commits:
-                commits[p] = (p, *EXTENT_VAL.unpack(v))
-    return [commits[p] for p in sorted(commits)]
-
-
-def tag_postings(index: Index, txn: lmdb.Transaction, tag: bytes, gt: int,
-                 stop: int) -> Iterator[tuple[int, int, int]]:
-    """(position, segment, offset) of the events carrying `tag` with positions in gt+1..stop."""
-    first = tag + b"\x00"
-    cur = txn.cursor(index.db["tags"])
-    if not cur.set_range(first + COMMIT_KEY.pack(gt + 1)):
-        return
-    for kraw, v in cur:
-        k = bytes(kraw)
-        if not k.startswith(first):
-            break
-        pos = COMMIT_KEY.unpack_from(k, len(first))[0]
-        if pos > stop:
-            break
-        seg, off = TAG_VAL.unpack(v)
-        yield pos, seg, off
 
 
 def snapshots_below(index: Index, txn: lmdb.Transaction, num: int, hi: int, hidden: int) -> list[tuple[int, int]]:

@@ -234,9 +234,10 @@ class SegmentScanner:
 
 
 def commit_events(impl: ModuleType, path: str, buf: Any, off: int, nbytes: int, first_position: int,
-                  count: int, types: tuple[bytes, ...], report: Reporter) -> list[int]:
-    """The offsets of the EVENT records of the given types in the one commit at `off` (`nbytes`
-    long, `count` events from `first_position`), verified; damage goes to `report`."""
+                  count: int, types: tuple[bytes, ...] | None, report: Reporter) -> list[int]:
+    """The offsets of the EVENT records of the given types (None: all) in the commits at `off`
+    (`nbytes` long, `count` events from `first_position`: one commit, or consecutive ones), verified;
+    damage goes to `report`."""
     r = impl.scan(buf, off, off + nbytes, next_position=first_position, kinds=EVENT_KINDS, types=types,
                   max_out=count + 1)
     if r.code != 0:

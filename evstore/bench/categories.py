@@ -1,0 +1,119 @@
+"""Consumption at scale: a read by category, a consumer group, and `copy --follow` into PostgreSQL.
+
+The category dataset: `Sizes.total` events (1,000,000 at scale 1) in streams `cat<k>-<n>` of 100
+events, ten categories, written in commits of 10 events that go round the streams so that every
+category is spread over the whole log. The category read returns one category in ten; beside it, on
+the same store, `read_all` (the per-event rate a category read is judged against) and the SQLite
+recorder's `select_notifications`, paged, with the same selection done by the caller.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import evstore
+from evstore.bench.context import PAYLOAD, TOPICS, Ctx, Workload, best, count, events_row, sqlite_recorder
+from evstore.bench.results import Peers, Row, Target
+
+CATEGORIES = 10
+STREAM = 100  # events per stream
+COMMIT = 10  # events per commit
+
+
+@dataclass
+class CategoryData:
+    path: str
+    total: int
+    streams: int
+    sqlite: str = ""
+
+
+def _streams(total: int) -> int:
+    return max(CATEGORIES, total // STREAM)
+
+
+def build(ctx: Ctx, name: str) -> CategoryData:
+    """The category dataset (see the module docstring), in a store of its own."""
+    total = ctx.sizes.total
+    n = _streams(total)
+    path = ctx.path(name)
+    ctx.say(f"building the category dataset ({n * STREAM:,} events)")
+    with evstore.open(path, durability="os") as store:
+        ev = [evstore.NewEvent(TOPICS[i % 4], PAYLOAD) for i in range(COMMIT)]
+        for v0 in range(0, STREAM, COMMIT):
+            for i in range(n):
+                store.append(f"cat{i % CATEGORIES}-{i}", ev)
+    return CategoryData(path, n * STREAM, n)
+
+
+def _sqlite(ctx: Ctx, data: CategoryData) -> str:
+    from eventsourcing.persistence import StoredEvent
+    from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
+
+    path = ctx.path("category.sqlite")
+    ds = SQLiteDatastore(path, pool_size=2, originator_id_type="text")
+    rec = SQLiteApplicationRecorder(ds)
+    rec.create_table()
+    for v0 in range(1, STREAM + 1, COMMIT):
+        for i in range(data.streams):
+            oid = f"cat{i % CATEGORIES}-{i}"
+            rec.insert_events([StoredEvent(oid, v, TOPICS[(v - 1) % 4], PAYLOAD) for v in range(v0, v0 + COMMIT)])
+    ds.close()
+    return path
+
+
+def w_read_category(ctx: Ctx) -> list[Row]:
+    wl = "read_category"
+    rows: list[Row] = []
+    data = build(ctx, "categories.evs")
+    want = data.total // CATEGORIES
+    if ctx.on("c"):
+        with evstore.open(data.path, log_impl="c") as store:
+            dt, got = best(lambda: count(store.read_all(category="cat0")), ctx.repeat)
+            assert got == want, (got, want)
+            rows.append(events_row(wl, "c", got, dt, f"read_all(category=...): {got:,} of {data.total:,}"))
+            dt, got = best(lambda: count(store.read_all()), ctx.repeat)
+            rows.append(events_row(wl, "ref", got, dt, "read_all of the same store, per event"))
+    if ctx.on("sqlite"):
+        path = _sqlite(ctx, data)
+        from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
+
+        ds = SQLiteDatastore(path, pool_size=2, originator_id_type="text")
+        rec = SQLiteApplicationRecorder(ds)
+
+        def go() -> int:
+            start, n = 1, 0
+            while True:
+                page = rec.select_notifications(start, 1_000)
+                if not page:
+                    return n
+                n += sum(1 for x in page if str(x.originator_id).startswith("cat0-"))
+                start = page[-1].id + 1
+
+        dt, got = best(go, ctx.repeat)
+        ds.close()
+        assert got == want, (got, want)
+        rows.append(events_row(wl, "sqlite", got, dt, "select_notifications in pages of 1,000, the caller "
+                               "keeping cat0-*"))
+    return rows
+
+
+def _category_target(p: Peers) -> bool | None:
+    if p.ref is None or p.ref.value is None or p.x_sqlite is None:
+        return None
+    return p.value >= 0.8 * p.ref.value and p.x_sqlite >= 5
+
+
+def _category_remark(p: Peers) -> str:
+    if p.ref is None or not p.ref.value:
+        return ""
+    return f"{p.value / p.ref.value:.0%} of read_all's rate"
+
+
+WORKLOADS = (
+    Workload("read_category", w_read_category,
+             Target(">= 80% of read_all per event and >= 5x SQLite", _category_target, _category_remark)),
+)
+
+__all__ = ["WORKLOADS", "build"]
