@@ -18,8 +18,8 @@ class ConsumingStore(Protocol):
     """What a consumer needs of a store (an `EventStore` has it)."""
 
     def max_tracking(self, upstream: str) -> int | None: ...
-    def subscribe(self, *, gt: int = 0, types: Iterable[str] | None = None,
-                  timeout: float | None = None, category: str | None = None) -> Any: ...
+    def subscribe(self, *, gt: int = 0, types: Iterable[str] | None = None, timeout: float | None = None,
+                  category: str | None = None, group: tuple[int, int] | None = None) -> Any: ...
     def append_many(self, appends: Iterable[tuple[Stream, Sequence[NewEvent], Any]], *,
                     tracking: tuple[str, int] | None = None, condition: Any = None) -> list[AppendResult]: ...
 
@@ -55,13 +55,21 @@ def consumer_position(store: ConsumingStore, name: str) -> int:
 
 def consume(store: ConsumingStore, name: str, handler: Callable[[RecordedEvent, ConsumerContext], None], *,
             types: Iterable[str] | None = None, timeout: float | None = None, limit: int | None = None,
-            checkpoint_every: int = 100, category: str | None = None) -> ConsumerStats:
+            checkpoint_every: int = 100, category: str | None = None, group: tuple[int, int] | None = None,
+            sink: ConsumingStore | None = None) -> ConsumerStats:
     """Run `handler(event, ctx)` for each event after the consumer's position, following new commits.
 
     Ends when no event arrives for `timeout` seconds, after `limit` events, or when the handler raises
     (the exception propagates; the failing event's effects are not committed and it is handled again
     next time). An event whose handler appended nothing advances the position lazily, every
-    `checkpoint_every` events and on exit, so idle events cost no commit each.
+    `checkpoint_every` events and on exit, so idle events cost no commit each. `group=(i, n)` reads
+    only the streams of member i of n (see `EventStore.subscribe`) and names the position
+    `<name>#<i>/<n>`; `sink` is the store the position and the handler's appends are committed to
+    (default: `store`; a group member's own store, see evstore.groups).
+
+    Raises: ValueError for a bad name, limit or checkpoint_every; what `subscribe` raises for bad
+    types, category or group; what `append_many` raises for the handler's appends (nothing of the
+    failing event is committed); what the handler raises.
     """
     if not isinstance(name, str) or not name:
         raise ValueError("a consumer name must be a non-empty str")
@@ -69,14 +77,19 @@ def consume(store: ConsumingStore, name: str, handler: Callable[[RecordedEvent, 
         raise ValueError(f"limit must be None or an int >= 0, not {limit!r}")
     if type(checkpoint_every) is not int or checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be an int >= 1, not {checkpoint_every!r}")
+    out = store if sink is None else sink
+    if group is not None:
+        if not isinstance(group, tuple) or len(group) != 2:
+            raise TypeError(f"group must be a (member, size) tuple of ints, not {group!r}")
+        name = f"{name}#{group[0]}/{group[1]}"
     tracking = CONSUMER_PREFIX + name
-    start = consumer_position(store, name)
+    start = consumer_position(out, name)
     if limit == 0:
         return ConsumerStats(name, 0, start)
     handled = 0
     position = start  # every event up to here has been handled and its effects committed
     saved = start  # the position last committed as the checkpoint
-    sub = store.subscribe(gt=start, types=types, timeout=timeout, category=category)
+    sub = store.subscribe(gt=start, types=types, timeout=timeout, category=category, group=group)
     try:
         for event in sub:
             ctx = ConsumerContext()
@@ -84,17 +97,20 @@ def consume(store: ConsumingStore, name: str, handler: Callable[[RecordedEvent, 
             if ctx.parts:
                 # The event's effects and its position commit together; if the commit is refused the
                 # event is not handled (the exception propagates) and the checkpoint stays before it.
-                store.append_many(ctx.parts, tracking=(tracking, event.position))
+                out.append_many(ctx.parts, tracking=(tracking, event.position))
                 saved = event.position
             position = event.position
             handled += 1
             if position - saved and handled % checkpoint_every == 0:
-                store.append_many([], tracking=(tracking, position))
+                out.append_many([], tracking=(tracking, position))
                 saved = position
             if limit is not None and handled >= limit:
                 break
+        # A clean end: every event the subscription looked at was delivered and handled, so the
+        # position may move past events this consumer does not select (its lag then reads 0).
+        position = max(position, sub.position)
     finally:
         sub.stop()
         if position > saved:  # only events that were handled whole
-            store.append_many([], tracking=(tracking, position))
+            out.append_many([], tracking=(tracking, position))
     return ConsumerStats(name, handled, position)

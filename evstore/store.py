@@ -13,6 +13,7 @@ import lmdb
 
 from evstore.storage import index as ix
 from evstore.format.layout import FLAG_UUID_STREAM
+from evstore import groups
 from evstore.consumer import ConsumerStats, consume
 from evstore.engine import marks
 from evstore.engine.checks import (
@@ -24,6 +25,7 @@ from evstore.engine.checks import (
     category_filter,
     check_condition,
     check_fields,
+    check_group,
     check_open_options,
     check_position,
     check_snapshot,
@@ -255,29 +257,32 @@ class EventStore:
 
     def consume(self, name: str, handler: Callable[..., None], *, types: Iterable[str] | None = None,
                 timeout: float | None = None, limit: int | None = None, checkpoint_every: int = 100,
-                category: str | None = None) -> ConsumerStats:
+                category: str | None = None, group: tuple[int, int] | None = None) -> ConsumerStats:
         """Run `handler(event, ctx)` for each event (of `types`, of `category`) after consumer `name`'s
         position, following new commits; what the handler appends with `ctx.append(...)` commits
-        together with the consumer's new position (exactly once within the store). See
-        `evstore.consumer.consume` (and its Raises)."""
-        return consume(self, name, handler, types=types, timeout=timeout, limit=limit,
-                       checkpoint_every=checkpoint_every, category=category)
+        together with the consumer's new position (exactly once within the store). With `group=(i,
+        n)`, as member i of a group of n (in any process, this handle may be read-only), committing
+        to the member's own store: see `evstore.groups`. Raises: see `evstore.consumer.consume`."""
+        kw: Any = dict(types=types, timeout=timeout, limit=limit, checkpoint_every=checkpoint_every, category=category)
+        if group is not None:
+            return groups.consume_member(self, name, handler, group, open, **kw)
+        return consume(self, name, handler, **kw)
 
-    def subscribe(self, *, gt: int = 0, types: Iterable[str] | None = None,
-                  timeout: float | None = None, category: str | None = None) -> Subscription:
-        """Events after position `gt` (of the given types, of streams of `category`), then new ones as
-        they commit, from this process or another; never skips or repeats one. See `Subscription`.
+    def subscribe(self, *, gt: int = 0, types: Iterable[str] | None = None, timeout: float | None = None,
+                  category: str | None = None, group: tuple[int, int] | None = None) -> Subscription:
+        """Events after position `gt` (of the given types, of streams of `category`, of the streams of
+        member i of a group of n for `group=(i, n)`: those whose `stream_hash` modulo n is i), then new
+        ones as they commit, from this process or another; never skips or repeats one. See `Subscription`.
 
-        Raises: TypeError, ValueError for a bad position, types, category or timeout (None, or
+        Raises: TypeError, ValueError for a bad position, types, category, group or timeout (None, or
         seconds >= 0)."""
         core = self._r()
         start = check_position(gt, "gt") or 0
         seconds = check_timeout(timeout)
-        tfilter = type_filter(types)
-        cat = category_filter(category)
+        tfilter, cat, part = type_filter(types), category_filter(category), check_group(group)
 
         def fetch(after: int, upto: int, limit: int) -> list[RecordedEvent]:
-            return list(self._read_all(after, upto, limit, tfilter, cat))
+            return list(self._read_all(after, upto, limit, tfilter, cat, part))
 
         return Subscription(fetch, self.head, core.commit_cond, start, seconds)
 
@@ -350,13 +355,14 @@ class EventStore:
 
     @_index_errors
     def _read_all(self, gt: int, lte: int | None, limit: int | None,
-                  tfilter: tuple[bytes, ...] | None, cat: bytes | None = None) -> Iterator[RecordedEvent]:
+                  tfilter: tuple[bytes, ...] | None, cat: bytes | None = None,
+                  part: tuple[int, int] | None = None) -> Iterator[RecordedEvent]:
         """Fix the snapshot (the head and where to start) now; the returned iterator scans lazily."""
         reader = self._r().reader
-        plan = reader.all_plan(gt, lte, tfilter, cat, limit)
+        plan = reader.all_plan(gt, lte, tfilter, cat, None if part else limit)
         if plan is None:
             return iter(())
-        return self._records(reader.plan_chunks(plan, gt, limit, tfilter))
+        return self._records(reader.plan_chunks(plan, gt, limit, tfilter, part))
 
     def _records(self, chunks: Iterator[Chunk]) -> Iterator[RecordedEvent]:
         up = self._up

@@ -89,13 +89,19 @@ def info(path: str) -> dict[str, Any]:
 
 
 def consumers(path: str) -> list[tuple[str, int, int]]:
-    """(name, position, lag) of every checkpointed consumer (see evstore.consumer)."""
+    """(name, position, lag) of every checkpointed consumer (see evstore.consumer), then of every member
+    of every consumer group, named `<group>#<member>/<size>` (see evstore.groups)."""
     from evstore.consumer import CONSUMER_PREFIX
+    from evstore.groups import members, tracking_name
 
-    with evstore.open(_store_dir(path), readonly=True, create=False) as s:
+    real = _store_dir(path)
+    with evstore.open(real, readonly=True, create=False) as s:
         head = s.head()
         best = {name[len(CONSUMER_PREFIX):]: pos for name, pos in s.maintenance.tracked(CONSUMER_PREFIX).items()}
-    return [(n, p, head - p) for n, p in sorted(best.items())]
+        rows = [(n, p, head - p) for n, p in sorted(best.items())]
+        for m in members(s.path, head, lambda p: evstore.open(p, readonly=True, create=False)):
+            rows.append((tracking_name(m.group, m.member, m.size), m.position, m.lag))
+    return rows
 
 
 __all__ = ["import_events", "import_file", "ImportFileError", "ImportResult", "ExportCount", "consumers", "verify",

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from evstore.format.layout import FLAG_UUID_STREAM, HEADER, HEADER_SIZE, LogFormatError
 from evstore.records import RecordedEvent
-from evstore.storage.postings import CategoryLoc, category_postings
+from evstore.storage.postings import CategoryLoc, category_postings, stream_hash
 from evstore.storage.scan import commit_events
 
 if TYPE_CHECKING:
@@ -59,10 +59,40 @@ def in_category(buf: Any, offsets: list[int], prefix: bytes) -> list[int]:
     return out
 
 
+def in_partition(buf: Any, offsets: list[int], part: tuple[int, int]) -> list[int]:
+    """The offsets of the event records whose stream's `stream_hash` modulo n is i, for `part` = (i, n)."""
+    i, n = part
+    unpack = _STREAM.unpack_from
+    out = []
+    for o in offsets:
+        sl = unpack(buf, o + 9)[1]
+        s = o + HEADER_SIZE
+        if stream_hash(buf[s : s + sl]) % n == i:
+            out.append(o)
+    return out
+
+
+def partition_chunks(chunks: Iterator[Chunk], part: tuple[int, int], limit: int | None) -> Iterator[Chunk]:
+    """`chunks` with only the events of member i of n's streams (`part`), at most `limit` of them."""
+    left = -1 if limit is None else limit
+    for buf, offsets, start, end in chunks:
+        offsets = in_partition(buf, offsets, part)
+        if left >= 0:
+            del offsets[left:]
+            left -= len(offsets)
+        if offsets:
+            yield buf, offsets, start, end
+        if left == 0:
+            return
+
+
 def category_chunks(core: Core, first: list[CategoryLoc], most: int, category: bytes, gt: int, stop: int,
-                    limit: int | None, tfilter: tuple[bytes, ...] | None) -> Iterator[Chunk]:
-    """Chunks of the events of `category` (and of the types `tfilter`, if given) with positions in
-    gt+1..stop, at most `limit`, from the postings page `first` (asked for `most` postings) on.
+                    limit: int | None, tfilter: tuple[bytes, ...] | None,
+                    part: tuple[int, int] | None = None) -> Iterator[Chunk]:
+    """Chunks of the events of `category` (and of the types `tfilter`, if given; of the streams of
+    member i of a group of n, for `part` = (i, n)) with positions in gt+1..stop, at most `limit`, from
+    the postings page `first` (asked for `most` postings) on. A commit of one stream of another
+    member is passed over without reading the log.
 
     Commits of the category alone (the common case: one stream's append) are verified with the log
     implementation's `walk_runs`, up to `REGION_EVENTS` events of one segment in one call: their
@@ -91,7 +121,9 @@ def category_chunks(core: Core, first: list[CategoryLoc], most: int, category: b
 
     page = first
     while page:
-        for p, seg_first, off, count, nbytes, k in page:
+        for p, seg_first, off, count, nbytes, k, h, one in page:
+            if part is not None and one and h % part[1] != part[0]:
+                continue
             whole = k == count and tfilter is None and gt < p and p + count - 1 <= stop
             if runs and (not whole or seg_first != run_seg):
                 chunk = flush()
@@ -125,6 +157,8 @@ def category_chunks(core: Core, first: list[CategoryLoc], most: int, category: b
             offsets = commit_events(impl, seg.path, buf, off, nbytes, p, count, tfilter, damage)
             if k != count:
                 offsets = in_category(buf, offsets, prefix)
+            if part is not None and not one:
+                offsets = in_partition(buf, offsets, part)
             if p <= gt or p + count - 1 > stop:  # a commit across a bound: look at the positions
                 offsets = [o for o in offsets if gt < position(buf, o)[7] <= stop]
             if left >= 0:

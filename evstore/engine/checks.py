@@ -261,6 +261,18 @@ def type_filter(types: Iterable[str] | None) -> tuple[bytes, ...] | None:
     return tuple(sorted({check_name(t, "an event type") for t in types}))
 
 
+def check_group(group: Any) -> tuple[int, int] | None:
+    """A checked consumer-group membership (member, size), or None."""
+    if group is None:
+        return None
+    if not isinstance(group, tuple) or len(group) != 2 or not all(type(x) is int for x in group):
+        raise TypeError(f"group must be a (member, size) tuple of ints, not {group!r}")
+    member, size = group
+    if not 1 <= size <= 1 << 16 or not 0 <= member < size:
+        raise ValueError(f"group needs 1 <= size <= 65536 and 0 <= member < size, not {group!r}")
+    return member, size
+
+
 def category_filter(category: Any) -> bytes | None:
     """A checked category name (a stream id's text before its first "-"), or None for all events."""
     if category is None:

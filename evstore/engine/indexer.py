@@ -199,9 +199,9 @@ class Indexer:
         for tb in types:
             batch.types.append((TYPE_KEY.pack(self.type_id(tb, batch), first_position), where))
         pk = COMMIT_KEY.pack(first_position)
-        for cat, k in category_postings_of((r[0], r[1], r[2]) for r in runs).items():
+        for cat, (k, sh, one) in category_postings_of((r[0], r[1], r[2]) for r in runs).items():
             batch.categories.append((category_prefix(cat) + pk, CATEGORY_VAL.pack(
-                seg, commit_off, n_events, commit_end - commit_off, k)))
+                seg, commit_off, n_events, commit_end - commit_off, k, sh, one)))
         for idb, pos in ids:
             batch.ids.append((idb, U64.pack(pos)))
 

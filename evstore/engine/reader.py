@@ -173,12 +173,15 @@ class Reader:
             next_pos, seg_first, off = ix.scan_start(index, txn, gt)
         return "scan", seg_first, off, next_pos, stop
 
-    def plan_chunks(self, plan: Any, gt: int, limit: int | None,
-                    tfilter: tuple[bytes, ...] | None) -> Iterator[Chunk]:
-        """The chunks of a plan from `all_plan` (not None)."""
+    def plan_chunks(self, plan: Any, gt: int, limit: int | None, tfilter: tuple[bytes, ...] | None,
+                    part: tuple[int, int] | None = None) -> Iterator[Chunk]:
+        """The chunks of a plan from `all_plan` (not None); with `part` = (i, n), of the streams of
+        member i of a group of n only (see `evstore.storage.postings.stream_hash`)."""
         if plan[0] == "category":
             _kind, first, most, category, stop = plan
-            return categories.category_chunks(self.core, first, most, category, gt, stop, limit, tfilter)
+            return categories.category_chunks(self.core, first, most, category, gt, stop, limit, tfilter, part)
+        if part is not None:
+            return categories.partition_chunks(self.plan_chunks(plan, gt, None, tfilter), part, limit)
         if plan[0] == "runs":
             return self.run_chunks(plan[1], gt, plan[2], limit, tfilter or ())
         _kind, seg_first, off, next_pos, stop = plan

@@ -5,16 +5,22 @@ categories and tags — and their cursor walks. The sub-databases are created an
 | db | key | value |
 |---|---|---|
 | `types` | type id (u32), first position | segment, offset, events, bytes of the commit |
-| `categories` | category length (u16), category (UTF-8), first position | segment, offset, events, bytes of the commit, events of the category in it |
+| `categories` | category length (u16), category (UTF-8), first position | segment, offset, events, bytes of the commit; events of the category in it; the `stream_hash` of its stream and 1 when they are all of one stream (else 0, 0) |
 | `tags` | tag (UTF-8), NUL, position | segment, offset of the event |
 
 A stream's category is its id up to the first "-" (`evstore.lifecycle.category`); UUID streams and
 ids without a "-" have none. Keys are big-endian so that they sort by position.
+
+A stream's hash (`stream_hash`) is the CRC-32 (zlib's, ISO-HDLC polynomial) of its stored id: the
+UTF-8 bytes of a text id, the 16 bytes of a UUID. It decides which member of a consumer group handles
+the stream (hash modulo the group's size); it is computed in Python from the id alone, so it is the
+same for both log implementations, on every platform and across restarts.
 """
 
 from __future__ import annotations
 
 import struct
+import zlib
 from collections.abc import Iterable, Iterator
 
 import lmdb
@@ -22,8 +28,15 @@ import lmdb
 from evstore.storage.index import COMMIT_KEY, EXTENT_VAL, TAG_VAL, TYPE_KEY, U32, CommitLoc, Index
 
 CATEGORY_LEN = struct.Struct(">H")
-CATEGORY_VAL = struct.Struct("<QQIII")  # segment, offset, events, bytes of the commit; events of the category
-CategoryLoc = tuple[int, int, int, int, int, int]  # first position, segment, offset, events, bytes, in category
+# segment, offset, events, bytes of the commit; events of the category; its one stream's hash, one stream
+CATEGORY_VAL = struct.Struct("<QQIIIIB")
+# first position, segment, offset, events, bytes, events of the category, stream hash, one stream (1 or 0)
+CategoryLoc = tuple[int, int, int, int, int, int, int, int]
+
+
+def stream_hash(stored: bytes) -> int:
+    """The hash of a stream id as stored (UTF-8, or the 16 bytes of a UUID): see the module docstring."""
+    return zlib.crc32(stored)
 
 
 def category_of_key(key: bytes) -> bytes | None:
@@ -39,13 +52,20 @@ def category_prefix(category: bytes) -> bytes:
     return CATEGORY_LEN.pack(len(category)) + category
 
 
-def category_postings_of(runs: Iterable[tuple[bytes, int, int]]) -> dict[bytes, int]:
-    """Category -> events of it, of a commit's runs (stream key, first version, last version)."""
-    counts: dict[bytes, int] = {}
+def category_postings_of(runs: Iterable[tuple[bytes, int, int]]) -> dict[bytes, tuple[int, int, int]]:
+    """Category -> (events of it, its one stream's hash, 1) or (events, 0, 0) when several of its
+    streams are in the commit, of a commit's runs (stream key, first version, last version)."""
+    counts: dict[bytes, tuple[int, int, int]] = {}
+    keys: dict[bytes, bytes | None] = {}
     for key, v0, v1 in runs:
         cat = category_of_key(key)
         if cat is not None:
-            counts[cat] = counts.get(cat, 0) + v1 - v0 + 1
+            n = counts[cat][0] if cat in counts else 0
+            counts[cat] = (n + v1 - v0 + 1, 0, 0)
+            keys[cat] = key if keys.get(cat, key) == key else None
+    for cat, one in keys.items():
+        if one is not None:
+            counts[cat] = (counts[cat][0], stream_hash(one[1:]), 1)
     return counts
 
 
