@@ -359,7 +359,7 @@ class EventStore:
                   part: tuple[int, int] | None = None) -> Iterator[RecordedEvent]:
         """Fix the snapshot (the head and where to start) now; the returned iterator scans lazily."""
         reader = self._r().reader
-        plan = reader.all_plan(gt, lte, tfilter, cat, None if part else limit)
+        plan = reader.all_plan(gt, lte, tfilter, cat, limit if part is None or limit is None else limit * part[1])
         if plan is None:
             return iter(())
         return self._records(reader.plan_chunks(plan, gt, limit, tfilter, part))

@@ -123,6 +123,7 @@ def test_every_target_is_one_definition() -> None:
         "bytes_per_event": "<= SQLite",
         "replay_memory": "< 100 MB above baseline",
         "read_category": ">= 80% of read_all per event and >= 5x SQLite",
+        "consumer_group_4": ">= 2x one consumer",
     }
     assert all(bench.WORKLOADS[name].target is t for name, t in bench.TARGETS.items()
                if name != "repository_get_snapshot")  # rows of the repository_get workload

@@ -67,6 +67,7 @@ def test_a_category_read_pages_its_postings(store: evstore.EventStore, monkeypat
     from evstore.engine import categories
 
     monkeypatch.setattr(categories, "PAGE", 3)
+    monkeypatch.setattr(categories, "FIRST_PAGE", 1)
     monkeypatch.setattr(categories, "REGION_EVENTS", 2)
     fill(store, 150, seed=3)
     for cat in ("order", "user"):

@@ -10,10 +10,15 @@ recorder's `select_notifications`, paged, with the same selection done by the ca
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import evstore
-from evstore.bench.context import PAYLOAD, TOPICS, Ctx, Workload, best, count, events_row, sqlite_recorder
+from evstore.bench.context import PAYLOAD, TOPICS, Ctx, Workload, best, count, events_row, subprocess_env
 from evstore.bench.results import Peers, Row, Target
 
 CATEGORIES = 10
@@ -33,8 +38,9 @@ def _streams(total: int) -> int:
     return max(CATEGORIES, total // STREAM)
 
 
-def build(ctx: Ctx, name: str) -> CategoryData:
-    """The category dataset (see the module docstring), in a store of its own."""
+def build(ctx: Ctx, name: str, categories: int = CATEGORIES) -> CategoryData:
+    """The category dataset (see the module docstring), in a store of its own; with `categories=1`
+    every stream is of category `cat0`."""
     total = ctx.sizes.total
     n = _streams(total)
     path = ctx.path(name)
@@ -43,7 +49,7 @@ def build(ctx: Ctx, name: str) -> CategoryData:
         ev = [evstore.NewEvent(TOPICS[i % 4], PAYLOAD) for i in range(COMMIT)]
         for v0 in range(0, STREAM, COMMIT):
             for i in range(n):
-                store.append(f"cat{i % CATEGORIES}-{i}", ev)
+                store.append(f"cat{i % categories}-{i}", ev)
     return CategoryData(path, n * STREAM, n)
 
 
@@ -99,6 +105,58 @@ def w_read_category(ctx: Ctx) -> list[Row]:
     return rows
 
 
+def _run_consumers(path: str, size: int) -> tuple[float, int]:
+    """(seconds, events handled) of `size` member processes (0: one single consumer) run together."""
+    t = time.perf_counter()
+    procs = [subprocess.Popen([sys.executable, "-m", "evstore.bench.group_member", path, "cat0", str(m), str(size)],
+                              stdout=subprocess.PIPE, env=subprocess_env(), text=True) for m in range(max(size, 1))]
+    handled = 0
+    for p in procs:
+        out, _ = p.communicate()
+        if p.returncode != 0:
+            raise RuntimeError(f"a benchmark consumer failed (exit {p.returncode})")
+        handled += int(out.split()[-1])
+    return time.perf_counter() - t, handled
+
+
+def w_consumer_group(ctx: Ctx) -> list[Row]:
+    """A group of 4 member processes against one consumer process, a no-op handler, over the whole
+    category dataset in one category; each run starts from nothing (new member stores)."""
+    wl = "consumer_group_4"
+    rows: list[Row] = []
+    if not ctx.on("c"):
+        return rows
+    data = build(ctx, "group.evs", categories=1)
+    groups_dir = os.path.join(data.path, "consumers")
+
+    def run(size: int) -> Callable[[], int]:
+        def go() -> int:
+            shutil.rmtree(groups_dir, ignore_errors=True)
+            dt, n = _run_consumers(data.path, size)
+            times.append(dt)
+            return n
+        return go
+
+    times: list[float] = []
+    best(run(0), ctx.repeat)
+    one = min(times)
+    times.clear()
+    best(run(4), ctx.repeat)
+    four = min(times)
+    rows.append(events_row(wl, "c", data.total, four, "4 member processes, no-op handler, checkpoint every "
+                           "100,000, process start included"))
+    rows.append(events_row(wl, "ref", data.total, one, "1 consumer process, the same"))
+    return rows
+
+
+def _group_target(p: Peers) -> bool | None:
+    return None if p.ref is None or not p.ref.value else p.value >= 2 * p.ref.value
+
+
+def _group_remark(p: Peers) -> str:
+    return "" if p.ref is None or not p.ref.value else f"{p.value / p.ref.value:.2f}x one consumer; {os.cpu_count()} CPUs"
+
+
 def _category_target(p: Peers) -> bool | None:
     if p.ref is None or p.ref.value is None or p.x_sqlite is None:
         return None
@@ -114,6 +172,7 @@ def _category_remark(p: Peers) -> str:
 WORKLOADS = (
     Workload("read_category", w_read_category,
              Target(">= 80% of read_all per event and >= 5x SQLite", _category_target, _category_remark)),
+    Workload("consumer_group_4", w_consumer_group, Target(">= 2x one consumer", _group_target, _group_remark)),
 )
 
 __all__ = ["WORKLOADS", "build"]

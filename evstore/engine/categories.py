@@ -29,14 +29,16 @@ if TYPE_CHECKING:
 
 Chunk = tuple[Any, list[int], int, int]  # mapping, record offsets, region start, region end
 REGION_EVENTS = 8192  # events scanned at most per call into the log implementation
-PAGE = 4096  # postings read per index transaction
+PAGE = 4096  # postings read per index transaction, at most
+FIRST_PAGE = 64  # postings read first by a read with a limit
 _STREAM = struct.Struct("<B2xH")  # a record's flags and stream id length, at offset 9 of its header
 
 
 def page_size(limit: int | None, tfilter: tuple[bytes, ...] | None) -> int:
-    """Postings to read for a read of at most `limit` events: each posting holds at least one event
-    of its category (and the first may hold only events at or below `gt`)."""
-    return PAGE if limit is None or tfilter is not None else min(PAGE, limit + 1)
+    """Postings to read first for a read of at most `limit` events: a page of `FIRST_PAGE` (each
+    posting holds at least one event of its category, so fewer when the limit is lower); pages
+    double from there up to `PAGE`."""
+    return PAGE if limit is None else min(FIRST_PAGE, limit + 1)
 
 
 def postings_page(core: Core, category: bytes, gt: int, stop: int, most: int) -> list[CategoryLoc]:
@@ -172,7 +174,7 @@ def category_chunks(core: Core, first: list[CategoryLoc], most: int, category: b
         after = last[0] + last[3] - 1
         if after >= stop or len(page) < most:
             break
-        most = PAGE
+        most = min(PAGE, most * 2)
         page = postings_page(core, category, after, stop, most)
     if runs:
         chunk = flush()
