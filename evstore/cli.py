@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -298,9 +299,18 @@ def cmd_copy(a: argparse.Namespace) -> int:
     from evstore.migrate import copy_to_module
 
     _store(a.path)
+    stopping: list[int] = []
+    if a.follow:  # SIGINT / SIGTERM: finish the batch under way, then stop cleanly
+        def on_signal(signum: int, _frame: Any) -> None:
+            stopping.append(signum)
+
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
     with _progress(None, "ev", "copy") as bar:
-        n, last = copy_to_module(a.path, a.to_module, batch=a.batch, progress=bar)
-    print(f"copied {n:,} events to {a.to_module}; the target holds every event up to position {last:,}")
+        n, last = copy_to_module(a.path, a.to_module, batch=a.batch, progress=bar, follow=a.follow,
+                                 stop=lambda: bool(stopping), application=a.application)
+    print(f"copied {n:,} events to {a.to_module}; the target holds every event up to position {last:,}"
+          + ("; stopped" if stopping else ""))
     return 0
 
 
@@ -308,6 +318,15 @@ def cmd_consumers(a: argparse.Namespace) -> int:
     rows = tools.consumers(a.path)
     for name, position, lag in rows:
         print(f"{name}\t{position}\tlag {lag}")
+    from evstore.migrate import followers
+
+    with evstore.open(_store(a.path), readonly=True, create=False) as s:
+        head = s.head()
+    for f in followers(_store(a.path)):
+        age = max(0.0, (time.time_ns() - int(f["updated_ns"])) / 1e9)  # type: ignore[call-overload]
+        pos = int(f["position"])  # type: ignore[call-overload]
+        print(f"copy:{f['name']} -> {f['module']}\t{pos}\tlag {max(head - pos, 0)}\t(updated {age:.1f} s ago, "
+              f"pid {f['pid']})")
     return 0
 
 
@@ -430,6 +449,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path")
     p.add_argument("--to-module", required=True, help="e.g. eventsourcing.postgres, configured by environment")
     p.add_argument("--batch", type=_positive, default=1000, help="events per target transaction (default 1000)")
+    p.add_argument("--application", default="", metavar="NAME",
+                   help="the application whose tables receive the events (e.g. the class name: Ledger)")
+    p.add_argument("--follow", action="store_true", help="after the catch-up, keep copying new commits until "
+                   "SIGINT or SIGTERM (a clean stop; its position is shown by `evstore consumers`)")
     p.set_defaults(func=cmd_copy)
 
     p = sub.add_parser("consumers", help="list checkpointed consumers and their lag")
