@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import evstore
 from evstore.bench.context import PAYLOAD, TOPICS, Ctx, Workload, best, count, events_row, subprocess_env
-from evstore.bench.results import Peers, Row, Target
+from evstore.bench.results import BACKEND_NAME, Peers, Row, Target
 
 CATEGORIES = 10
 STREAM = 100  # events per stream
@@ -157,6 +157,61 @@ def _group_remark(p: Peers) -> str:
     return "" if p.ref is None or not p.ref.value else f"{p.value / p.ref.value:.2f}x one consumer; {os.cpu_count()} CPUs"
 
 
+def w_copy_follow(ctx: Ctx) -> list[Row]:
+    """`evstore copy --to-module eventsourcing.postgres`, one-shot over a filled store, and `--follow`
+    (a process) beside a writer appending the same number of events in commits of 100: events/s
+    from the writer's start until the follower's position is the head."""
+    wl = "copy_follow_postgres"
+    if not ctx.on("c"):
+        return []
+    from evstore.bench import pgserver
+    from evstore.migrate import copy_to_module, followers
+
+    n = max(5_000, ctx.sizes.total // 10)
+    if pgserver.server_bin() is None:
+        return [Row(wl, BACKEND_NAME["c"], n, None, "events/s", note="skipped: no PostgreSQL server binaries")]
+    ev = [evstore.NewEvent(TOPICS[0], PAYLOAD)] * 100
+    rows: list[Row] = []
+    with pgserver.server() as pg:
+        one = ctx.path("copy-once.evs")
+        with evstore.open(one, durability="os") as store:
+            for i in range(n // 100):
+                store.append(f"cat{i % CATEGORIES}-{i}", ev)
+        t = time.perf_counter()
+        copied, _last = copy_to_module(one, "eventsourcing.postgres", env={**os.environ, **pg}, batch=1000,
+                                       application="BenchOnce")
+        dt_once = time.perf_counter() - t
+        path = ctx.path("copy-follow.evs")
+        with evstore.open(path, durability="os") as store:
+            store.append("cat0-start", [ev[0]])
+            p = subprocess.Popen([sys.executable, "-m", "evstore", "copy", path, "--to-module", "eventsourcing.postgres",
+                                  "--follow", "--batch", "1000", "--application", "BenchFollow"],
+                                 env={**subprocess_env(), **pg}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                 text=True)
+            try:
+                deadline = time.monotonic() + 120
+                while not followers(path) and time.monotonic() < deadline:
+                    time.sleep(0.02)  # caught up with the first event
+                t = time.perf_counter()
+                for i in range(n // 100):
+                    store.append(f"cat{i % CATEGORIES}-{i}", ev)
+                dt_write = time.perf_counter() - t
+                head = store.head()
+                while time.monotonic() < deadline:
+                    f = followers(path)
+                    if f and int(f[0]["position"]) >= head:  # type: ignore[call-overload]
+                        break
+                    time.sleep(0.005)
+                dt_follow = time.perf_counter() - t
+            finally:
+                p.terminate()
+                p.communicate(timeout=60)
+    rows.append(events_row(wl, "c", n - n % 100, dt_follow, f"--follow beside a writer (the writer alone: "
+                           f"{(n - n % 100) / dt_write:,.0f} events/s), until lag 0"))
+    rows.append(events_row(wl, "ref", copied, dt_once, "one-shot copy of a filled store, batches of 1,000"))
+    return rows
+
+
 def _category_target(p: Peers) -> bool | None:
     if p.ref is None or p.ref.value is None or p.x_sqlite is None:
         return None
@@ -173,6 +228,7 @@ WORKLOADS = (
     Workload("read_category", w_read_category,
              Target(">= 80% of read_all per event and >= 5x SQLite", _category_target, _category_remark)),
     Workload("consumer_group_4", w_consumer_group, Target(">= 2x one consumer", _group_target, _group_remark)),
+    Workload("copy_follow_postgres", w_copy_follow),
 )
 
 __all__ = ["WORKLOADS", "build"]
