@@ -76,11 +76,16 @@ def w_read_category(ctx: Ctx) -> list[Row]:
     want = data.total // CATEGORIES
     if ctx.on("c"):
         with evstore.open(data.path, log_impl="c") as store:
-            dt, got = best(lambda: count(store.read_all(category="cat0")), ctx.repeat)
-            assert got == want, (got, want)
-            rows.append(events_row(wl, "c", got, dt, f"read_all(category=...): {got:,} of {data.total:,}"))
-            dt, got = best(lambda: count(store.read_all()), ctx.repeat)
-            rows.append(events_row(wl, "ref", got, dt, "read_all of the same store, per event"))
+            # the two reads alternate, so that both see the same machine (its load wanders)
+            cat_dt = all_dt = float("inf")
+            for _ in range(max(ctx.repeat, 3)):
+                dt, got = best(lambda: count(store.read_all(category="cat0")), 1)
+                assert got == want, (got, want)
+                cat_dt = min(cat_dt, dt)
+                dt, n_all = best(lambda: count(store.read_all()), 1)
+                all_dt = min(all_dt, dt)
+            rows.append(events_row(wl, "c", want, cat_dt, f"read_all(category=...): {want:,} of {data.total:,}"))
+            rows.append(events_row(wl, "ref", n_all, all_dt, "read_all of the same store, per event"))
     if ctx.on("sqlite"):
         path = _sqlite(ctx, data)
         from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteDatastore
