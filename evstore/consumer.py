@@ -53,6 +53,72 @@ def consumer_position(store: ConsumingStore, name: str) -> int:
     return store.max_tracking(CONSUMER_PREFIX + name) or 0
 
 
+class ConsumerRun:
+    """The bookkeeping of one `consume` call, written once for the thread and the asyncio drivers:
+    where the consumer stands, which tracking record each step commits, and when it stops.
+
+    A driver, for each event: runs the handler with a fresh `ConsumerContext`; when the handler queued
+    appends, commits them with `tracking=run.effects_tracking(event)`; then calls `run.handled_one
+    (event, committed)`, which returns a tracking record to commit alone when a lazy checkpoint is due
+    (then `run.checkpointed()`); stops once `run.done`. On the way out it commits `run.final()`, if any.
+    Touched by one driver at a time (no lock)."""
+
+    __slots__ = ("name", "tracking", "limit", "every", "handled", "position", "saved")
+
+    def __init__(self, name: str, start: int, limit: int | None, checkpoint_every: int) -> None:
+        self.name = name
+        self.tracking = CONSUMER_PREFIX + name
+        self.limit = limit
+        self.every = checkpoint_every
+        self.handled = 0
+        self.position = start  # every event up to here has been handled and its effects committed
+        self.saved = start  # the position last committed as the checkpoint
+
+    def effects_tracking(self, event: RecordedEvent) -> tuple[str, int]:
+        """The tracking record that commits with the effects the handler queued for `event`."""
+        return self.tracking, event.position
+
+    def handled_one(self, event: RecordedEvent, committed: bool) -> tuple[str, int] | None:
+        """Count `event` as handled (`committed`: its effects committed with its position); the
+        checkpoint to commit now, if one is due."""
+        if committed:
+            self.saved = event.position
+        self.position = event.position
+        self.handled += 1
+        if self.position - self.saved and self.handled % self.every == 0:
+            return self.tracking, self.position
+        return None
+
+    def checkpointed(self) -> None:
+        """The checkpoint `handled_one` asked for is committed."""
+        self.saved = self.position
+
+    @property
+    def done(self) -> bool:
+        return self.limit is not None and self.handled >= self.limit
+
+    def final(self) -> tuple[str, int] | None:
+        """The checkpoint to commit on the way out: only events that were handled whole."""
+        return (self.tracking, self.position) if self.position > self.saved else None
+
+    def stats(self) -> ConsumerStats:
+        return ConsumerStats(self.name, self.handled, self.position)
+
+
+def start_consumer(store: ConsumingStore, name: str, limit: int | None, checkpoint_every: int) -> ConsumerRun:
+    """Check `consume`'s arguments and read where consumer `name` resumes.
+
+    Raises: ValueError for an empty name, a limit that is not None or an int >= 0, or a
+    checkpoint_every that is not an int >= 1."""
+    if not isinstance(name, str) or not name:
+        raise ValueError("a consumer name must be a non-empty str")
+    if limit is not None and (type(limit) is not int or limit < 0):
+        raise ValueError(f"limit must be None or an int >= 0, not {limit!r}")
+    if type(checkpoint_every) is not int or checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be an int >= 1, not {checkpoint_every!r}")
+    return ConsumerRun(name, consumer_position(store, name), limit, checkpoint_every)
+
+
 def consume(store: ConsumingStore, name: str, handler: Callable[[RecordedEvent, ConsumerContext], None], *,
             types: Iterable[str] | None = None, timeout: float | None = None, limit: int | None = None,
             checkpoint_every: int = 100) -> ConsumerStats:
@@ -62,21 +128,14 @@ def consume(store: ConsumingStore, name: str, handler: Callable[[RecordedEvent, 
     (the exception propagates; the failing event's effects are not committed and it is handled again
     next time). An event whose handler appended nothing advances the position lazily, every
     `checkpoint_every` events and on exit, so idle events cost no commit each.
+
+    Raises: ValueError for bad arguments (see `start_consumer`); what the handler raises; what
+    `append_many` raises for the consumer's commits (the position stays before the event).
     """
-    if not isinstance(name, str) or not name:
-        raise ValueError("a consumer name must be a non-empty str")
-    if limit is not None and (type(limit) is not int or limit < 0):
-        raise ValueError(f"limit must be None or an int >= 0, not {limit!r}")
-    if type(checkpoint_every) is not int or checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be an int >= 1, not {checkpoint_every!r}")
-    tracking = CONSUMER_PREFIX + name
-    start = consumer_position(store, name)
+    run = start_consumer(store, name, limit, checkpoint_every)
     if limit == 0:
-        return ConsumerStats(name, 0, start)
-    handled = 0
-    position = start  # every event up to here has been handled and its effects committed
-    saved = start  # the position last committed as the checkpoint
-    sub = store.subscribe(gt=start, types=types, timeout=timeout)
+        return run.stats()
+    sub = store.subscribe(gt=run.position, types=types, timeout=timeout)
     try:
         for event in sub:
             ctx = ConsumerContext()
@@ -84,17 +143,16 @@ def consume(store: ConsumingStore, name: str, handler: Callable[[RecordedEvent, 
             if ctx.parts:
                 # The event's effects and its position commit together; if the commit is refused the
                 # event is not handled (the exception propagates) and the checkpoint stays before it.
-                store.append_many(ctx.parts, tracking=(tracking, event.position))
-                saved = event.position
-            position = event.position
-            handled += 1
-            if position - saved and handled % checkpoint_every == 0:
-                store.append_many([], tracking=(tracking, position))
-                saved = position
-            if limit is not None and handled >= limit:
+                store.append_many(ctx.parts, tracking=run.effects_tracking(event))
+            due = run.handled_one(event, bool(ctx.parts))
+            if due is not None:
+                store.append_many([], tracking=due)
+                run.checkpointed()
+            if run.done:
                 break
     finally:
         sub.stop()
-        if position > saved:  # only events that were handled whole
-            store.append_many([], tracking=(tracking, position))
-    return ConsumerStats(name, handled, position)
+        last = run.final()
+        if last is not None:
+            store.append_many([], tracking=last)
+    return run.stats()

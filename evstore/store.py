@@ -52,7 +52,7 @@ from evstore.upcasting import Upcasters
 DEFAULT_SEGMENT_SIZE = 128 << 20
 DEFAULT_MAP_SIZE = 1 << 30
 
-__all__ = ["EventStore", "open", "Condition", "QueryItem", "MAX_COMMIT_BYTES", "MAX_EVENT_BYTES",
+__all__ = ["EventStore", "open", "open_core", "Condition", "QueryItem", "MAX_COMMIT_BYTES", "MAX_EVENT_BYTES",
            "MAX_NAME_BYTES", "DEFAULT_SEGMENT_SIZE", "DEFAULT_MAP_SIZE"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -87,8 +87,14 @@ class EventStore:
     `StoreClosed` once the handle is closed and `ForkedStore` in a process forked after it was opened.
     """
 
-    def __init__(self, core: Core, readonly: bool, binder: Callable[[Any], Lifecycle | None] | None = None) -> None:
+    def __init__(self, core: Core, readonly: bool, binder: Callable[[Any], Lifecycle | None] | None = None,
+                 *, index_on_read: bool = True) -> None:
+        """A handle on an open core (see `open` and `open_core`). `index_on_read=False`: a read does
+        not index the durable commits of this process first (it sees them once the indexer thread
+        has, within milliseconds); for a caller that indexes them itself off its own thread, as
+        `evstore.aio` does so that no read blocks an event loop on an index write."""
         self._core: Core | None = core
+        self.index_on_read = index_on_read  # constant after construction
         self.path = core.path
         self.readonly = readonly
         self._binder = binder
@@ -129,7 +135,7 @@ class EventStore:
         """The core, for a read: durable commits are indexed first (`streams_only`: the overlay has them)."""
         core = self._c()
         group = core.group
-        if (not streams_only or not group.overlay.valid) and group.indexed_seq < group.durable_seq:
+        if self.index_on_read and (not streams_only or not group.overlay.valid) and group.indexed_seq < group.durable_seq:
             group.flush_index()
         elif core.readonly:
             core.follow_rebuilt_index()
@@ -623,8 +629,23 @@ def open(path: str | os.PathLike[str], *, create: bool = True, readonly: bool = 
     read-only while the parent writes. Records read from the store hold memory mappings of its
     segments: keeping many of them alive keeps those mappings (and their pages) alive.
     """
+    core, binder = open_core(path, create=create, readonly=readonly, durability=durability,
+                             segment_size=segment_size, map_size=map_size, log_impl=log_impl, lifecycles=lifecycles)
+    return EventStore(core, readonly, binder)
+
+
+def open_core(path: str | os.PathLike[str], *, create: bool = True, readonly: bool = False,
+              durability: str | None = None, segment_size: int = DEFAULT_SEGMENT_SIZE,
+              map_size: int = DEFAULT_MAP_SIZE, log_impl: str | None = None,
+              lifecycles: Binding | None = None) -> tuple[Core, Callable[[Any], Lifecycle | None] | None]:
+    """`open` without the handle: check its arguments, open (or share) the core of the store at
+    `path` and make the lifecycle binder, for a front end that builds its own handle on them (the
+    asyncio API). The caller owns one reference: `EventStore(core, ...).close()` releases it.
+
+    Raises: as `open`.
+    """
     binder = make_binder(lifecycles)
     p = check_open_options(path, durability, segment_size, map_size)
     core = registry.open(os.path.realpath(p), create=create, readonly=readonly, durability=durability,
                          segment_size=segment_size, map_size=map_size, log_impl=log_impl)
-    return EventStore(core, readonly, binder)
+    return core, binder

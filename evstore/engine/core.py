@@ -15,7 +15,10 @@ Locks, in the order in which they may be taken:
 4. `group.sync_cond` — `group.syncing`, `group.durable_seq`, `group.failed`.
 Leaf locks, under which no other lock is taken: `group.ids_lock` (`group.pending_ids`) and the log's
 `fd_lock` (its descriptors). No code takes a lock of a lower number while holding a higher one.
-`commit_cond` only wakes subscribers of this process. Constant after construction: `path`,
+`commit_cond` only wakes subscribers of this process; it also guards `commit_listeners`, which
+`notify_commits` calls under it (a listener must not block and takes no lock). The asyncio handle's
+own locks (`evstore.aio`'s `Worker.lock`, then `Waker.lock`) are leaves taken under none of these,
+except that a commit listener runs under `commit_cond`. Constant after construction: `path`,
 `readonly`, `durability`, `impl`, `meta`, `pid`. `refs` is guarded by the registry's lock; `forked`
 is set once, in a forked child.
 """
@@ -26,6 +29,7 @@ import os
 import struct
 import threading
 import time
+from collections.abc import Callable
 from types import ModuleType
 
 import lmdb
@@ -72,6 +76,7 @@ class Core:
         self.log: Log = None  # type: ignore[assignment]
         self.wlock = threading.RLock()
         self.commit_cond = threading.Condition(threading.Lock())
+        self.commit_listeners: tuple[Callable[[], None], ...] = ()  # GUARDED_BY(commit_cond)
         self.indexer = Indexer(self)
         self.reader = Reader(self)
         self.group = GroupCommit(self)
@@ -199,6 +204,21 @@ class Core:
         """Wake the subscribers of this process: commits became durable or indexed."""
         with self.commit_cond:
             self.commit_cond.notify_all()
+            for fn in self.commit_listeners:
+                fn()
+
+    def add_commit_listener(self, fn: Callable[[], None]) -> None:
+        """Call `fn()` whenever `notify_commits` wakes the subscribers (from the thread that made the
+        commits durable or indexed, under `commit_cond`): it must return at once and take no lock, e.g.
+        write to an eventfd an event loop watches."""
+        with self.commit_cond:
+            self.commit_listeners = (*self.commit_listeners, fn)
+
+    def remove_commit_listener(self, fn: Callable[[], None]) -> None:
+        """Stop calling `fn`; when this returns no call of it is under way (so its resources may be
+        released). Removing a listener that is not there does nothing."""
+        with self.commit_cond:
+            self.commit_listeners = tuple(f for f in self.commit_listeners if f != fn)
 
     # -- closing ---------------------------------------------------------------------------
 
