@@ -89,10 +89,8 @@ class EventStore:
 
     def __init__(self, core: Core, readonly: bool, binder: Callable[[Any], Lifecycle | None] | None = None,
                  *, index_on_read: bool = True) -> None:
-        """A handle on an open core (see `open` and `open_core`). `index_on_read=False`: a read does
-        not index the durable commits of this process first (it sees them once the indexer thread
-        has, within milliseconds); for a caller that indexes them itself off its own thread, as
-        `evstore.aio` does so that no read blocks an event loop on an index write."""
+        """A handle on an open core (`open_core`). `index_on_read=False`: reads do not index this
+        process's durable commits first (the caller does it off its thread, as `evstore.aio` does)."""
         self._core: Core | None = core
         self.index_on_read = index_on_read  # constant after construction
         self.path = core.path
@@ -638,12 +636,9 @@ def open_core(path: str | os.PathLike[str], *, create: bool = True, readonly: bo
               durability: str | None = None, segment_size: int = DEFAULT_SEGMENT_SIZE,
               map_size: int = DEFAULT_MAP_SIZE, log_impl: str | None = None,
               lifecycles: Binding | None = None) -> tuple[Core, Callable[[Any], Lifecycle | None] | None]:
-    """`open` without the handle: check its arguments, open (or share) the core of the store at
-    `path` and make the lifecycle binder, for a front end that builds its own handle on them (the
-    asyncio API). The caller owns one reference: `EventStore(core, ...).close()` releases it.
-
-    Raises: as `open`.
-    """
+    """`open` without the handle, for a front end that builds its own (the asyncio API): the core of
+    the store at `path` (one reference, released by `EventStore(core, ...).close()`) and the lifecycle
+    binder. Raises: as `open`."""
     binder = make_binder(lifecycles)
     p = check_open_options(path, durability, segment_size, map_size)
     core = registry.open(os.path.realpath(p), create=create, readonly=readonly, durability=durability,
