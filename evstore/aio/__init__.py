@@ -5,7 +5,7 @@ The modules: `store` (`open`, `AsyncEventStore`), `reading` (paged reads, subscr
 wakes them), `worker` (the handle's one thread: durable waits and blocking operations).
 """
 
-from evstore.aio.reading import PAGE, AsyncEvents, AsyncSubscription, CaughtUp
+from evstore.aio.reading import MAX_PAGE, PAGE, AsyncEvents, AsyncSubscription, CaughtUp
 from evstore.aio.store import AsyncEventStore, Opening, open
 
-__all__ = ["PAGE", "AsyncEventStore", "AsyncEvents", "AsyncSubscription", "CaughtUp", "Opening", "open"]
+__all__ = ["MAX_PAGE", "PAGE", "AsyncEventStore", "AsyncEvents", "AsyncSubscription", "CaughtUp", "Opening", "open"]

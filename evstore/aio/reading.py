@@ -1,18 +1,23 @@
 """Reading on an event loop: paged reads (`AsyncEvents`) and subscriptions (`AsyncSubscription`),
 woken by descriptors the loop watches (`Waker`).
 
-Every read is cut into pages of at most `PAGE` events (or one commit, when a commit holds more),
-each fetched in one step on the loop, with a turn of the loop between two pages: no step holds the
-loop much longer than it takes to decode a page (a fraction of a millisecond). Type-filtered reads
-and queries fetch windows of positions whose width adapts to how many events they find, so that no
-step walks more of the index than a page's worth.
+Every read is cut into pages, each made in one step on the loop, with a turn of the loop between
+two pages. `read_all` and subscriptions scan the log in small batches (`SCAN_BATCH` events) from one
+plan and gather batches into a page until it took `STEP` seconds of the loop thread's CPU time (its
+own time: a thread preempted by others does not shrink its pages) or holds `MAX_PAGE` events. Reads
+served by the index (`read_stream`, `query`) fetch pages whose size is resized after each fetch
+towards the same `STEP`; queries fetch windows of positions whose width adapts to how many events
+they find, so that no step walks more of the index than a page's worth. Either way no step holds
+the loop much longer than `STEP` (or one commit's events, when a commit holds more), on a fast
+machine or a slow one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -21,11 +26,16 @@ from evstore.errors import StoreClosed
 from evstore.records import RecordedEvent
 from evstore.storage.watch import REPLACED, DirectoryWatch, Doorbell
 
-PAGE = 512  # events per step on the loop
+PAGE = 512  # events of the first page of a read served by the index
+MIN_PAGE, MAX_PAGE = 8, 4096
+SCAN_BATCH = 128  # events per batch of a scan of the log
+STEP = 0.0002  # seconds of the loop thread's CPU a page aims at
 POLL = 0.05  # seconds between looks at the index where commits of other processes cannot be watched
 RECHECK = 0.15  # after an index file is replaced: look again once a reader may switch to it (100 ms)
 
 Fetch = Callable[[int, int, int], list[RecordedEvent]]  # (after, up to, at most) -> events by position
+Batches = Iterator[list[RecordedEvent]]  # a scan of the log, in batches, its snapshot fixed when made
+Scan = Callable[[int, int], Awaitable[Batches]]  # (after, up to) -> the scan of that range
 T = TypeVar("T")
 
 
@@ -37,35 +47,61 @@ class CaughtUp:
     position: int
 
 
+class PageSize:
+    """The size of the next page: resized after each fetch towards `STEP` seconds of CPU (the loop
+    thread's own time, so that a thread preempted by others does not shrink its pages)."""
+
+    __slots__ = ("n",)
+
+    def __init__(self, first: int = PAGE) -> None:
+        self.n = first
+
+    def timed(self, fetch: Callable[[int], list[RecordedEvent]], limit: int | None) -> list[RecordedEvent]:
+        """`fetch(n)` for this page's size n (at most `limit`), then resize for the next one."""
+        want = self.n if limit is None else min(self.n, limit)
+        t = time.thread_time()
+        got = fetch(want)
+        spent = time.thread_time() - t
+        if spent > 1.5 * STEP and got:  # from what an event cost, whether the page was full or not
+            self.n = max(MIN_PAGE, min(self.n, int(len(got) * STEP / spent)))
+        elif spent < 0.5 * STEP and len(got) >= want:
+            self.n = min(MAX_PAGE, self.n * 2)
+        return got
+
+
 class Pager:
     """Reads positions (after, stop] a page at a time. `windowed`: each fetch covers a window of
     positions (for reads served by postings, whose cost grows with the range asked for), widened
-    while windows come back sparse and narrowed when they fill. Touched on the loop only."""
+    while windows come back sparse and set to twice the span of a page when one fills. Touched on
+    the loop only."""
 
-    __slots__ = ("fetch", "windowed", "window")
+    __slots__ = ("fetch", "windowed", "window", "size")
 
     def __init__(self, fetch: Fetch, windowed: bool) -> None:
         self.fetch = fetch
         self.windowed = windowed
         self.window = 4 * PAGE
+        self.size = PageSize(64 if windowed else PAGE)  # a match of a query costs more than a read
 
-    def page(self, after: int, stop: int, want: int) -> tuple[list[RecordedEvent], int]:
-        """(at most `want` events after `after`, the position up to which the log was looked at)."""
+    def page(self, after: int, stop: int, limit: int | None) -> tuple[list[RecordedEvent], int]:
+        """(the next page of events after `after`, at most `limit`; the position up to which the log
+        was looked at)."""
         hi = min(stop, after + self.window) if self.windowed else stop
-        got = self.fetch(after, hi, want)
+        want = self.size.n if limit is None else min(self.size.n, limit)
+        got = self.size.timed(lambda n: self.fetch(after, hi, n), limit)
         if len(got) >= want:
-            if self.windowed and self.window > 2 * want:
-                self.window //= 2
+            if self.windowed:  # the next window: about twice the span that filled this page
+                self.window = max(want, 2 * (got[-1].position - after))
             return got, got[-1].position
         if self.windowed and 2 * len(got) < want:
-            self.window = min(self.window * 2, 1 << 30)
+            self.window = min(self.window * 2, 1 << 40)
         return got, hi
 
 
 class AsyncEvents:
     """The result of an asyncio read: `async for event in ...`, or `async for page in
-    ....batches()` (lists of at most `PAGE` events). Pages are read as they are needed; the range is
-    fixed at the first step (a consistent view, as the threaded reads)."""
+    ....batches()` (lists of at most `MAX_PAGE` events, or one commit's). Pages are read as they
+    are needed; the range is fixed at the first step (a consistent view, as the threaded reads)."""
 
     __slots__ = ("_pages",)
 
@@ -92,6 +128,35 @@ class AsyncEvents:
         return out
 
 
+def take_page(batches: Batches) -> list[RecordedEvent]:
+    """The next page of a scan: batches gathered until `STEP` seconds of CPU or `MAX_PAGE` events
+    (empty: the scan is over)."""
+    page: list[RecordedEvent] = []
+    t = time.thread_time()
+    for batch in batches:
+        page += batch
+        if len(page) >= MAX_PAGE or time.thread_time() - t >= STEP:
+            break
+    return page
+
+
+async def scan_pages(scan: Scan, gt: int, stop: int | None, limit: int | None) -> AsyncIterator[list[RecordedEvent]]:
+    """Pages of a scan of the log after `gt` (up to `stop`, or the head: -1), at most `limit` events."""
+    batches = await scan(gt, -1 if stop is None else stop)
+    left = limit
+    while left is None or left > 0:
+        page = take_page(batches)
+        if not page:
+            return
+        if left is not None:
+            if len(page) >= left:
+                yield page[:left]
+                return
+            left -= len(page)
+        yield page
+        await asyncio.sleep(0)  # a turn of the loop between two pages
+
+
 async def position_pages(ready: Callable[[], Awaitable[Any]], head: Callable[[], int], fetch: Fetch, gt: int,
                          lte: int | None, limit: int | None, windowed: bool) -> AsyncIterator[list[RecordedEvent]]:
     """Pages of the events with gt < position <= min(lte, head at the first step), at most `limit`."""
@@ -101,7 +166,7 @@ async def position_pages(ready: Callable[[], Awaitable[Any]], head: Callable[[],
     after = gt
     left = limit
     while after < stop and (left is None or left > 0):
-        page, after = pager.page(after, stop, PAGE if left is None else min(PAGE, left))
+        page, after = pager.page(after, stop, left)
         if page:
             if left is not None:
                 left -= len(page)
@@ -117,8 +182,9 @@ async def version_pages(ready: Callable[[], Awaitable[Any]], version: Callable[[
     await ready()
     lo, hi = gt, version() if lte is None else min(lte, version())
     left = limit
+    size = PageSize()
     while lo < hi and (left is None or left > 0):
-        page = fetch(lo, hi, PAGE if left is None else min(PAGE, left))
+        page = size.timed(lambda n: fetch(lo, hi, n), left)
         if not page:
             return
         if left is not None:
@@ -226,11 +292,13 @@ class AsyncSubscription(Generic[T]):
     the loop of its store; closing the store makes a waiting `__anext__` raise `StoreClosed`.
     """
 
-    def __init__(self, ready: Callable[[], Awaitable[Any]], head: Callable[[], int], fetch: Fetch, windowed: bool,
+    def __init__(self, ready: Callable[[], Awaitable[Any]], head: Callable[[], int], scan: Scan,
                  waker: Waker, gt: int, timeout: float | None, caught_up: bool) -> None:
         self._ready_fn = ready
         self._head = head
-        self._pager = Pager(fetch, windowed)
+        self._scan = scan
+        self._batches: Batches | None = None  # the scan under way, of (_last, _upto]
+        self._upto = gt
         self._waker = waker
         self._last = gt  # every event up to here was fetched
         self._timeout = timeout
@@ -285,10 +353,18 @@ class AsyncSubscription(Generic[T]):
 
     async def _fill(self) -> bool:
         """Read the next page after the last position seen; False when there is nothing new."""
-        await self._ready_fn()
-        head = self._head()
-        if head <= self._last:
-            return False
-        page, self._last = self._pager.page(self._last, head, PAGE)
-        self._ready.extend(page)
+        if self._batches is None:
+            await self._ready_fn()
+            head = self._head()
+            if head <= self._last:
+                return False
+            self._batches = await self._scan(self._last, head)
+            self._upto = head
+        page = take_page(self._batches)
+        if page:
+            self._last = page[-1].position
+            self._ready.extend(page)
+        else:
+            self._batches = None
+            self._last = self._upto  # everything up to there was looked at
         return True

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
-from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Sequence
 from typing import Any, Literal, overload
 
 import lmdb
@@ -23,14 +23,17 @@ from evstore.engine.checks import (Condition, Part, QueryItem, check_condition, 
                                    check_timeout, query_items, tracking_record, type_filter)
 from evstore.engine.core import Core, lmdb_error
 from evstore.engine.groupcommit import GroupCommit
+from evstore.engine.reader import Chunk, new_record
 from evstore.engine.writer import NeedFlush
 from evstore.errors import EvstoreError, ReadOnlyStore, StoreClosed, TrackingConflict
 from evstore.format.encode import ControlRecord
 from evstore.lifecycle import Binding, Lifecycle
 from evstore.records import ANY, AppendResult, NewEvent, RecordedEvent, Stream, StreamInfo
 from evstore.snapshots import Snapshot
+from evstore.upcasting import Upcasters
 from evstore.store import DEFAULT_MAP_SIZE, DEFAULT_SEGMENT_SIZE, EventStore, open_core
-from evstore.aio.reading import AsyncEvents, AsyncSubscription, CaughtUp, Waker, position_pages, version_pages
+from evstore.aio.reading import (SCAN_BATCH, AsyncEvents, AsyncSubscription, Batches, CaughtUp, Scan, Waker,
+                                 position_pages, scan_pages, version_pages)
 from evstore.aio.worker import Worker
 
 Handler = Callable[[RecordedEvent, ConsumerContext], "Awaitable[None] | None"]
@@ -55,6 +58,7 @@ class AsyncEventStore:
         self.readonly = handle.readonly
         self._closing: asyncio.Future[None] | None = None  # loop only: set once close() began
         self._waker: Waker | None = None  # loop only: made by the first subscription
+        self._up: Upcasters | None = None  # loop only: the upcasters, as the threaded handle holds them
 
     async def __aenter__(self) -> AsyncEventStore:
         return self
@@ -112,10 +116,13 @@ class AsyncEventStore:
     async def _ready(self) -> EventStore:
         """The threaded handle, for a read: every durable commit of this process is indexed first
         (read-your-writes), by the worker."""
-        group = self._c().group
+        core = self._c()
+        group = core.group
         if group.indexed_seq < group.durable_seq:
             await self._worker.run(group.flush_index)
             self._c()
+        elif core.readonly:
+            core.follow_rebuilt_index()
         return self._h
 
     async def _blocking(self, fn: Callable[[], Any]) -> Any:
@@ -271,12 +278,8 @@ class AsyncEventStore:
         hi = check_position(lte, "lte")
         n = check_position(limit, "limit")
         tf = type_filter(types)
-        names = None if tf is None else [t.decode("utf-8") for t in tf]
 
-        def fetch(a: int, b: int, k: int) -> list[RecordedEvent]:
-            return list(self._h.read_all(gt=a, lte=b, limit=k, types=names))
-
-        return AsyncEvents(lambda: position_pages(self._ready, self._h.head, fetch, lo, hi, n, tf is not None))
+        return AsyncEvents(lambda: scan_pages(self._scanner(tf), lo, hi, n))
 
     def query(self, items: Sequence[QueryItem], *, gt: int = 0, lte: int | None = None,
               limit: int | None = None) -> AsyncEvents:
@@ -312,16 +315,42 @@ class AsyncEventStore:
         start = check_position(gt, "gt") or 0
         seconds = check_timeout(timeout)
         tf = type_filter(types)
-        names = None if tf is None else [t.decode("utf-8") for t in tf]
         if self._waker is None:
             index_dir = os.path.join(self.path, "index") if self.readonly else None
             self._waker = Waker(self._loop, self._core, index_dir)
-
-        def fetch(a: int, b: int, k: int) -> list[RecordedEvent]:
-            return list(self._h.read_all(gt=a, lte=b, limit=k, types=names))
-
-        return AsyncSubscription(self._ready, self._h.head, fetch, tf is not None, self._waker, start, seconds,
+        return AsyncSubscription(self._ready, self._h.head, self._scanner(tf), self._waker, start, seconds,
                                  bool(caught_up))
+
+    def _scanner(self, tfilter: tuple[bytes, ...] | None) -> Scan:
+        """`scan(after, upto)`: the log's events in (after, upto] (upto -1: the head), of the types
+        in `tfilter`, as batches of records (upcast). The plan is made on the loop for a plain scan
+        (a lookup) and on the worker for a filtered one (it reads the type postings of the range)."""
+
+        def plan(after: int, upto: int) -> Batches:
+            core = self._c()
+            try:
+                p = core.reader.all_plan(after, None if upto < 0 else upto, tfilter)
+            except lmdb.Error as e:
+                raise lmdb_error(core, self.path, e) from e
+            if p is None:
+                return iter(())
+            return self._records(core.reader.plan_chunks(p, after, None, tfilter, SCAN_BATCH))
+
+        async def scan(after: int, upto: int) -> Batches:
+            await self._ready()
+            if tfilter is None:
+                return plan(after, upto)
+            return await self._worker.run(lambda: plan(after, upto))
+
+        return scan
+
+    def _records(self, chunks: Iterator[Chunk]) -> Batches:
+        up = self._up
+        for buf, offs, start, end in chunks:
+            batch = [new_record(RecordedEvent, (buf, o, None)) for o in offs]
+            if up is not None and up.region_needs(buf, start, end):
+                batch = up.apply_list(batch)
+            yield batch
 
     # -- consumers -------------------------------------------------------------------------
 
@@ -335,6 +364,10 @@ class AsyncEventStore:
         after the last of them.
 
         Raises: ValueError for bad arguments; what the handler raises; what `append_many` raises."""
+        group = self._w().group
+        if group.indexed_seq < group.written_seq:
+            # A cancelled commit of a consumer is written, maybe not yet durable: resume after it.
+            await self._worker.run(lambda: _index_written(group))
         run = start_consumer(await self._ready(), name, limit, checkpoint_every)
         if limit == 0:
             return run.stats()
@@ -389,7 +422,10 @@ class AsyncEventStore:
                           fn: Callable[[RecordedEvent], tuple[str, bytes, bytes]]) -> None:
         """As `EventStore.register_upcaster`, for this handle's reads. Raises InvalidUpcaster."""
         self._c()
-        self._h.register_upcaster(event_type, from_schema, fn)
+        self._h.register_upcaster(event_type, from_schema, fn)  # read_stream, query, event_at
+        up = self._up or Upcasters()
+        up.register(event_type, from_schema, fn)  # read_all and subscriptions, read here
+        self._up = up
 
 
 def _index_written(group: GroupCommit) -> None:

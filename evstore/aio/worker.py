@@ -21,14 +21,19 @@ from evstore.engine.groupcommit import GroupCommit
 from evstore.errors import StoreClosed, StoreFailed
 
 T = TypeVar("T")
+SETTLE = 2  # tasks woken per turn of the loop when syncs complete
 
 
 class Worker:
     """The blocking side of one asyncio handle (see the module docstring).
 
-    `lock` (a leaf: no other lock is taken under it) guards `waiters`, `jobs` and `stopping`; `loop`,
-    `path` and `thread` are constant after construction. Futures are created, resolved and awaited
-    on the loop only (resolved through `call_soon_threadsafe`)."""
+    `lock` (a leaf: no other lock is taken under it) guards `waiters`, `jobs`, `stopping`, `settled`
+    and `draining`; `loop`, `path` and `thread` are constant after construction. Futures are
+    created, resolved and awaited on the loop only.
+
+    Resolved waits queue in `settled`, and one loop callback (`_drain`) resolves `SETTLE` of them
+    per turn of the loop: each resolved future schedules its task, so that what else is due (a
+    timer, I/O) runs between every few tasks instead of after all those of a sync."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, path: str) -> None:
         self.loop = loop
@@ -38,6 +43,8 @@ class Worker:
         self.waiters: list[tuple[GroupCommit, int, asyncio.Future[None]]] = []  # GUARDED_BY(lock)
         self.jobs: deque[tuple[Callable[[], Any], asyncio.Future[Any]]] = deque()  # GUARDED_BY(lock)
         self.stopping = False  # GUARDED_BY(lock): no job or waiter is taken after the last job
+        self.settled: deque[tuple[asyncio.Future[None], BaseException | None]] = deque()  # GUARDED_BY(lock)
+        self.draining = False  # GUARDED_BY(lock): a `_drain` callback is scheduled on the loop
         self.thread = threading.Thread(target=self._main, name=f"evstore-aio {path}", daemon=True)
         self.thread.start()
 
@@ -92,7 +99,31 @@ class Worker:
             group.await_durable(max(seq for _g, seq, _f in waiters))
         except BaseException as e:  # StoreFailed; the commits up to durable_seq are durable still
             err = e
-        self._post(_settle, waiters, group.durable_seq, err)
+        durable = group.durable_seq
+        with self.lock:
+            self.settled.extend((fut, None if err is None or seq <= durable else err) for _g, seq, fut in waiters)
+            post = not self.draining
+            self.draining = True
+        if post:
+            self._post(self._drain)
+
+    def _drain(self) -> None:
+        """On the loop: resolve the next `SETTLE` durable waits; again on the next turn if more wait."""
+        with self.lock:
+            n = min(SETTLE, len(self.settled))
+            batch = [self.settled.popleft() for _ in range(n)]
+            more = self.draining = bool(self.settled)
+        if more:
+            self.loop.call_soon(self._drain)
+        for fut, err in batch:
+            if fut.done():  # the task was cancelled: its commit is written and now durable (or not)
+                continue
+            if err is None:
+                fut.set_result(None)
+            else:
+                e = StoreFailed(str(err))  # one exception object per task: tracebacks do not pile up
+                e.__cause__ = err
+                fut.set_exception(e)
 
     def _job(self, fn: Callable[[], Any], fut: asyncio.Future[Any]) -> None:
         try:
@@ -107,19 +138,6 @@ class Worker:
             self.loop.call_soon_threadsafe(fn, *args)
         except RuntimeError:  # the loop is closed: nobody is waiting any more
             pass
-
-
-def _settle(waiters: list[tuple[GroupCommit, int, asyncio.Future[None]]], durable: int,
-            err: BaseException | None) -> None:
-    for _g, seq, fut in waiters:
-        if fut.done():  # the task was cancelled: its commit is written and now durable (or not)
-            continue
-        if err is None or seq <= durable:
-            fut.set_result(None)
-        else:
-            e = StoreFailed(str(err))  # one exception object per task: tracebacks do not pile up
-            e.__cause__ = err
-            fut.set_exception(e)
 
 
 def _succeed(fut: asyncio.Future[Any], result: Any) -> None:
