@@ -407,3 +407,14 @@ def test_a_failed_open_stops_its_worker(tmp_path: Any) -> None:
     run(main())
     time.sleep(0.1)
     assert threading.active_count() <= before
+
+
+def test_the_documented_web_service_example_runs(tmp_path: Any) -> None:
+    import re
+
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "asyncio.md")) as f:
+        example = re.findall(r"```python\n(.*?)```", f.read(), re.S)[-1]
+    out = subprocess.run([PY, "-c", example], cwd=str(tmp_path), env=python_env(), capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["{'status': 201, 'position': 1}", "[{'version': 1, 'type': 'Placed'}]"]

@@ -16,9 +16,9 @@ Locks, in the order in which they may be taken:
 Leaf locks, under which no other lock is taken: `group.ids_lock` (`group.pending_ids`) and the log's
 `fd_lock` (its descriptors). No code takes a lock of a lower number while holding a higher one.
 `commit_cond` only wakes subscribers of this process; it also guards `commit_listeners`, which
-`notify_commits` calls under it (a listener must not block and takes no lock). The asyncio handle's
-own locks (`evstore.aio`'s `Worker.lock`, then `Waker.lock`) are leaves taken under none of these,
-except that a commit listener runs under `commit_cond`. Constant after construction: `path`,
+`notify_commits` calls under it (a listener must not block and takes no lock: the asyncio handle's
+rings an eventfd). The asyncio handle's `Worker.lock` (evstore/aio/worker.py) is a leaf: it is taken
+under none of these, and none is taken under it. Constant after construction: `path`,
 `readonly`, `durability`, `impl`, `meta`, `pid`. `refs` is guarded by the registry's lock; `forked`
 is set once, in a forked child.
 """
