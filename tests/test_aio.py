@@ -418,3 +418,18 @@ def test_the_documented_web_service_example_runs(tmp_path: Any) -> None:
                          timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["{'status': 201, 'position': 1}", "[{'version': 1, 'type': 'Placed'}]"]
+
+
+def test_every_public_method_says_what_it_raises() -> None:
+    import inspect
+
+    missing = []
+    for cls in (aio.AsyncEventStore, aio.AsyncEvents, aio.AsyncSubscription):
+        for name, member in inspect.getmembers(cls):
+            if name.startswith("_") and name not in ("__anext__",):
+                continue
+            fn = member.fget if isinstance(member, property) else member
+            if callable(fn) or isinstance(member, property):
+                if "Raises" not in (inspect.getdoc(fn) or "") and "raises" not in (inspect.getdoc(fn) or ""):
+                    missing.append(f"{cls.__name__}.{name}")
+    assert missing == []

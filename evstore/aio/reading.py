@@ -117,11 +117,15 @@ class AsyncEvents:
                 yield e
 
     def batches(self) -> AsyncIterator[list[RecordedEvent]]:
-        """The events in the pages they are read in (cheaper per event than one at a time)."""
+        """The events in the pages they are read in (cheaper per event than one at a time).
+
+        Raises (while iterating): StoreClosed, StreamDeleted, CorruptedError, as the read does."""
         return self._pages()
 
     async def to_list(self) -> list[RecordedEvent]:
-        """Every event, in one list (for small reads)."""
+        """Every event, in one list (for small reads).
+
+        Raises: StoreClosed, StreamDeleted, CorruptedError, as the read does."""
         out: list[RecordedEvent] = []
         async for page in self._pages():
             out.extend(page)
@@ -308,11 +312,14 @@ class AsyncSubscription(Generic[T]):
 
     @property
     def position(self) -> int:
-        """The position up to which the log has been looked at (every event up to it was delivered)."""
+        """The position up to which the log has been looked at (every event up to it was delivered).
+        Never raises."""
         return self._last - (len(self._ready) and self._last - self._ready[0].position + 1)
 
     def stop(self) -> None:
-        """End the iteration (a waiting `__anext__` returns at once). Call it on the store's loop."""
+        """End the iteration (a waiting `__anext__` returns at once). Call it on the store's loop.
+
+        Raises: nothing; stopping twice does nothing."""
         self._stopped = True
         self._waker.wake()
 

@@ -49,7 +49,7 @@ class AsyncEventStore:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, worker: Worker, core: Core, handle: EventStore,
                  binder: Callable[[Any], Lifecycle | None] | None) -> None:
-        self._loop = loop  # constant after construction, as are the fields below but the last two
+        self._loop = loop  # constant after construction, as are the fields below but the loop-only ones
         self._worker = worker
         self._core = core
         self._binder = binder
@@ -72,15 +72,19 @@ class AsyncEventStore:
 
     @property
     def closed(self) -> bool:
+        """Whether `close()` was called (never raises)."""
         return self._closing is not None
 
     @property
     def durability(self) -> str:
+        """"fsync" or "os" (see `evstore.open`). Raises: StoreClosed, ForkedStore."""
         return self._c().durability
 
     @property
     def log_implementation(self) -> str:
-        """"c" or "python": which implementation of the log format this store uses."""
+        """"c" or "python": which implementation of the log format this store uses.
+
+        Raises: StoreClosed, ForkedStore."""
         return self._h.log_implementation
 
     async def close(self) -> None:
@@ -208,25 +212,34 @@ class AsyncEventStore:
     # -- reading ---------------------------------------------------------------------------
 
     async def head(self) -> int:
-        """The position of the last committed event (0 when the store is empty)."""
+        """The position of the last committed event (0 when the store is empty).
+
+        Raises: StoreClosed; IndexUnavailable when this process's commits cannot be indexed."""
         return (await self._ready()).head()
 
     async def stream_version(self, stream: Stream) -> int:
-        """The stream's last version (0 when it has no events). Raises TypeError, ValueError for a
-        malformed stream id."""
+        """The stream's last version (0 when it has no events).
+
+        Raises: TypeError, ValueError for a malformed stream id; StoreClosed."""
         return (await self._ready()).stream_version(stream)
 
     async def stream_info(self, stream: Stream) -> StreamInfo | None:
-        """As `EventStore.stream_info`. Raises TypeError, ValueError for a malformed stream id."""
+        """As `EventStore.stream_info`.
+
+        Raises: TypeError, ValueError for a malformed stream id; StoreClosed."""
         return (await self._ready()).stream_info(stream)
 
     async def stream_state(self, stream: Stream) -> str | None:
         """As `EventStore.stream_state` (a stream with no recorded state replays its types on the
-        loop). Raises TypeError, ValueError for a malformed stream id."""
+        loop).
+
+        Raises: TypeError, ValueError for a malformed stream id; StoreClosed."""
         return (await self._ready()).stream_state(stream)
 
     async def event_at(self, position: int) -> RecordedEvent | None:
-        """The event at a global position, or None. Raises CorruptedError when it is damaged."""
+        """The event at a global position, or None.
+
+        Raises: CorruptedError when it is damaged; TypeError, ValueError for a bad position."""
         return (await self._ready()).event_at(position)
 
     async def max_tracking(self, upstream: str) -> int | None:
@@ -242,7 +255,9 @@ class AsyncEventStore:
         return (await self._ready()).has_tracking(upstream, position)
 
     async def load_snapshot(self, stream: Stream, *, lte: int | None = None) -> Snapshot | None:
-        """As `EventStore.load_snapshot`. Raises StreamDeleted when the stream is tombstoned."""
+        """As `EventStore.load_snapshot`.
+
+        Raises: StreamDeleted when the stream is tombstoned; StoreClosed."""
         return (await self._ready()).load_snapshot(stream, lte=lte)
 
     def read_stream(self, stream: Stream, *, gt: int | None = None, lte: int | None = None, desc: bool = False,
@@ -399,28 +414,38 @@ class AsyncEventStore:
     # -- stream states, snapshots, upcasters (on the worker) --------------------------------
 
     async def close_stream(self, stream: Stream) -> None:
-        """As `EventStore.close_stream`. Raises StreamDeleted when tombstoned."""
+        """As `EventStore.close_stream` (on the worker thread).
+
+        Raises: StreamDeleted when tombstoned; ReadOnlyStore; StoreClosed."""
         self._w()
         await self._blocking(lambda: self._h.close_stream(stream))
 
     async def delete_stream(self, stream: Stream, *, tombstone: bool = False) -> None:
-        """As `EventStore.delete_stream`. Raises TypeError unless `tombstone` is a bool."""
+        """As `EventStore.delete_stream` (on the worker thread).
+
+        Raises: TypeError unless `tombstone` is a bool; StreamDeleted; ReadOnlyStore; StoreClosed."""
         self._w()
         await self._blocking(lambda: self._h.delete_stream(stream, tombstone=tombstone))
 
     async def save_snapshot(self, stream: Stream, version: int, data: bytes, *, type: str, schema: int = 1) -> None:
-        """As `EventStore.save_snapshot`. Raises ValueError, TypeError, StreamDeleted as it does."""
+        """As `EventStore.save_snapshot` (on the worker thread).
+
+        Raises: ValueError, TypeError, StreamDeleted as it does; ReadOnlyStore; StoreClosed."""
         self._w()
         await self._blocking(lambda: self._h.save_snapshot(stream, version, data, type=type, schema=schema))
 
     async def prune_snapshots(self, stream: Stream | None = None, *, keep: int = 1) -> int:
-        """As `EventStore.prune_snapshots`. Raises ValueError unless keep is an int >= 0."""
+        """As `EventStore.prune_snapshots` (on the worker thread).
+
+        Raises: ValueError unless keep is an int >= 0; ReadOnlyStore; StoreClosed."""
         self._w()
         return int(await self._blocking(lambda: self._h.prune_snapshots(stream, keep=keep)))
 
     def register_upcaster(self, event_type: str, from_schema: int,
                           fn: Callable[[RecordedEvent], tuple[str, bytes, bytes]]) -> None:
-        """As `EventStore.register_upcaster`, for this handle's reads. Raises InvalidUpcaster."""
+        """As `EventStore.register_upcaster`, for this handle's reads.
+
+        Raises: InvalidUpcaster for a step that does not extend the type's chain; StoreClosed."""
         self._c()
         self._h.register_upcaster(event_type, from_schema, fn)  # read_stream, query, event_at
         up = self._up or Upcasters()
@@ -457,8 +482,7 @@ class Opening:
 
 async def _open(args: dict[str, Any]) -> AsyncEventStore:
     loop = asyncio.get_running_loop()
-    path = os.fspath(args["path"])
-    worker = Worker(loop, str(path))
+    worker = Worker(loop, str(args["path"]))
     fut = worker.run(lambda: open_core(**args))
     try:
         core, binder = await asyncio.shield(fut)

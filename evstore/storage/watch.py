@@ -49,17 +49,18 @@ class Doorbell:
         self.closed = False
 
     def fileno(self) -> int:
+        """The descriptor to watch for reading. Never raises."""
         return self.rfd
 
     def ring(self) -> None:
-        """Make the descriptor readable (a full pipe or counter is readable already)."""
+        """Make the descriptor readable (a full pipe or counter is readable already). Never raises."""
         try:
             os.write(self.wfd, b"\x01\x00\x00\x00\x00\x00\x00\x00")
         except (BlockingIOError, OSError):
             pass
 
     def drain(self) -> None:
-        """Read everything rung so far."""
+        """Read everything rung so far. Never raises."""
         try:
             while os.read(self.rfd, 4096):
                 if self.rfd == self.wfd:
@@ -68,6 +69,7 @@ class Doorbell:
             pass
 
     def close(self) -> None:
+        """Close the descriptors (idempotent). Raises OSError only if the OS refuses to close them."""
         if self.closed:
             return
         self.closed = True
@@ -108,10 +110,12 @@ class DirectoryWatch:
         return cls(fd)
 
     def fileno(self) -> int:
+        """The inotify descriptor to watch for reading. Never raises."""
         return self.fd
 
     def drain(self) -> int:
-        """Read the pending events; returns the union of their masks (0: none)."""
+        """Read the pending events; returns the union of their masks (0: none; `IN_Q_OVERFLOW` when
+        the read failed, so that the caller looks again). Never raises."""
         mask = 0
         while True:
             try:
@@ -129,6 +133,7 @@ class DirectoryWatch:
                 off += _EVENT.size + n
 
     def close(self) -> None:
+        """Stop watching (idempotent). Raises OSError only if the OS refuses to close it."""
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
