@@ -23,7 +23,6 @@ from evstore.engine.checks import (
     QueryItem,
     check_condition,
     check_fields,
-    check_open_options,
     check_position,
     check_snapshot,
     check_stream,
@@ -33,7 +32,7 @@ from evstore.engine.checks import (
     tracking_record,
     type_filter,
 )
-from evstore.engine.core import Core, lmdb_error, registry
+from evstore.engine.core import Core, lmdb_error, open_core, registry
 from evstore.engine.maintenance import Maintenance
 from evstore.engine.reader import Chunk, new_record
 from evstore.errors import (
@@ -43,7 +42,7 @@ from evstore.errors import (
 )
 from evstore.format.encode import MAX_COMMIT_BYTES, ControlRecord
 from evstore.storage.index import HEAD_CLOSED, HEAD_TOMBSTONE, Head, max_tracking
-from evstore.lifecycle import Binding, Lifecycle, LifecycleViolation, find_violations, make_binder
+from evstore.lifecycle import Binding, Lifecycle, LifecycleViolation, find_violations
 from evstore.records import ANY, AppendResult, NewEvent, RecordedEvent, Stream, StreamInfo, decode_stream
 from evstore.snapshots import Loaded, Snapshot
 from evstore.subscription import Subscription
@@ -52,7 +51,7 @@ from evstore.upcasting import Upcasters
 DEFAULT_SEGMENT_SIZE = 128 << 20
 DEFAULT_MAP_SIZE = 1 << 30
 
-__all__ = ["EventStore", "open", "open_core", "Condition", "QueryItem", "MAX_COMMIT_BYTES", "MAX_EVENT_BYTES",
+__all__ = ["EventStore", "open", "Condition", "QueryItem", "MAX_COMMIT_BYTES", "MAX_EVENT_BYTES",
            "MAX_NAME_BYTES", "DEFAULT_SEGMENT_SIZE", "DEFAULT_MAP_SIZE"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -89,10 +88,8 @@ class EventStore:
 
     def __init__(self, core: Core, readonly: bool, binder: Callable[[Any], Lifecycle | None] | None = None,
                  *, index_on_read: bool = True) -> None:
-        """A handle on an open core (`open_core`). `index_on_read=False`: reads do not index this
-        process's durable commits first (the caller does it off its thread, as `evstore.aio` does)."""
         self._core: Core | None = core
-        self.index_on_read = index_on_read  # constant after construction
+        self.index_on_read = index_on_read  # constant; False: reads leave indexing to the caller (evstore.aio)
         self.path = core.path
         self.readonly = readonly
         self._binder = binder
@@ -631,16 +628,3 @@ def open(path: str | os.PathLike[str], *, create: bool = True, readonly: bool = 
                              segment_size=segment_size, map_size=map_size, log_impl=log_impl, lifecycles=lifecycles)
     return EventStore(core, readonly, binder)
 
-
-def open_core(path: str | os.PathLike[str], *, create: bool = True, readonly: bool = False,
-              durability: str | None = None, segment_size: int = DEFAULT_SEGMENT_SIZE,
-              map_size: int = DEFAULT_MAP_SIZE, log_impl: str | None = None,
-              lifecycles: Binding | None = None) -> tuple[Core, Callable[[Any], Lifecycle | None] | None]:
-    """`open` without the handle, for a front end that builds its own (the asyncio API): the core of
-    the store at `path` (one reference, released by `EventStore(core, ...).close()`) and the lifecycle
-    binder. Raises: as `open`."""
-    binder = make_binder(lifecycles)
-    p = check_open_options(path, durability, segment_size, map_size)
-    core = registry.open(os.path.realpath(p), create=create, readonly=readonly, durability=durability,
-                         segment_size=segment_size, map_size=map_size, log_impl=log_impl)
-    return core, binder

@@ -21,7 +21,7 @@ import lmdb
 from evstore.consumer import ConsumerContext, ConsumerStats, start_consumer
 from evstore.engine.checks import (Condition, Part, QueryItem, check_condition, check_position, check_stream,
                                    check_timeout, query_items, tracking_record, type_filter)
-from evstore.engine.core import Core, lmdb_error
+from evstore.engine.core import Core, lmdb_error, open_core
 from evstore.engine.groupcommit import GroupCommit
 from evstore.engine.reader import Chunk, new_record
 from evstore.engine.writer import NeedFlush
@@ -31,7 +31,7 @@ from evstore.lifecycle import Binding, Lifecycle
 from evstore.records import ANY, AppendResult, NewEvent, RecordedEvent, Stream, StreamInfo
 from evstore.snapshots import Snapshot
 from evstore.upcasting import Upcasters
-from evstore.store import DEFAULT_MAP_SIZE, DEFAULT_SEGMENT_SIZE, EventStore, open_core
+from evstore.store import DEFAULT_MAP_SIZE, DEFAULT_SEGMENT_SIZE, EventStore
 from evstore.aio.reading import (SCAN_BATCH, AsyncEvents, AsyncSubscription, Batches, CaughtUp, Scan, Waker,
                                  position_pages, scan_pages, version_pages)
 from evstore.aio.worker import Worker
@@ -150,6 +150,11 @@ class AsyncEventStore:
             ValueError); StoreClosed when the handle closes before the commit was written.
         """
         core = self._w()
+        if type(events) is list and expected_state is None and condition is None and self._binder is None:
+            done = self._plain_once(core, stream, events, expected_version)  # the fast path
+            if done is not None:
+                await self._durable(core, done[1])
+                return done[0]
         parts = [Part(stream, events, expected_version, expected_state)]
         return (await self._commit(core, parts, (), check_condition(condition)))[0]
 
@@ -181,15 +186,28 @@ class AsyncEventStore:
                 await self._worker.run(lambda: _index_written(group))
                 core = self._w()
                 continue
-            # Written: from here a cancellation leaves a commit that becomes durable by itself.
-            if seq and group.durable_seq < seq:
-                if core.durability == "fsync":
-                    await self._worker.durable(group, seq)
-                else:
-                    group.await_durable(seq)  # "os": no sync, only the bookkeeping
+            await self._durable(core, seq)
             return results
         raise EvstoreError("other writers kept the index behind: the append's checks (condition or "
                            "lifecycle state) could not be made; retry")
+
+    async def _durable(self, core: Core, seq: int) -> None:
+        """Wait until commit `seq` (written: from here a cancellation leaves a commit that becomes
+        durable by itself) is durable; 0: nothing to wait for."""
+        group = core.group
+        if not seq:
+            return
+        if core.durability == "os":
+            group.await_durable(seq)  # no sync: only the bookkeeping (subscribers told, indexer kicked)
+        elif group.durable_seq < seq:
+            await self._worker.durable(group, seq)
+
+    def _plain_once(self, core: Core, stream: Stream, events: list[Any],
+                    expected: Any) -> tuple[AppendResult, int] | None:
+        try:
+            return core.writer.append_plain_once(stream, events, expected)
+        except lmdb.Error as e:
+            raise lmdb_error(core, self.path, e) from e
 
     def _commit_once(self, core: Core, parts: list[Part], controls: Sequence[ControlRecord],
                      condition: Any) -> tuple[list[AppendResult], int]:

@@ -20,8 +20,7 @@ from evstore.bench.results import BACKENDS, Row, Sizes, Target, format_table, js
 # In the order they run: open_after_crash, last, appends to the shared datasets.
 WORKLOADS: dict[str, Workload] = {
     w.name: w for w in (*appends.WORKLOADS, *writepath.WORKLOADS, *reads.WORKLOADS, *aio.WORKLOADS,
-                        *adapters.WORKLOADS,
-                        *maintenance.WORKLOADS)
+                        *adapters.WORKLOADS, *maintenance.WORKLOADS)
 }
 TARGETS: dict[str, Target] = {w.name: w.target for w in WORKLOADS.values() if w.target is not None}
 TARGETS["repository_get_snapshot"] = adapters.SNAPSHOT_TARGET  # rows of the repository_get workload

@@ -31,10 +31,12 @@ import threading
 import time
 from collections.abc import Callable
 from types import ModuleType
+from typing import Any
 
 import lmdb
 
 from evstore.format import codec as _impl
+from evstore.engine.checks import check_open_options
 from evstore.engine.groupcommit import GroupCommit
 from evstore.engine.indexer import Indexer
 from evstore.engine.reader import Reader
@@ -52,6 +54,7 @@ from evstore.errors import (
 from evstore.storage.index import Index, is_resource_error
 from evstore.storage.segments import Log
 from evstore.storage import directory
+from evstore.lifecycle import Binding, Lifecycle, make_binder
 
 
 class Core:
@@ -353,3 +356,16 @@ class Registry:
 
 
 registry = Registry()
+
+
+def open_core(path: Any, *, create: bool, readonly: bool, durability: str | None, segment_size: int,
+              map_size: int, log_impl: str | None,
+              lifecycles: Binding | None) -> tuple[Core, Callable[[Any], Lifecycle | None] | None]:
+    """`evstore.open` but the handle, for the front ends (`evstore.store`, `evstore.aio`): check the
+    arguments, open (or share) the core of the store at `path` — one reference, released by the
+    handle's close — and make the lifecycle binder. Raises: as `evstore.open`."""
+    binder = make_binder(lifecycles)
+    p = check_open_options(path, durability, segment_size, map_size)
+    core = registry.open(os.path.realpath(p), create=create, readonly=readonly, durability=durability,
+                         segment_size=segment_size, map_size=map_size, log_impl=log_impl)
+    return core, binder

@@ -123,6 +123,17 @@ class Writer:
         of `commit` that apply, one encoder call and the write. None, with nothing written, when an
         event is not plain (or not valid): the caller then takes `commit`, which says what is wrong.
         `fields`: the events as (type names, data, metadata) instead (`events` is then ignored)."""
+        done = self.append_plain_once(stream, events, expected, fields)
+        if done is None:
+            return None
+        self.core.group.await_durable(done[1])
+        return done[0]
+
+    def append_plain_once(self, stream: Stream, events: list[Any], expected: Any,
+                          fields: tuple[Sequence[object], Sequence[object], Sequence[object]] | None = None
+                          ) -> tuple[AppendResult, int] | None:
+        """`append_plain` without the durable wait: (result, the commit's sequence number for
+        `GroupCommit.await_durable`), or None as `append_plain`. Raises as `append_plain`."""
         if fields is None:
             if not events:
                 return None  # `commit` says what is wrong, in its order of checks
@@ -155,8 +166,7 @@ class Writer:
             if enc is None:
                 return None
             results, seq = self.install(enc, (), {key: h})
-        group.await_durable(seq)
-        return results[0]
+        return results[0], seq
 
     def check_state(self, p: Part, h: Head | None, binder: Binder | None) -> ControlRecord | None:
         """Check expected_state and the lifecycle of one part; the `$state` mark to write, if any."""
