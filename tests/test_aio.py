@@ -96,11 +96,13 @@ def test_replays_never_hold_the_loop_for_more_than_about_a_millisecond(big_store
                                  (lambda: s.read_stream("s-3", desc=True), 2_000),
                                  (lambda: s.query([evstore.QueryItem(tags=["k:3"])]), 1_500)]:
                 lags: list[float] = []
-                for _ in range(100_000 // expect):  # enough ticks for a percentile
+                for _ in range(50):  # until there are enough ticks for a percentile
                     more, n = await lags_during(lambda: count(make()))
                     assert n == expect
                     lags += more
-                assert len(lags) > 20 and p99(lags) < 0.002, (n, p99(lags), max(lags))
+                    if len(lags) >= 300:
+                        break
+                assert p99(lags) < 0.002, (n, len(lags), p99(lags), max(lags))
 
     run(main())
 
