@@ -133,7 +133,11 @@ def test_a_hundred_tasks_share_syncs_on_one_thread(store_path: str, monkeypatch:
             lags, _ = await lags_during(lambda: asyncio.gather(*(task(n) for n in range(100))))
             assert syncs - before < 2000 / 4  # shared: far fewer syncs than commits
             assert max(seen_threads) <= threads  # no thread per call
-            assert p99(lags) < 0.002, (p99(lags), max(lags))
+            # Each woken task does ~0.1 ms of the commit's work on the loop, two tasks per turn of the
+            # loop: a tick waits about half a millisecond, a few at the tail (page faults, a loaded
+            # machine) longer.
+            lags.sort()
+            assert lags[len(lags) // 2] < 0.001 and p99(lags) < 0.003, (lags[len(lags) // 2], p99(lags), lags[-1])
             assert await s.head() == 2001
             for n in (0, 57, 99):
                 assert [e.data async for e in s.read_stream(f"w{n}")] == [f"{n}:{i}".encode() for i in range(20)]
