@@ -117,12 +117,13 @@ class AsyncEventStore:
             raise ReadOnlyStore(f"{self.path} was opened with readonly=True")
         return core
 
-    async def _ready(self) -> EventStore:
+    async def _ready(self, streams_only: bool = False) -> EventStore:
         """The threaded handle, for a read: every durable commit of this process is indexed first
-        (read-your-writes), by the worker."""
+        (read-your-writes), by the worker; `streams_only`: a read of streams, which the engine's
+        overlay of durable commits serves without the index."""
         core = self._c()
         group = core.group
-        if group.indexed_seq < group.durable_seq:
+        if not streams_only and group.indexed_seq < group.durable_seq:
             await self._worker.run(group.flush_index)
             self._c()
         elif core.readonly:
@@ -239,7 +240,7 @@ class AsyncEventStore:
         """The stream's last version (0 when it has no events).
 
         Raises: TypeError, ValueError for a malformed stream id; StoreClosed."""
-        return (await self._ready()).stream_version(stream)
+        return (await self._ready(True)).stream_version(stream)
 
     async def stream_info(self, stream: Stream) -> StreamInfo | None:
         """As `EventStore.stream_info`.
@@ -296,8 +297,8 @@ class AsyncEventStore:
         def fetch(a: int, b: int, k: int) -> list[RecordedEvent]:
             return self._h.read_stream(stream, gt=a, lte=b, desc=desc, limit=k)
 
-        return AsyncEvents(lambda: version_pages(self._ready, lambda: self._h.stream_version(stream), fetch, lo, hi,
-                                                 desc, n))
+        return AsyncEvents(lambda: version_pages(lambda: self._ready(True), lambda: self._h.stream_version(stream),
+                                                 fetch, lo, hi, desc, n))
 
     def read_all(self, *, gt: int | None = 0, lte: int | None = None, limit: int | None = None,
                  types: Iterable[str] | None = None) -> AsyncEvents:
