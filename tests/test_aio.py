@@ -84,7 +84,7 @@ def big_store(store_path: str) -> str:
 
 def test_replays_never_hold_the_loop_for_more_than_about_a_millisecond(big_store: str) -> None:
     async def main() -> None:
-        async with aio.open(big_store) as s:
+        async with aio.open(big_store, log_impl="c") as s:
             async def count(events: aio.AsyncEvents) -> int:
                 n = 0
                 async for _e in events:
