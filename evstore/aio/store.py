@@ -123,7 +123,7 @@ class AsyncEventStore:
         overlay of durable commits serves without the index."""
         core = self._c()
         group = core.group
-        if not streams_only and group.indexed_seq < group.durable_seq:
+        if (not streams_only or not group.overlay.valid) and group.indexed_seq < group.durable_seq:
             await self._worker.run(group.flush_index)
             self._c()
         elif core.readonly:
