@@ -32,6 +32,15 @@ from evstore.store import MAX_COMMIT_BYTES, MAX_EVENT_BYTES, MAX_NAME_BYTES, Eve
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    """`evstore.aio` (the asyncio API) is imported on first use: `import evstore` stays light."""
+    if name == "aio":
+        import importlib
+
+        return importlib.import_module("evstore.aio")
+    raise AttributeError(f"module 'evstore' has no attribute {name!r}")
+
 __all__ = [
     "Condition",
     "ConditionFailed",

@@ -53,6 +53,72 @@ def consumer_position(store: ConsumingStore, name: str) -> int:
     return store.max_tracking(CONSUMER_PREFIX + name) or 0
 
 
+class ConsumerRun:
+    """The bookkeeping of one `consume` call, written once for the thread and the asyncio drivers:
+    where the consumer stands, which tracking record each step commits, and when it stops.
+
+    A driver, for each event: runs the handler with a fresh `ConsumerContext`; when the handler queued
+    appends, commits them with `tracking=run.effects_tracking(event)`; then calls `run.handled_one
+    (event, committed)`, which returns a tracking record to commit alone when a lazy checkpoint is due
+    (then `run.checkpointed()`); stops once `run.done`. On the way out it commits `run.final()`, if any.
+    Touched by one driver at a time (no lock)."""
+
+    __slots__ = ("name", "tracking", "limit", "every", "handled", "position", "saved")
+
+    def __init__(self, name: str, start: int, limit: int | None, checkpoint_every: int) -> None:
+        self.name = name
+        self.tracking = CONSUMER_PREFIX + name
+        self.limit = limit
+        self.every = checkpoint_every
+        self.handled = 0
+        self.position = start  # every event up to here has been handled and its effects committed
+        self.saved = start  # the position last committed as the checkpoint
+
+    def effects_tracking(self, event: RecordedEvent) -> tuple[str, int]:
+        """The tracking record that commits with the effects the handler queued for `event`."""
+        return self.tracking, event.position
+
+    def handled_one(self, event: RecordedEvent, committed: bool) -> tuple[str, int] | None:
+        """Count `event` as handled (`committed`: its effects committed with its position); the
+        checkpoint to commit now, if one is due."""
+        if committed:
+            self.saved = event.position
+        self.position = event.position
+        self.handled += 1
+        if self.position - self.saved and self.handled % self.every == 0:
+            return self.tracking, self.position
+        return None
+
+    def checkpointed(self) -> None:
+        """The checkpoint `handled_one` asked for is committed."""
+        self.saved = self.position
+
+    @property
+    def done(self) -> bool:
+        return self.limit is not None and self.handled >= self.limit
+
+    def final(self) -> tuple[str, int] | None:
+        """The checkpoint to commit on the way out: only events that were handled whole."""
+        return (self.tracking, self.position) if self.position > self.saved else None
+
+    def stats(self) -> ConsumerStats:
+        return ConsumerStats(self.name, self.handled, self.position)
+
+
+def start_consumer(store: ConsumingStore, name: str, limit: int | None, checkpoint_every: int) -> ConsumerRun:
+    """Check `consume`'s arguments and read where consumer `name` resumes.
+
+    Raises: ValueError for an empty name, a limit that is not None or an int >= 0, or a
+    checkpoint_every that is not an int >= 1."""
+    if not isinstance(name, str) or not name:
+        raise ValueError("a consumer name must be a non-empty str")
+    if limit is not None and (type(limit) is not int or limit < 0):
+        raise ValueError(f"limit must be None or an int >= 0, not {limit!r}")
+    if type(checkpoint_every) is not int or checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be an int >= 1, not {checkpoint_every!r}")
+    return ConsumerRun(name, consumer_position(store, name), limit, checkpoint_every)
+
+
 def consume(store: ConsumingStore, name: str, handler: Callable[[RecordedEvent, ConsumerContext], None], *,
             types: Iterable[str] | None = None, timeout: float | None = None, limit: int | None = None,
             checkpoint_every: int = 100, category: str | None = None, group: tuple[int, int] | None = None,
@@ -67,29 +133,21 @@ def consume(store: ConsumingStore, name: str, handler: Callable[[RecordedEvent, 
     `<name>#<i>/<n>`; `sink` is the store the position and the handler's appends are committed to
     (default: `store`; a group member's own store, see evstore.groups).
 
-    Raises: ValueError for a bad name, limit or checkpoint_every; what `subscribe` raises for bad
-    types, category or group; what `append_many` raises for the handler's appends (nothing of the
-    failing event is committed); what the handler raises.
+    Raises: ValueError for a bad name, limit or checkpoint_every (see `start_consumer`); what
+    `subscribe` raises for bad types, category or group; what `append_many` raises for the handler's
+    appends (nothing of the failing event is committed); what the handler raises.
     """
     if not isinstance(name, str) or not name:
         raise ValueError("a consumer name must be a non-empty str")
-    if limit is not None and (type(limit) is not int or limit < 0):
-        raise ValueError(f"limit must be None or an int >= 0, not {limit!r}")
-    if type(checkpoint_every) is not int or checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be an int >= 1, not {checkpoint_every!r}")
     out = store if sink is None else sink
     if group is not None:
         if not isinstance(group, tuple) or len(group) != 2:
             raise TypeError(f"group must be a (member, size) tuple of ints, not {group!r}")
         name = f"{name}#{group[0]}/{group[1]}"
-    tracking = CONSUMER_PREFIX + name
-    start = consumer_position(out, name)
+    run = start_consumer(out, name, limit, checkpoint_every)
     if limit == 0:
-        return ConsumerStats(name, 0, start)
-    handled = 0
-    position = start  # every event up to here has been handled and its effects committed
-    saved = start  # the position last committed as the checkpoint
-    sub = store.subscribe(gt=start, types=types, timeout=timeout, category=category, group=group)
+        return run.stats()
+    sub = store.subscribe(gt=run.position, types=types, timeout=timeout, category=category, group=group)
     try:
         for event in sub:
             ctx = ConsumerContext()
@@ -97,20 +155,19 @@ def consume(store: ConsumingStore, name: str, handler: Callable[[RecordedEvent, 
             if ctx.parts:
                 # The event's effects and its position commit together; if the commit is refused the
                 # event is not handled (the exception propagates) and the checkpoint stays before it.
-                out.append_many(ctx.parts, tracking=(tracking, event.position))
-                saved = event.position
-            position = event.position
-            handled += 1
-            if position - saved and handled % checkpoint_every == 0:
-                out.append_many([], tracking=(tracking, position))
-                saved = position
-            if limit is not None and handled >= limit:
+                out.append_many(ctx.parts, tracking=run.effects_tracking(event))
+            due = run.handled_one(event, bool(ctx.parts))
+            if due is not None:
+                out.append_many([], tracking=due)
+                run.checkpointed()
+            if run.done:
                 break
         # A clean end: every event the subscription looked at was delivered and handled, so the
         # position may move past events this consumer does not select (its lag then reads 0).
-        position = max(position, sub.position)
+        run.position = max(run.position, sub.position)
     finally:
         sub.stop()
-        if position > saved:  # only events that were handled whole
-            out.append_many([], tracking=(tracking, position))
-    return ConsumerStats(name, handled, position)
+        last = run.final()
+        if last is not None:
+            out.append_many([], tracking=last)
+    return run.stats()

@@ -26,7 +26,6 @@ from evstore.engine.checks import (
     check_condition,
     check_fields,
     check_group,
-    check_open_options,
     check_position,
     check_snapshot,
     check_stream,
@@ -36,7 +35,7 @@ from evstore.engine.checks import (
     tracking_record,
     type_filter,
 )
-from evstore.engine.core import Core, lmdb_error, registry
+from evstore.engine.core import Core, lmdb_error, open_core, registry
 from evstore.engine.maintenance import Maintenance
 from evstore.engine.reader import Chunk, new_record
 from evstore.errors import (
@@ -46,7 +45,7 @@ from evstore.errors import (
 )
 from evstore.format.encode import MAX_COMMIT_BYTES, ControlRecord
 from evstore.storage.index import HEAD_CLOSED, HEAD_TOMBSTONE, Head, max_tracking
-from evstore.lifecycle import Binding, Lifecycle, LifecycleViolation, bound_histories, find_violations, make_binder
+from evstore.lifecycle import Binding, Lifecycle, LifecycleViolation, bound_histories, find_violations
 from evstore.records import ANY, AppendResult, NewEvent, RecordedEvent, Stream, StreamInfo, decode_stream
 from evstore.snapshots import Loaded, Snapshot
 from evstore.subscription import Subscription
@@ -90,8 +89,10 @@ class EventStore:
     `StoreClosed` once the handle is closed and `ForkedStore` in a process forked after it was opened.
     """
 
-    def __init__(self, core: Core, readonly: bool, binder: Callable[[Any], Lifecycle | None] | None = None) -> None:
+    def __init__(self, core: Core, readonly: bool, binder: Callable[[Any], Lifecycle | None] | None = None,
+                 *, index_on_read: bool = True) -> None:
         self._core: Core | None = core
+        self.index_on_read = index_on_read  # constant; False: reads leave indexing to the caller (evstore.aio)
         self.path = core.path
         self.readonly = readonly
         self._binder = binder
@@ -132,7 +133,7 @@ class EventStore:
         """The core, for a read: durable commits are indexed first (`streams_only`: the overlay has them)."""
         core = self._c()
         group = core.group
-        if (not streams_only or not group.overlay.valid) and group.indexed_seq < group.durable_seq:
+        if self.index_on_read and (not streams_only or not group.overlay.valid) and group.indexed_seq < group.durable_seq:
             group.flush_index()
         elif core.readonly:
             core.follow_rebuilt_index()
@@ -617,8 +618,7 @@ def open(path: str | os.PathLike[str], *, create: bool = True, readonly: bool = 
     read-only while the parent writes. Records read from the store hold memory mappings of its
     segments: keeping many of them alive keeps those mappings (and their pages) alive.
     """
-    binder = make_binder(lifecycles)
-    p = check_open_options(path, durability, segment_size, map_size)
-    core = registry.open(os.path.realpath(p), create=create, readonly=readonly, durability=durability,
-                         segment_size=segment_size, map_size=map_size, log_impl=log_impl)
+    core, binder = open_core(path, create=create, readonly=readonly, durability=durability,
+                             segment_size=segment_size, map_size=map_size, log_impl=log_impl, lifecycles=lifecycles)
     return EventStore(core, readonly, binder)
+

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 
 import pytest
 
 import evstore
+from evstore import aio
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -50,6 +52,24 @@ def store(store_path: str, impl: str):  # type: ignore[no-untyped-def]
     s = evstore.open(store_path, log_impl=impl, durability="os")
     yield s
     s.close()
+
+
+@pytest.fixture(params=["sync", "async"])
+def api(request: pytest.FixtureRequest, store_path: str, impl: str):  # type: ignore[no-untyped-def]
+    """The store through the threaded API or the asyncio one (tests/facade.py), durability="fsync":
+    a behavioural check written once over it runs against both."""
+    from facade import AsyncApi, SyncApi
+
+    if request.param == "sync":
+        s = evstore.open(store_path, log_impl=impl)
+        yield SyncApi(s)
+        s.close()
+        return
+    loop = asyncio.new_event_loop()
+    a = loop.run_until_complete(aio.open(store_path, log_impl=impl))
+    yield AsyncApi(loop, a)
+    loop.run_until_complete(a.close())
+    loop.close()
 
 
 def python_env(**extra: str) -> dict[str, str]:

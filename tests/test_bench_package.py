@@ -114,6 +114,10 @@ def test_every_target_is_one_definition() -> None:
         "append_conflict": ">= 5x SQLite",
         "read_stream_100k": ">= 5x SQLite select_events",
         "read_all": ">= 2,000,000 events/s",
+        "append1_fsync_100tasks": ">= 8 threads and >= 5x SQLite",
+        "loop_lag_appends_100tasks": "p99 <= 2 ms (CPU time)",
+        "read_all_async": ">= 80% of threaded read_all",
+        "loop_lag_replay": "p99 <= 2 ms (CPU time)",
         "es_select_events": ">= 3x SQLite",
         "es_select_notifications": ">= 3x SQLite",
         "repository_get": "faster than SQLite",
@@ -189,6 +193,18 @@ def test_the_eventsourcing_workloads_run() -> None:
     for workload, ns in got.items():  # every backend read the same events
         assert sorted(ns) == sorted((bench.C, bench.SQLITE, bench.POPO)) and len(set(ns.values())) == 1, workload
     assert all(r.value and r.value > 0 for r in rows)
+
+
+def test_a_small_run_of_the_asyncio_workloads() -> None:
+    names = ["append1_fsync_100tasks", "loop_lag_appends_100tasks", "read_all_async", "loop_lag_replay"]
+    rows = bench.run(scale=0.001, repeat=1, workloads=names, backends=("c", "sqlite", "ref"), progress=False)
+    assert [r.workload for r in rows if r.backend == bench.C] == [names[0], names[1], names[2], names[2], names[3]]
+    assert {r.workload for r in rows if r.backend == bench.SQLITE} == set(names)
+    assert {r.workload for r in rows if r.backend == bench.REF} == set(names)
+    judged = {r.workload: r for r in rows if r.target}
+    assert set(judged) == set(names) and all(r.met is not None for r in judged.values())
+    assert "the 8 threads" in judged[names[0]].note and "of threaded read_all" in judged[names[2]].note
+    assert all(r.unit == "ms" and "wall-clock p99" in r.note for r in rows if "lag" in r.workload)
 
 
 def test_memory_reader_is_a_module(store_path: str) -> None:

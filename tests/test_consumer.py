@@ -13,27 +13,30 @@ from evstore import NewEvent
 from evstore.consumer import consume, consumer_position
 
 from conftest import PY, python_env
+from facade import AsyncApi, SyncApi
+
+Api = SyncApi | AsyncApi  # the threaded or the asyncio API (the `api` fixture)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def test_consumer_resumes_after_its_position(store: evstore.EventStore) -> None:
+def test_consumer_resumes_after_its_position(api: Api) -> None:
     for i in range(10):
-        store.append("in", [NewEvent("T", str(i).encode())])
+        api.append("in", [NewEvent("T", str(i).encode())])
     seen: list[int] = []
 
     def handler(e: evstore.RecordedEvent, ctx: object) -> None:
         seen.append(e.position)
 
-    stats = consume(store, "c", handler, timeout=0.1, limit=4)
-    assert (stats.handled, stats.position) == (4, 4) and consumer_position(store, "c") == 4
-    consume(store, "c", handler, timeout=0.1)
-    assert seen == list(range(1, 11)) and consumer_position(store, "c") == 10
+    stats = api.consume("c", handler, timeout=0.1, limit=4)
+    assert (stats.handled, stats.position) == (4, 4) and consumer_position(api, "c") == 4
+    api.consume("c", handler, timeout=0.1)
+    assert seen == list(range(1, 11)) and consumer_position(api, "c") == 10
 
 
-def test_handler_appends_commit_with_the_position_and_failures_leave_no_trace(store: evstore.EventStore) -> None:
+def test_handler_appends_commit_with_the_position_and_failures_leave_no_trace(api: Api) -> None:
     for i in range(5):
-        store.append("in", [NewEvent("T", str(i).encode())])
+        api.append("in", [NewEvent("T", str(i).encode())])
 
     def handler(e: evstore.RecordedEvent, ctx: object) -> None:
         if e.stream != "in":
@@ -43,11 +46,11 @@ def test_handler_appends_commit_with_the_position_and_failures_leave_no_trace(st
         ctx.append("out", [NewEvent("Copied", str(e.position).encode())])  # type: ignore[attr-defined]
 
     try:
-        consume(store, "c", handler, timeout=0.1)
+        api.consume("c", handler, timeout=0.1)
     except RuntimeError:
         pass
-    assert [e.data for e in store.read_stream("out")] == [b"1", b"2", b"3"]
-    assert consumer_position(store, "c") == 3  # event 4 is handled again next time
+    assert [e.data for e in api.read_stream("out")] == [b"1", b"2", b"3"]
+    assert consumer_position(api, "c") == 3  # event 4 is handled again next time
 
 
 def test_consumers_command_lists_lag(store: evstore.EventStore) -> None:

@@ -10,6 +10,9 @@ import pytest
 
 import evstore
 from evstore import Condition, NewEvent, QueryItem
+from facade import AsyncApi, SyncApi
+
+Api = SyncApi | AsyncApi  # the threaded or the asyncio API (the `api` fixture)
 
 
 def enrol(student: int, course: str, t: str = "Enrolled") -> NewEvent:
@@ -32,35 +35,35 @@ def test_tags_round_trip_and_are_validated(store: evstore.EventStore) -> None:
     assert store.head() == 1
 
 
-def test_query_by_tags_and_types(store: evstore.EventStore) -> None:
-    store.append("c", [enrol(1, "A"), enrol(2, "A"), enrol(1, "B")])
-    store.append("c", [enrol(2, "B", "Left"), NewEvent("Untagged", b"")])
-    assert positions(store.query([QueryItem(tags=["course:A"])])) == [1, 2]
-    assert positions(store.query([QueryItem(tags=["student:1", "course:B"])])) == [3]
-    assert positions(store.query([QueryItem(types=["Left"], tags=["student:2"])])) == [4]
-    assert positions(store.query([QueryItem(types=["Enrolled"], tags=["student:2"])])) == [2]
-    assert positions(store.query([QueryItem(types=["Untagged", "Left"])])) == [4, 5]
-    assert positions(store.query([QueryItem(tags=["course:A"]), QueryItem(types=["Left"])])) == [1, 2, 4]
-    assert positions(store.query([QueryItem()], gt=3)) == [4, 5]
-    assert positions(store.query([QueryItem(tags=["course:A"])], gt=1)) == [2]
-    assert positions(store.query([QueryItem(tags=["student:1"])], limit=1)) == [1]
-    assert store.query([QueryItem(tags=["nobody"])]) == [] and store.query([]) == []
+def test_query_by_tags_and_types(api: Api) -> None:
+    api.append("c", [enrol(1, "A"), enrol(2, "A"), enrol(1, "B")])
+    api.append("c", [enrol(2, "B", "Left"), NewEvent("Untagged", b"")])
+    assert positions(api.query([QueryItem(tags=["course:A"])])) == [1, 2]
+    assert positions(api.query([QueryItem(tags=["student:1", "course:B"])])) == [3]
+    assert positions(api.query([QueryItem(types=["Left"], tags=["student:2"])])) == [4]
+    assert positions(api.query([QueryItem(types=["Enrolled"], tags=["student:2"])])) == [2]
+    assert positions(api.query([QueryItem(types=["Untagged", "Left"])])) == [4, 5]
+    assert positions(api.query([QueryItem(tags=["course:A"]), QueryItem(types=["Left"])])) == [1, 2, 4]
+    assert positions(api.query([QueryItem()], gt=3)) == [4, 5]
+    assert positions(api.query([QueryItem(tags=["course:A"])], gt=1)) == [2]
+    assert positions(api.query([QueryItem(tags=["student:1"])], limit=1)) == [1]
+    assert api.query([QueryItem(tags=["nobody"])]) == [] and api.query([]) == []
     with pytest.raises(TypeError):
-        store.query([QueryItem(tags="course:A")])  # type: ignore[arg-type]
+        api.query([QueryItem(tags="course:A")])  # type: ignore[arg-type]
 
 
-def test_condition_refuses_a_conflicting_append_and_writes_nothing(store: evstore.EventStore) -> None:
-    store.append("c", [enrol(1, "A")])
-    seen = store.head()
-    store.append("c", [enrol(2, "A")])  # someone else enrols in A after we read
+def test_condition_refuses_a_conflicting_append_and_writes_nothing(api: Api) -> None:
+    api.append("c", [enrol(1, "A")])
+    seen = api.head()
+    api.append("c", [enrol(2, "A")])  # someone else enrols in A after we read
     cond = Condition([QueryItem(tags=["course:A"])], after=seen)
     with pytest.raises(evstore.ConditionFailed) as info:
-        store.append("c", [enrol(3, "A")], condition=cond)
-    assert info.value.position == 2 and store.head() == 2
+        api.append("c", [enrol(3, "A")], condition=cond)
+    assert info.value.position == 2 and api.head() == 2
     ok = Condition([QueryItem(tags=["course:B"])], after=seen)
-    assert store.append_many([("c", [enrol(3, "B")], evstore.ANY)], condition=ok)[0].first_position == 3
+    assert api.append_many([("c", [enrol(3, "B")], evstore.ANY)], condition=ok)[0].first_position == 3
     with pytest.raises(TypeError):
-        store.append("c", [enrol(4, "A")], condition=[QueryItem()])  # type: ignore[arg-type]
+        api.append("c", [enrol(4, "A")], condition=[QueryItem()])  # type: ignore[arg-type]
 
 
 def test_racing_conditional_appends_admit_one_per_boundary(store: evstore.EventStore) -> None:

@@ -13,14 +13,17 @@ import pytest
 import evstore
 from evstore import ANY, NO_STREAM, STREAM_EXISTS, NewEvent
 from tests.support import ev, log_bytes
+from facade import AsyncApi, SyncApi
+
+Api = SyncApi | AsyncApi  # the threaded or the asyncio API (the `api` fixture)
 
 
-def test_append_and_read_back_a_stream(store: evstore.EventStore) -> None:
-    r = store.append("order-1", [ev("Placed", b'{"sku": 7}', metadata=b"m")], expected_version=NO_STREAM)
+def test_append_and_read_back_a_stream(api: Api) -> None:
+    r = api.append("order-1", [ev("Placed", b'{"sku": 7}', metadata=b"m")], expected_version=NO_STREAM)
     assert r == evstore.AppendResult("order-1", 1, 1, 1, 1)
-    r2 = store.append("order-1", [ev("Paid"), ev("Shipped", b"x")], expected_version=r.last_version)
+    r2 = api.append("order-1", [ev("Paid"), ev("Shipped", b"x")], expected_version=r.last_version)
     assert r2 == evstore.AppendResult("order-1", 2, 3, 2, 3)
-    events = store.read_stream("order-1")
+    events = api.read_stream("order-1")
     assert [(e.stream, e.version, e.position, e.type, e.data) for e in events] == [
         ("order-1", 1, 1, "Placed", b'{"sku": 7}'),
         ("order-1", 2, 2, "Paid", b"{}"),
@@ -30,9 +33,9 @@ def test_append_and_read_back_a_stream(store: evstore.EventStore) -> None:
     assert events[0].schema == 1
     assert isinstance(events[0].id, uuid.UUID) and events[0].id.version == 4
     assert len({e.id for e in events}) == 3
-    assert store.stream_version("order-1") == 3
-    assert store.stream_version("order-2") == 0
-    assert store.head() == 3
+    assert api.stream_version("order-1") == 3
+    assert api.stream_version("order-2") == 0
+    assert api.head() == 3
 
 
 def test_uuid_stream_ids_read_back_as_uuids(store: evstore.EventStore) -> None:
@@ -75,79 +78,79 @@ def test_versions_are_contiguous_and_positions_gapless(store: evstore.EventStore
     "expected, ok_when_absent, ok_at_1",
     [(ANY, True, True), (NO_STREAM, True, False), (STREAM_EXISTS, False, True), (0, True, False), (1, False, True)],
 )
-def test_expected_version_forms(store: evstore.EventStore, expected: object, ok_when_absent: bool,
+def test_expected_version_forms(api: Api, expected: object, ok_when_absent: bool,
                                 ok_at_1: bool) -> None:
     def attempt(stream: str) -> bool:
         try:
-            store.append(stream, [ev()], expected_version=expected)
+            api.append(stream, [ev()], expected_version=expected)
             return True
         except evstore.WrongExpectedVersion as e:
             assert e.stream == stream and e.expected is expected
             return False
 
     assert attempt("absent") is ok_when_absent
-    store.append("at1", [ev()])
+    api.append("at1", [ev()])
     assert attempt("at1") is ok_at_1
 
 
-def test_append_with_stale_expected_version_writes_nothing(store: evstore.EventStore) -> None:
-    store.append("s", [ev(), ev()])
-    before = (log_bytes(store.path), store.head())
+def test_append_with_stale_expected_version_writes_nothing(api: Api) -> None:
+    api.append("s", [ev(), ev()])
+    before = (log_bytes(api.path), api.head())
     with pytest.raises(evstore.ConcurrencyError) as info:
-        store.append("s", [ev()], expected_version=1)
+        api.append("s", [ev()], expected_version=1)
     assert (info.value.expected, info.value.actual) == (1, 2)
-    assert (log_bytes(store.path), store.head()) == before
-    r = store.append("s", [ev()], expected_version=2)
+    assert (log_bytes(api.path), api.head()) == before
+    r = api.append("s", [ev()], expected_version=2)
     assert (r.first_version, r.first_position) == (3, 3)  # no version or position was consumed
 
 
-def test_append_many_is_atomic_across_streams(store: evstore.EventStore) -> None:
-    store.append("b", [ev()])
-    rs = store.append_many([("a", [ev(), ev()], NO_STREAM), ("b", [ev()], 1)])
+def test_append_many_is_atomic_across_streams(api: Api) -> None:
+    api.append("b", [ev()])
+    rs = api.append_many([("a", [ev(), ev()], NO_STREAM), ("b", [ev()], 1)])
     assert rs == [evstore.AppendResult("a", 1, 2, 2, 3), evstore.AppendResult("b", 2, 2, 4, 4)]
-    before = log_bytes(store.path)
+    before = log_bytes(api.path)
     with pytest.raises(evstore.WrongExpectedVersion):
-        store.append_many([("a", [ev()], 2), ("b", [ev()], 1), ("c", [ev()], NO_STREAM)])
-    assert log_bytes(store.path) == before
-    assert (store.stream_version("a"), store.stream_version("b"), store.stream_version("c")) == (2, 2, 0)
+        api.append_many([("a", [ev()], 2), ("b", [ev()], 1), ("c", [ev()], NO_STREAM)])
+    assert log_bytes(api.path) == before
+    assert (api.stream_version("a"), api.stream_version("b"), api.stream_version("c")) == (2, 2, 0)
     with pytest.raises(ValueError):
-        store.append_many([("a", [ev()], ANY), ("a", [ev()], ANY)])
+        api.append_many([("a", [ev()], ANY), ("a", [ev()], ANY)])
     with pytest.raises(ValueError):
-        store.append_many([])
+        api.append_many([])
 
 
-def test_retry_with_same_event_ids_returns_original_result(store: evstore.EventStore) -> None:
+def test_retry_with_same_event_ids_returns_original_result(api: Api) -> None:
     ids = [uuid.uuid4(), uuid.uuid4()]
-    first = store.append("s", [ev(id=ids[0]), ev(id=ids[1])], expected_version=NO_STREAM)
-    store.append("s", [ev()])
+    first = api.append("s", [ev(id=ids[0]), ev(id=ids[1])], expected_version=NO_STREAM)
+    api.append("s", [ev()])
     # the acknowledgement was lost: the retry carries a stale expected version but the same ids
-    again = store.append("s", [ev(id=ids[0]), ev(id=ids[1])], expected_version=NO_STREAM)
+    again = api.append("s", [ev(id=ids[0]), ev(id=ids[1])], expected_version=NO_STREAM)
     assert again == first
-    assert store.stream_version("s") == 3 and store.head() == 3
-    many = store.append_many([("t", [ev(id=(i := uuid.uuid4()))], NO_STREAM)])
-    assert store.append_many([("t", [ev(id=i)], NO_STREAM)]) == many
+    assert api.stream_version("s") == 3 and api.head() == 3
+    many = api.append_many([("t", [ev(id=(i := uuid.uuid4()))], NO_STREAM)])
+    assert api.append_many([("t", [ev(id=i)], NO_STREAM)]) == many
 
 
-def test_reused_event_id_in_another_append_is_refused(store: evstore.EventStore) -> None:
+def test_reused_event_id_in_another_append_is_refused(api: Api) -> None:
     i = uuid.uuid4()
-    store.append("s", [ev(id=i)])
-    before = log_bytes(store.path)
+    api.append("s", [ev(id=i)])
+    before = log_bytes(api.path)
     with pytest.raises(evstore.DuplicateEventId) as info:
-        store.append("other", [ev(id=i)])
+        api.append("other", [ev(id=i)])
     assert info.value.event_id == i and info.value.position == 1
     with pytest.raises(evstore.DuplicateEventId):
-        store.append("s", [ev(id=i), ev(id=uuid.uuid4())])  # a partial overlap is not a retry
+        api.append("s", [ev(id=i), ev(id=uuid.uuid4())])  # a partial overlap is not a retry
     j = uuid.uuid4()
     with pytest.raises(evstore.DuplicateEventId):
-        store.append("s", [ev(id=j), ev(id=j)])
-    assert log_bytes(store.path) == before and store.head() == 1
+        api.append("s", [ev(id=j), ev(id=j)])
+    assert log_bytes(api.path) == before and api.head() == 1
 
 
-def test_read_stream_ranges(store: evstore.EventStore) -> None:
+def test_read_stream_ranges(api: Api) -> None:
     for i in range(10):
-        store.append("s", [ev(data=str(j).encode()) for j in range(i * 3, i * 3 + 3)])
-        store.append("noise", [ev()])
-    versions = lambda **kw: [e.version for e in store.read_stream("s", **kw)]  # noqa: E731
+        api.append("s", [ev(data=str(j).encode()) for j in range(i * 3, i * 3 + 3)])
+        api.append("noise", [ev()])
+    versions = lambda **kw: [e.version for e in api.read_stream("s", **kw)]  # noqa: E731
     assert versions() == list(range(1, 31))
     assert versions(gt=5, lte=9) == [6, 7, 8, 9]
     assert versions(gt=28) == [29, 30]
@@ -155,14 +158,14 @@ def test_read_stream_ranges(store: evstore.EventStore) -> None:
     assert versions(desc=True, limit=3) == [30, 29, 28]
     assert versions(gt=3, lte=8, desc=True) == [8, 7, 6, 5, 4]
     assert versions(limit=0) == [] and versions(gt=30) == [] and versions(gt=9, lte=9) == []
-    assert [e.data for e in store.read_stream("s", gt=10, limit=2)] == [b"10", b"11"]
-    assert store.read_stream("absent") == []
+    assert [e.data for e in api.read_stream("s", gt=10, limit=2)] == [b"10", b"11"]
+    assert api.read_stream("absent") == []
 
 
-def test_read_all_ranges_and_type_filter(store: evstore.EventStore) -> None:
+def test_read_all_ranges_and_type_filter(api: Api) -> None:
     for i in range(20):
-        store.append(f"s{i % 3}", [ev("A"), ev("B" if i % 2 else "C")])
-    positions = lambda **kw: [e.position for e in store.read_all(**kw)]  # noqa: E731
+        api.append(f"s{i % 3}", [ev("A"), ev("B" if i % 2 else "C")])
+    positions = lambda **kw: [e.position for e in api.read_all(**kw)]  # noqa: E731
     assert positions() == list(range(1, 41))
     assert positions(gt=37) == [38, 39, 40]
     assert positions(gt=3, lte=6) == [4, 5, 6]
@@ -321,13 +324,13 @@ def test_racing_writers_on_one_stream_get_exactly_one_winner_per_version(store_p
         assert s.stream_version("hot") == len(wins)
 
 
-def test_read_stream_desc_limit_reads_only_the_newest(store: evstore.EventStore) -> None:
+def test_read_stream_desc_limit_reads_only_the_newest(api: Api) -> None:
     for i in range(50):
-        store.append("s", [ev(data=str(i * 10 + j).encode()) for j in range(10)])
-    newest = store.read_stream("s", desc=True, limit=3)
+        api.append("s", [ev(data=str(i * 10 + j).encode()) for j in range(10)])
+    newest = api.read_stream("s", desc=True, limit=3)
     assert [e.version for e in newest] == [500, 499, 498]
-    assert [e.version for e in store.read_stream("s", gt=100, limit=2)] == [101, 102]
-    assert [e.version for e in store.read_stream("s", lte=5, desc=True, limit=10)] == [5, 4, 3, 2, 1]
+    assert [e.version for e in api.read_stream("s", gt=100, limit=2)] == [101, 102]
+    assert [e.version for e in api.read_stream("s", lte=5, desc=True, limit=10)] == [5, 4, 3, 2, 1]
 
 
 def test_replay_keeps_resident_memory_flat(store_path: str) -> None:

@@ -14,30 +14,33 @@ import evstore
 from evstore import NewEvent
 
 from conftest import PY, python_env
+from facade import AsyncApi, SyncApi
+
+Api = SyncApi | AsyncApi  # the threaded or the asyncio API (the `api` fixture)
 
 
 def ev(t: str = "T") -> NewEvent:
     return NewEvent(t, b"x")
 
 
-def test_tracking_is_written_with_the_events_and_must_advance(store: evstore.EventStore) -> None:
-    assert store.max_tracking("up") is None
-    store.append_many([("s", [ev()], evstore.NO_STREAM)], tracking=("up", 5))
-    assert store.max_tracking("up") == 5 and store.has_tracking("up", 5) and not store.has_tracking("up", 4)
-    store.append_many([], tracking=("up", 9))  # tracking alone
-    assert store.max_tracking("up") == 9 and store.head() == 1
-    before = store.head()
+def test_tracking_is_written_with_the_events_and_must_advance(api: Api) -> None:
+    assert api.max_tracking("up") is None
+    api.append_many([("s", [ev()], evstore.NO_STREAM)], tracking=("up", 5))
+    assert api.max_tracking("up") == 5 and api.has_tracking("up", 5) and not api.has_tracking("up", 4)
+    api.append_many([], tracking=("up", 9))  # tracking alone
+    assert api.max_tracking("up") == 9 and api.head() == 1
+    before = api.head()
     with pytest.raises(evstore.TrackingConflict) as info:
-        store.append_many([("s", [ev()], 1)], tracking=("up", 9))
+        api.append_many([("s", [ev()], 1)], tracking=("up", 9))
     assert (info.value.position, info.value.current) == (9, 9)
-    assert store.head() == before and store.stream_version("s") == 1  # the events were not written either
-    assert store.max_tracking("up2") is None and store.max_tracking("u") is None  # names do not bleed
-    store.append_many([], tracking=("up2", 1))
-    assert store.max_tracking("up") == 9
+    assert api.head() == before and api.stream_version("s") == 1  # the events were not written either
+    assert api.max_tracking("up2") is None and api.max_tracking("u") is None  # names do not bleed
+    api.append_many([], tracking=("up2", 1))
+    assert api.max_tracking("up") == 9
     for bad, exc in [(("up", 0), ValueError), (("up", "1"), TypeError), (("a\x00b", 1), ValueError),
                      ("up", TypeError), (("", 1), ValueError)]:
         with pytest.raises(exc):
-            store.append_many([], tracking=bad)  # type: ignore[arg-type]
+            api.append_many([], tracking=bad)  # type: ignore[arg-type]
 
 
 def test_tracking_survives_reopen_and_index_rebuild(store_path: str, impl: str) -> None:
@@ -51,30 +54,18 @@ def test_tracking_survives_reopen_and_index_rebuild(store_path: str, impl: str) 
             s.append_many([], tracking=("up", 7))
 
 
-def test_subscription_catches_up_then_follows_new_commits(store: evstore.EventStore) -> None:
+def test_subscription_catches_up_then_follows_new_commits(api: Api) -> None:
     for i in range(5):
-        store.append("s", [ev("A"), ev("B")])
-    got: list[int] = []
-    with store.subscribe(gt=3, timeout=5) as sub:
-        def writer() -> None:
-            for _ in range(30):
-                store.append("t", [ev("A")])
-        t = threading.Thread(target=writer)
-        t.start()
-        for e in sub:
-            got.append(e.position)
-            if e.position == 40:
-                break
-        t.join()
+        api.append("s", [ev("A"), ev("B")])
+    got = api.follow(gt=3, timeout=5, until=40, appends=[("t", [ev("A")])] * 30)
     assert got == list(range(4, 41))
 
 
-def test_subscription_type_filter_and_timeout(store: evstore.EventStore) -> None:
-    for i in range(1500):  # more than one internal batch
-        store.append("s", [ev("A" if i % 3 else "B")])
-    sub = store.subscribe(types=["B"], timeout=0.2)
+def test_subscription_type_filter_and_timeout(api: Api) -> None:
+    for c in range(15):  # more than one internal batch
+        api.append("s", [ev("A" if i % 3 else "B") for i in range(c * 100, c * 100 + 100)])
     t0 = time.monotonic()
-    positions = [e.position for e in sub]
+    positions = api.follow(types=["B"], timeout=0.2)
     assert positions == [i + 1 for i in range(1500) if i % 3 == 0]
     assert time.monotonic() - t0 >= 0.2
 

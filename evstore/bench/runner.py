@@ -13,14 +13,14 @@ from dataclasses import replace
 from typing import Any
 
 from evstore.progress import Progress
-from evstore.bench import adapters, appends, categories, maintenance, reads, writepath
+from evstore.bench import adapters, aio, appends, categories, maintenance, reads, writepath
 from evstore.bench.context import Ctx, Workload
 from evstore.bench.results import BACKENDS, Row, Sizes, Target, format_table, json_doc, judge, machine, summary
 
 # In the order they run: open_after_crash, last, appends to the shared datasets.
 WORKLOADS: dict[str, Workload] = {
-    w.name: w for w in (*appends.WORKLOADS, *writepath.WORKLOADS, *reads.WORKLOADS, *adapters.WORKLOADS,
-                        *maintenance.WORKLOADS, *categories.WORKLOADS)
+    w.name: w for w in (*appends.WORKLOADS, *writepath.WORKLOADS, *reads.WORKLOADS, *aio.WORKLOADS,
+                        *adapters.WORKLOADS, *maintenance.WORKLOADS, *categories.WORKLOADS)
 }
 TARGETS: dict[str, Target] = {w.name: w.target for w in WORKLOADS.values() if w.target is not None}
 TARGETS["repository_get_snapshot"] = adapters.SNAPSHOT_TARGET  # rows of the repository_get workload

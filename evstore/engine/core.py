@@ -15,7 +15,10 @@ Locks, in the order in which they may be taken:
 4. `group.sync_cond` — `group.syncing`, `group.durable_seq`, `group.failed`.
 Leaf locks, under which no other lock is taken: `group.ids_lock` (`group.pending_ids`) and the log's
 `fd_lock` (its descriptors). No code takes a lock of a lower number while holding a higher one.
-`commit_cond` only wakes subscribers of this process. Constant after construction: `path`,
+`commit_cond` only wakes subscribers of this process; it also guards `commit_listeners`, which
+`notify_commits` calls under it (a listener must not block and takes no lock: the asyncio handle's
+rings an eventfd). The asyncio handle's `Worker.lock` (evstore/aio/worker.py) is a leaf: it is taken
+under none of these, and none is taken under it. Constant after construction: `path`,
 `readonly`, `durability`, `impl`, `meta`, `pid`. `refs` is guarded by the registry's lock; `forked`
 is set once, in a forked child.
 """
@@ -26,11 +29,14 @@ import os
 import struct
 import threading
 import time
+from collections.abc import Callable
 from types import ModuleType
+from typing import Any
 
 import lmdb
 
 from evstore.format import codec as _impl
+from evstore.engine.checks import check_open_options
 from evstore.engine.groupcommit import GroupCommit
 from evstore.engine.indexer import Indexer
 from evstore.engine.reader import Reader
@@ -48,6 +54,7 @@ from evstore.errors import (
 from evstore.storage.index import Index, is_resource_error
 from evstore.storage.segments import Log
 from evstore.storage import directory
+from evstore.lifecycle import Binding, Lifecycle, make_binder
 
 
 class Core:
@@ -72,6 +79,7 @@ class Core:
         self.log: Log = None  # type: ignore[assignment]
         self.wlock = threading.RLock()
         self.commit_cond = threading.Condition(threading.Lock())
+        self.commit_listeners: tuple[Callable[[], None], ...] = ()  # GUARDED_BY(commit_cond)
         self.indexer = Indexer(self)
         self.reader = Reader(self)
         self.group = GroupCommit(self)
@@ -204,6 +212,21 @@ class Core:
         """Wake the subscribers of this process: commits became durable or indexed."""
         with self.commit_cond:
             self.commit_cond.notify_all()
+            for fn in self.commit_listeners:
+                fn()
+
+    def add_commit_listener(self, fn: Callable[[], None]) -> None:
+        """Call `fn()` whenever `notify_commits` wakes the subscribers (from the thread that made the
+        commits durable or indexed, under `commit_cond`): it must return at once and take no lock, e.g.
+        write to an eventfd an event loop watches."""
+        with self.commit_cond:
+            self.commit_listeners = (*self.commit_listeners, fn)
+
+    def remove_commit_listener(self, fn: Callable[[], None]) -> None:
+        """Stop calling `fn`; when this returns no call of it is under way (so its resources may be
+        released). Removing a listener that is not there does nothing."""
+        with self.commit_cond:
+            self.commit_listeners = tuple(f for f in self.commit_listeners if f != fn)
 
     # -- closing ---------------------------------------------------------------------------
 
@@ -338,3 +361,16 @@ class Registry:
 
 
 registry = Registry()
+
+
+def open_core(path: Any, *, create: bool, readonly: bool, durability: str | None, segment_size: int,
+              map_size: int, log_impl: str | None,
+              lifecycles: Binding | None) -> tuple[Core, Callable[[Any], Lifecycle | None] | None]:
+    """`evstore.open` but the handle, for the front ends (`evstore.store`, `evstore.aio`): check the
+    arguments, open (or share) the core of the store at `path` — one reference, released by the
+    handle's close — and make the lifecycle binder. Raises: as `evstore.open`."""
+    binder = make_binder(lifecycles)
+    p = check_open_options(path, durability, segment_size, map_size)
+    core = registry.open(os.path.realpath(p), create=create, readonly=readonly, durability=durability,
+                         segment_size=segment_size, map_size=map_size, log_impl=log_impl)
+    return core, binder

@@ -32,6 +32,7 @@ new_record = tuple.__new__
 Chunk = tuple[Any, list[int], int, int]  # mapping, record offsets, region start, region end
 QueryItems = list[tuple["frozenset[bytes] | None", tuple[bytes, ...]]]
 _PAGE = mmap.PAGESIZE
+SCAN_BATCH = 8192  # events per scanned chunk of the log (fewer for a caller that must not hold its thread)
 
 
 class Reader:
@@ -174,18 +175,20 @@ class Reader:
         return "scan", seg_first, off, next_pos, stop
 
     def plan_chunks(self, plan: Any, gt: int, limit: int | None, tfilter: tuple[bytes, ...] | None,
-                    part: tuple[int, int] | None = None) -> Iterator[Chunk]:
+                    part: tuple[int, int] | None = None, batch: int = SCAN_BATCH) -> Iterator[Chunk]:
         """The chunks of a plan from `all_plan` (not None); with `part` = (i, n), of the streams of
-        member i of a group of n only (see `evstore.storage.postings.stream_hash`)."""
+        member i of a group of n only (see `evstore.storage.postings.stream_hash`). A scanned chunk
+        holds at most `batch` events (a whole commit's when it holds more), a chunk of a "runs" plan
+        one commit's."""
         if plan[0] == "category":
             _kind, first, most, category, stop = plan
             return categories.category_chunks(self.core, first, most, category, gt, stop, limit, tfilter, part)
         if part is not None:
-            return categories.partition_chunks(self.plan_chunks(plan, gt, None, tfilter), part, limit)
+            return categories.partition_chunks(self.plan_chunks(plan, gt, None, tfilter, batch=batch), part, limit)
         if plan[0] == "runs":
             return self.run_chunks(plan[1], gt, plan[2], limit, tfilter or ())
         _kind, seg_first, off, next_pos, stop = plan
-        return self.scan_chunks(seg_first, off, next_pos, gt, stop, limit, tfilter)
+        return self.scan_chunks(seg_first, off, next_pos, gt, stop, limit, tfilter, batch)
 
     def run_chunks(self, runs: list[ix.CommitLoc], gt: int, stop: int, limit: int | None,
                    tfilter: tuple[bytes, ...]) -> Iterator[Chunk]:
@@ -209,7 +212,7 @@ class Reader:
                 return
 
     def scan_chunks(self, seg_first: int, off: int, next_pos: int, gt: int, stop: int, limit: int | None,
-                    tfilter: tuple[bytes, ...] | None) -> Iterator[Chunk]:
+                    tfilter: tuple[bytes, ...] | None, batch: int = 0) -> Iterator[Chunk]:
         """Scanned batches of event records (C: verify and filter whole commits) from `off` of segment
         `seg_first`, within gt < position <= stop, at most `limit`."""
         core = self.core
@@ -217,7 +220,9 @@ class Reader:
         unpack = HEADER.unpack_from
         left = limit if limit is not None else -1
         seg = log.segment(seg_first)
-        max_out = 8192 if limit is None else min(8192, limit + 16)  # a page reads little more than it returns
+        max_out = batch or SCAN_BATCH
+        if limit is not None:
+            max_out = min(max_out, limit + 16)  # a page reads little more than it returns
         while True:
             buf = seg.full_buffer()
             scanner = SegmentScanner(core.impl, seg.path, buf, len(buf), off, next_pos, last=False,
@@ -282,19 +287,25 @@ class Reader:
             for types, tags in items:
                 if not tags and types is None:
                     return self.read_range(gt, stop, limit)
+                # The first `limit` matches of each item hold the first `limit` of their union:
+                # an item's walk stops there, so that a page reads about what it returns.
                 if not tags:
                     tf = tuple(sorted(types or ()))
                     runs = postings.type_postings(index, txn, tf, gt, stop)
-                    for buf, offsets, _s, _e in self.run_chunks(runs, gt, stop, None, tf):
+                    for buf, offsets, _s, _e in self.run_chunks(runs, gt, stop, limit, tf):
                         for o in offsets:
                             found.setdefault(HEADER.unpack_from(buf, o)[7], new_record(RecordedEvent, (buf, o, None)))
                     continue
+                matched = 0
                 for pos, seg, off in postings.tag_postings(index, txn, tags[0], gt, stop):
+                    if limit is not None and matched >= limit:
+                        break
                     if pos in found:
                         continue
                     rec = self.record(seg, off)
                     if (types is None or rec.type.encode("utf-8") in types) and set(tags) <= tag_set(rec):
                         found[pos] = rec
+                        matched += 1
         out = [found[p] for p in sorted(found)]
         if limit is not None:
             del out[limit:]

@@ -64,18 +64,25 @@ class Writer:
         group = self.core.group
         for _attempt in range(100):
             try:
-                return self._commit(parts, controls, binder, ts, condition)
+                results, seq = self.commit_once(parts, controls, binder, ts, condition)
+                group.await_durable(seq)
+                return results
             except NeedFlush:
                 group.await_durable(group.written_seq)  # index what is written, then check again
                 group.flush_index()
         try:
-            return self._commit(parts, controls, binder, ts, condition)
+            results, seq = self.commit_once(parts, controls, binder, ts, condition)
+            group.await_durable(seq)
+            return results
         except NeedFlush:
             raise EvstoreError("other writers kept the index behind: the append's checks (condition or "
                                "lifecycle state) could not be made; retry") from None
 
-    def _commit(self, parts: list[Part], controls: Sequence[ControlRecord], binder: Binder | None,
-                ts: int | None, condition: CheckedCondition | None) -> list[AppendResult]:
+    def commit_once(self, parts: list[Part], controls: Sequence[ControlRecord], binder: Binder | None,
+                    ts: int | None, condition: CheckedCondition | None) -> tuple[list[AppendResult], int]:
+        """One attempt at `commit` that does not wait for durability: (results, the commit's sequence
+        number for `GroupCommit.await_durable`; 0 for an idempotent retry, durable already). Raises
+        `NeedFlush` when a check needs the written commits indexed first, and whatever `commit` raises."""
         core = self.core
         group = core.group
         indexer = core.indexer
@@ -85,7 +92,7 @@ class Writer:
                 raise StoreClosed(core.path)
             done = self.idempotent(parts)
             if done is not None:
-                return done
+                return done, 0
             if condition is not None:
                 if group.indexed_seq < group.written_seq:
                     raise NeedFlush  # the check reads the index: index what is written first
@@ -106,9 +113,7 @@ class Writer:
                         controls = [*controls, mark]
             if len({p.key for p in parts}) != len(parts):
                 raise ValueError("append_many names a stream twice; put its events in one entry")
-            results, seq = self.write(parts, controls, ts)
-        group.await_durable(seq)
-        return results
+            return self.write(parts, controls, ts)
 
     def append_plain(self, stream: Stream, events: list[Any], expected: Any,
                      fields: tuple[Sequence[object], Sequence[object], Sequence[object]] | None = None
@@ -118,6 +123,17 @@ class Writer:
         of `commit` that apply, one encoder call and the write. None, with nothing written, when an
         event is not plain (or not valid): the caller then takes `commit`, which says what is wrong.
         `fields`: the events as (type names, data, metadata) instead (`events` is then ignored)."""
+        done = self.append_plain_once(stream, events, expected, fields)
+        if done is None:
+            return None
+        self.core.group.await_durable(done[1])
+        return done[0]
+
+    def append_plain_once(self, stream: Stream, events: list[Any], expected: Any,
+                          fields: tuple[Sequence[object], Sequence[object], Sequence[object]] | None = None
+                          ) -> tuple[AppendResult, int] | None:
+        """`append_plain` without the durable wait: (result, the commit's sequence number for
+        `GroupCommit.await_durable`), or None as `append_plain`. Raises as `append_plain`."""
         if fields is None:
             if not events:
                 return None  # `commit` says what is wrong, in its order of checks
@@ -150,8 +166,7 @@ class Writer:
             if enc is None:
                 return None
             results, seq = self.install(enc, (), {key: h})
-        group.await_durable(seq)
-        return results[0]
+        return results[0], seq
 
     def check_state(self, p: Part, h: Head | None, binder: Binder | None) -> ControlRecord | None:
         """Check expected_state and the lifecycle of one part; the `$state` mark to write, if any."""
