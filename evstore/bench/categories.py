@@ -64,7 +64,8 @@ def _sqlite(ctx: Ctx, data: CategoryData) -> str:
     for v0 in range(1, STREAM + 1, COMMIT):
         for i in range(data.streams):
             oid = f"cat{i % CATEGORIES}-{i}"
-            rec.insert_events([StoredEvent(oid, v, TOPICS[(v - 1) % 4], PAYLOAD) for v in range(v0, v0 + COMMIT)])
+            rec.insert_events([StoredEvent(originator_id=oid, originator_version=v,  # keywords: 10 takes only these
+                                           topic=TOPICS[(v - 1) % 4], state=PAYLOAD) for v in range(v0, v0 + COMMIT)])
     ds.close()
     return path
 
