@@ -383,37 +383,12 @@ int evl_encode_commit(const uint8_t *in, size_t in_len, const evl_enc_part *part
     return 0;
 }
 
-int evl_write(int fd, const uint8_t *buf, size_t n, int sync)
+/* Write all n bytes of buf: at the file offset when `at` is 0, else at `off` (pwrite). Retries EINTR
+ * and short writes; 0 or -errno (-EIO when no progress is made). */
+static int write_all(int fd, const uint8_t *buf, size_t n, int at, uint64_t off)
 {
     while (n > 0) {
-        ssize_t k = write(fd, buf, n);
-        if (k < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        if (k == 0)
-            return -EIO; /* no progress and no error: fail rather than spin */
-        buf += k;
-        n -= (size_t)k;
-    }
-    if (sync) {
-        int rc;
-        do
-            rc = fdatasync(fd);
-        while (rc != 0 && errno == EINTR);
-        if (rc != 0)
-            return -errno;
-    }
-    return 0;
-}
-
-int evl_pwrite(int fd, const uint8_t *buf, size_t n, uint64_t off)
-{
-    if (off > (uint64_t)INT64_MAX || n > (uint64_t)INT64_MAX - off)
-        return -EINVAL;
-    while (n > 0) {
-        ssize_t k = pwrite(fd, buf, n, (off_t)off);
+        ssize_t k = at ? pwrite(fd, buf, n, (off_t)off) : write(fd, buf, n);
         if (k < 0) {
             if (errno == EINTR)
                 continue;
@@ -426,6 +401,24 @@ int evl_pwrite(int fd, const uint8_t *buf, size_t n, uint64_t off)
         off += (uint64_t)k;
     }
     return 0;
+}
+
+int evl_write(int fd, const uint8_t *buf, size_t n, int sync)
+{
+    int rc = write_all(fd, buf, n, 0, 0);
+    if (rc != 0 || !sync)
+        return rc;
+    do
+        rc = fdatasync(fd);
+    while (rc != 0 && errno == EINTR);
+    return rc != 0 ? -errno : 0;
+}
+
+int evl_pwrite(int fd, const uint8_t *buf, size_t n, uint64_t off)
+{
+    if (off > (uint64_t)INT64_MAX || n > (uint64_t)INT64_MAX - off)
+        return -EINVAL;
+    return write_all(fd, buf, n, 1, off);
 }
 
 /* ---- scanning --------------------------------------------------------------------------- */
