@@ -380,3 +380,28 @@ def test_an_interrupt_while_a_commit_becomes_durable_leaves_the_store_usable(sto
         assert [e.data for e in s.read_stream("a")] == [b"1", b"2", b"3"] and s.stream_version("a") == 3
     with evstore.open(store_path, log_impl=impl) as s:
         assert [e.data for e in s.read_stream("a")] == [b"1", b"2", b"3"]
+
+
+def test_the_overlay_drops_exactly_the_indexed_batches_of_a_hot_stream() -> None:
+    from evstore.engine.overlay import Overlay
+    from evstore.storage.index import EXTENT_KEY, EXTENT_VAL, Head, IndexBatch
+
+    def batch(num: int, key: bytes, v: int) -> IndexBatch:
+        b = IndexBatch()
+        h = Head(num)
+        h.version = v
+        b.heads[key] = h.pack()
+        b.extents.append((EXTENT_KEY.pack(num, v), EXTENT_VAL.pack(0, v * 64, 1, 64)))
+        return b
+
+    ov = Overlay()
+    hot = [batch(1, b"shot", v) for v in range(1, 2001)]
+    cold = batch(2, b"scold", 1)
+    ov.add(hot[:1000] + [cold] + hot[1000:])
+    ov.remove(hot[:1500])  # the index has the first 1500 of the hot stream's commits, not the rest
+    got = ov.stream(b"shot")
+    assert got is not None
+    assert [EXTENT_KEY.unpack(k)[1] for k, _v in got[1]] == list(range(1501, 2001))
+    assert ov.stream(b"scold") is not None
+    ov.remove(hot[1500:] + [cold])
+    assert ov.stream(b"shot") is None and ov.stream(b"scold") is None

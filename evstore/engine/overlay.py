@@ -82,17 +82,17 @@ class Overlay:
     def remove(self, batches: list[IndexBatch]) -> None:
         """The index transaction holding `batches` has committed: the index has their entries."""
         done = {id(b) for b in batches}
-        with self.lock:
+        keys = {key: None for b in batches for key in b.heads}  # each stream once: a hot stream has
+        with self.lock:                                         # an extent in many of the batches
             streams = self.streams
-            for b in batches:
-                for key in b.heads:
-                    e = streams.get(key)
-                    if e is None:
-                        continue
-                    if id(e.batch) in done:
-                        del streams[key]
-                    else:
-                        e.extents = [x for x in e.extents if id(x[0]) not in done]
+            for key in keys:
+                e = streams.get(key)
+                if e is None:
+                    continue
+                if id(e.batch) in done:
+                    del streams[key]
+                else:
+                    e.extents = [x for x in e.extents if id(x[0]) not in done]
 
     def stream(self, key: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]] | None:
         """A copy of stream `key`'s entry: (packed head, [(extent key, extent value)]), or None."""
