@@ -383,6 +383,29 @@ int evl_encode_commit(const uint8_t *in, size_t in_len, const evl_enc_part *part
     return 0;
 }
 
+_Static_assert(sizeof(evl_enc_event) == 6 * sizeof(uint32_t), "evl_enc_event is 6 uint32_t");
+
+long long evl_encode_run(const uint8_t *in, size_t in_len, uint32_t stream_len, uint32_t flags,
+                         uint64_t version, const uint32_t *events, size_t n_events,
+                         const uint8_t *random_ids, uint64_t first_position, uint64_t recorded_at,
+                         uint8_t *out, size_t out_cap, uint64_t *offsets)
+{
+    if (n_events == 0 || events == NULL || n_events > UINT32_MAX)
+        return EVL_EINVAL;
+    for (size_t i = 0; i < n_events; i++)
+        if (events[6 * i + 4] != 0)
+            return EVL_EINVAL;
+    evl_enc_part part = {version, (uint32_t)n_events, stream_len, flags, 0};
+    size_t size = 0;
+    /* evl_enc_event is 6 uint32_t without padding (evlog.h), so the flat array is an array of them. */
+    int rc = evl_encode_commit(in, in_len, &part, 1, (const evl_enc_event *)(const void *)events,
+                               n_events, NULL, 0, random_ids, n_events, first_position, recorded_at,
+                               out, out_cap, &size, offsets);
+    if (rc != 0)
+        return rc;
+    return (long long)size;
+}
+
 /* Write all n bytes of buf: at the file offset when `at` is 0, else at `off` (pwrite). Retries EINTR
  * and short writes; 0 or -errno (-EIO when no progress is made). */
 static int write_all(int fd, const uint8_t *buf, size_t n, int at, uint64_t off)

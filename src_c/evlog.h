@@ -148,6 +148,30 @@ int evl_encode_commit(const uint8_t *in, size_t in_len, const evl_enc_part *part
                       uint64_t *offsets);
 
 /*
+ * evl_encode_commit() of the common commit: one stream's events and no control record, with
+ * every event taking a random id, and the descriptors as a flat array of integers (6 per event, in
+ * the order of evl_enc_event's fields), so that a caller passes plain integers and lists.
+ * @param[in]  in          the stream id's bytes, then each event's type, metadata, tags part and data.
+ * @param[in]  in_len      bytes of in.
+ * @param[in]  stream_len  bytes of the stream id at the start of in (0 .. 65535).
+ * @param[in]  flags       0 or EVL_FLAG_UUID_STREAM.
+ * @param[in]  version     the stream's version before the commit.
+ * @param[in]  events      6 * n_events integers: type_len, meta_len, tags_len, data_len, id_len (must
+ *                         be 0) and schema of each event.
+ * @param[in]  n_events    at least 1.
+ * @param[in]  random_ids  16 * n_events random bytes (one id per event, as evl_encode_commit).
+ * @param[in]  first_position, recorded_at, out, out_cap, offsets  as evl_encode_commit (offsets:
+ *                         room for n_events offsets, or NULL).
+ * @return the size of the commit (> 0) when it was written; or, with nothing written, EVL_EFULL
+ *         when out_cap is under that size, EVL_EINVAL for an id_len that is not 0, n_events 0, or
+ *         any input evl_encode_commit refuses.
+ */
+long long evl_encode_run(const uint8_t *in, size_t in_len, uint32_t stream_len, uint32_t flags,
+                         uint64_t version, const uint32_t *events, size_t n_events,
+                         const uint8_t *random_ids, uint64_t first_position, uint64_t recorded_at,
+                         uint8_t *out, size_t out_cap, uint64_t *offsets);
+
+/*
  * Write all n bytes to fd at its current offset (retrying on EINTR and short writes), then,
  * if sync is non-zero, fdatasync(fd). Runs without touching any caller state.
  * @param[in] fd    an open file descriptor (opened O_APPEND or positioned by the caller).

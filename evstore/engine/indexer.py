@@ -40,7 +40,7 @@ from evstore.storage.index import (
     IndexBatch,
     max_tracking,
 )
-from evstore.storage.postings import CATEGORY_VAL, category_postings_of, category_prefix
+from evstore.storage.postings import CATEGORY_VAL, category_of_key, category_postings_of, category_prefix, stream_hash
 from evstore.storage.segments import Commit, Log
 
 if TYPE_CHECKING:
@@ -175,6 +175,32 @@ class Indexer:
         for x, xo in zip(controls, enc.control_offsets):
             self.index_control(batch, x, seg, off + xo)
         batch.checkpoint = CHECKPOINT.pack(seg, end, enc.first_position + enc.n_events)
+
+    def index_run(self, batch: IndexBatch, seg: int, off: int, enc: EncodedCommit, head: Head | None) -> None:
+        """`index_encoded` of a commit of one stream's events and nothing else (the append fast path),
+        whose head the writer's checks found (`head`; None: a new stream): the same entries, made
+        without the general loops (tests/test_index_differential.py compares them)."""
+        key, v0, v1, o, nbytes = enc.runs[0]
+        fp = enc.first_position
+        n = enc.n_events
+        size = len(enc.buf)
+        end = off + size
+        h = self.head_or_new(batch, key, {key: head})
+        h.version = v1
+        where = EXTENT_VAL.pack(seg, off, n, size)
+        pk = COMMIT_KEY.pack(fp)
+        batch.commits.append((pk, where))
+        batch.extents.append((EXTENT_KEY.pack(h.num, v0), EXTENT_VAL.pack(seg, off + o, n, nbytes)))
+        batch.heads[key] = h.pack()
+        type_ids = self.type_ids
+        for tb in enc.types:
+            tid = type_ids.get(tb)
+            batch.types.append((TYPE_KEY.pack(tid if tid is not None else self.type_id(tb, batch), fp), where))
+        cat = category_of_key(key)
+        if cat is not None:
+            batch.categories.append((category_prefix(cat) + pk, CATEGORY_VAL.pack(
+                seg, off, n, size, n, stream_hash(key[1:]), 1)))
+        batch.checkpoint = CHECKPOINT.pack(seg, end, fp + n)
 
     # -- shared by both ----------------------------------------------------------------------
 

@@ -165,8 +165,13 @@ class Writer:
                                               self.next_position, time.time_ns())
             if enc is None:
                 return None
-            results, seq = self.install(enc, (), {key: h})
-        return results[0], seq
+            seg, off = core.log.append(enc.buf, enc.first_position, enc.n_events)
+            # The commit is in the log: from here on, state changes are installed (as `install`).
+            batch = IndexBatch()
+            core.indexer.index_run(batch, seg.first, off, enc, h)
+            self.next_position = enc.first_position + enc.n_events
+            seq = core.group.add_written(batch, enc.ids)
+        return enc.results[0], seq
 
     def check_state(self, p: Part, h: Head | None, binder: Binder | None) -> ControlRecord | None:
         """Check expected_state and the lifecycle of one part; the `$state` mark to write, if any."""

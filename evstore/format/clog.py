@@ -7,6 +7,7 @@ exported, so they cannot be resized or unmapped meanwhile.
 
 from __future__ import annotations
 
+import functools
 import os
 import struct
 from array import array
@@ -306,15 +307,17 @@ def _encode_run(stream: Stream, key: bytes, stored: bytes, flags: int, version: 
     if size - COMMIT_SIZE > MAX_COMMIT_BYTES or first_position + n > 0xFFFF_FFFF_FFFF_FFFF:
         return None
     buf = bytearray(size)
-    offs = _new_out("uint64_t[]", n + 1)
-    out_len = _new_out("size_t *")
-    part = _PART.pack(version, n, len(stored), flags, 0)
-    with ffi.from_buffer("uint8_t[]", buf, require_writable=True) as pout:
-        rc = lib.evl_encode_commit(inb, len(inb), ffi.from_buffer("evl_enc_part[]", part), 1,
-                                   ffi.from_buffer("evl_enc_event[]", array("I", desc)), n, ffi.NULL, 0,
-                                   random_bytes(16 * n), n, first_position, ts, pout, size, out_len, offs)
-    if rc:
+    # evl_encode_run takes the descriptors as a list (cffi passes it as a temporary array) and the
+    # buffer without a `with`: nothing resizes it while the call runs.
+    if lib.evl_encode_run(inb, len(inb), len(stored), flags, version, desc, n, random_bytes(16 * n),
+                          first_position, ts, ffi.from_buffer("uint8_t[]", buf, require_writable=True), size,
+                          ffi.NULL) != size:
         return None
     last = first_position + n - 1
-    return EncodedCommit(buf, first_position, n, [AppendResult(stream, version + 1, version + n, first_position, last)],
-                         [(key, version + 1, version + n, 0, size - COMMIT_SIZE)], types, [], [], [])
+    return _commit((buf, first_position, n, [_result((stream, version + 1, version + n, first_position, last))],
+                    [(key, version + 1, version + n, 0, size - COMMIT_SIZE)], types, [], [], []))
+
+
+# The named tuples built from whole tuples (C speed), not through their keyword-taking __new__.
+_commit = functools.partial(tuple.__new__, EncodedCommit)
+_result = functools.partial(tuple.__new__, AppendResult)

@@ -329,6 +329,30 @@ static void encode_roundtrip(const uint8_t *src, size_t src_n, uint64_t *rng)
                             n_random, first, 77, out, size, &got, offsets) == 0);
     CHECK(got == size);
 
+    /* evl_encode_run of a one-part commit without control records gives the same bytes, or refuses
+     * (nothing written) an event with a caller id. */
+    if (n_parts == 1 && n_controls == 0 && n_events > 0) {
+        uint8_t *run = malloc(size);
+        uint64_t run_offsets[ENC_EVENTS];
+        CHECK(run != NULL);
+        memset(run, 0xAB, size);
+        long long r = evl_encode_run(exact, cur, parts[0].stream_len, parts[0].flags, parts[0].version,
+                                     (const uint32_t *)(const void *)events, n_events, ids, first, 77, run,
+                                     size, run_offsets);
+        if (ids_given == 0) {
+            CHECK(r == (long long)size && memcmp(run, out, size) == 0);
+            CHECK(memcmp(run_offsets, offsets, n_events * sizeof *offsets) == 0);
+            CHECK(evl_encode_run(exact, cur, parts[0].stream_len, parts[0].flags, parts[0].version,
+                                 (const uint32_t *)(const void *)events, n_events, ids, first, 77, run,
+                                 size - 1, NULL) == EVL_EFULL);
+        } else {
+            CHECK(r == EVL_EINVAL);
+            for (size_t i = 0; i < size; i++)
+                CHECK(run[i] == 0xAB);
+        }
+        free(run);
+    }
+
     /* It scans as one whole commit whose records are at the offsets returned. */
     evl_scan_state s = {.next_position = first, .kinds = ALL_KINDS & ~(1u << EVL_KIND_COMMIT),
                         .out = seen, .max_out = ENC_EVENTS + ENC_CONTROLS + 1};
