@@ -79,6 +79,54 @@ def test_failed_fsync_stops_writes_until_reopen(store_path: str, impl: str, monk
         assert [e.position for e in s.read_all()] == list(range(1, len(data) + 2))
 
 
+def test_a_failed_fsync_in_a_group_wakes_every_waiter_with_an_error(store_path: str, impl: str,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eight threads append while each sync is slow; the tenth sync fails. Every append returns or
+    raises StoreFailed (none hangs), and every one that returned is in the store when it is reopened."""
+    import threading
+    import time
+
+    from evstore import store as store_mod
+
+    real = store_mod.os.fdatasync
+    syncs = [0]
+
+    def slow_then_broken(fd: int) -> None:
+        syncs[0] += 1
+        time.sleep(0.002)
+        if syncs[0] >= 10:
+            raise OSError(errno.EIO, "Input/output error")
+        real(fd)
+
+    done: dict[str, list[int]] = {}
+    failed: list[str] = []
+    with evstore.open(store_path, log_impl=impl) as s:
+        monkeypatch.setattr(store_mod.os, "fdatasync", slow_then_broken)
+
+        def work(name: str) -> None:
+            done[name] = []
+            for i in range(50):
+                try:
+                    s.append(name, [NewEvent("T", b"%d" % i)])
+                except evstore.StoreFailed:
+                    failed.append(name)
+                    return
+                done[name].append(i)
+
+        threads = [threading.Thread(target=work, args=(f"s-{k}",)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        assert not any(t.is_alive() for t in threads), "a waiter was never woken"
+        assert sorted(failed) == sorted(done)  # every thread met the failure
+        monkeypatch.undo()
+    with evstore.open(store_path, log_impl=impl) as s:
+        for name, acked in done.items():
+            got = [int(e.data) for e in s.read_stream(name)]
+            assert got[: len(acked)] == acked
+
+
 def test_full_lmdb_map_grows(store_path: str, impl: str) -> None:
     with evstore.open(store_path, log_impl=impl, map_size=1 << 20, durability="os") as s:
         for i in range(3000):

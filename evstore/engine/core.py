@@ -12,7 +12,7 @@ Locks, in the order in which they may be taken:
    `group.written_seq`, `group.pending`;
 2. `group.index_lock` — one index transaction at a time; `group.indexed_seq`, `group.index_error`;
 3. `group.queue_lock` — `group.unindexed`, `group.unindexed_seq`;
-4. `group.sync_cond` — `group.syncing`, `group.durable_seq`, `group.failed`.
+4. `group.sync_lock` — `group.syncing`, `group.sync_waiters`, `group.durable_seq`, `group.failed`.
 Leaf locks, under which no other lock is taken: `group.ids_lock` (`group.pending_ids`) and the log's
 `fd_lock` (its descriptors). No code takes a lock of a lower number while holding a higher one.
 `commit_cond` only wakes subscribers of this process; it also guards `commit_listeners`, which

@@ -18,7 +18,7 @@ Locks (the order in which they may be taken is that of `Core`'s docstring):
 - `index_lock` guards `indexed_seq`, `index_error` and every index write transaction;
 - `queue_lock` guards `unindexed` and `unindexed_seq`; the overlay's leaf lock its entries, added under
   `queue_lock` as commits become durable (read-your-writes for stream reads: engine/overlay.py);
-- `sync_cond` guards `syncing`, `durable_seq` and `failed`.
+- `sync_lock` guards `syncing`, `sync_waiters`, `durable_seq` and `failed`.
 `failed` is sticky: once set (an fsync failed, or a read found the log damaged) every write raises
 `StoreFailed` until the store is reopened.
 """
@@ -44,16 +44,31 @@ if TYPE_CHECKING:
 INDEX_DELAY = {"fsync": 0.005, "os": 0.02}
 
 
+def release_all(locks: list[threading.Lock]) -> None:
+    """Release every lock of `locks` (each held for a waiter blocked on it), even when an exception
+    (a KeyboardInterrupt) interrupts the loop. A woken waiter holds its lock again and never
+    releases it, so releasing a lock still held is always safe here."""
+    try:
+        for w in locks:
+            w.release()
+    except BaseException:
+        for w in locks:
+            if w.locked():
+                w.release()
+        raise
+
+
 class GroupCommit:
     """The durability state of one store (see the module docstring)."""
 
     def __init__(self, core: Core) -> None:
         self.core = core
         self.os_mode = core.durability == "os"  # constant
-        self.sync_cond = threading.Condition(threading.Lock())
-        self.syncing = False  # GUARDED_BY(sync_cond): a thread is syncing for the group
-        self.durable_seq = 0  # GUARDED_BY(sync_cond)
-        self.failed: BaseException | None = None  # GUARDED_BY(sync_cond); sticky
+        self.sync_lock = threading.Lock()
+        self.syncing = False  # GUARDED_BY(sync_lock): a thread is syncing for the group
+        self.sync_waiters: list[threading.Lock] = []  # GUARDED_BY(sync_lock): held locks of the round's waiters
+        self.durable_seq = 0  # GUARDED_BY(sync_lock) for writes; read without it as a hint (it only grows)
+        self.failed: BaseException | None = None  # GUARDED_BY(sync_lock); sticky
         self.written_seq = 0  # GUARDED_BY(writer lock)
         self.pending: list[IndexBatch] = []  # GUARDED_BY(writer lock): written, not yet durable
         self.ids_lock = threading.Lock()  # a leaf lock (no lock is taken under it)
@@ -87,7 +102,7 @@ class GroupCommit:
             self.unindexed.append(batch)
             self.unindexed_seq = seq
             self.add_to_overlay([batch])
-        with self.sync_cond:
+        with self.sync_lock:
             self.durable_seq = seq
         log = self.core.log
         if log.retired_fds:  # sealed segments' descriptors: no syncer uses them in this mode
@@ -120,7 +135,7 @@ class GroupCommit:
         append, so that nothing is acknowledged after damage that `recover` would cut off."""
         err = CorruptedError(path, offset, reason)
         if not self.core.readonly and self.failed is None:
-            with self.sync_cond:
+            with self.sync_lock:
                 if self.failed is None:
                     self.failed = err
         return err
@@ -139,22 +154,28 @@ class GroupCommit:
                 self.kick_indexer()
             return
         core = self.core
-        cond = self.sync_cond
+        lock = self.sync_lock
         err: BaseException | None = None
         interrupted: BaseException | None = None
         target = seq
         batches: list[IndexBatch] = []
-        with cond:
-            while self.durable_seq < seq:
+        while True:
+            if self.durable_seq >= seq:  # a hint (it only grows): durable, no lock needed
+                return
+            with lock:
+                if self.durable_seq >= seq:
+                    return
                 if self.failed is not None:
                     raise StoreFailed(f"the commit may not be durable: {self.failed}; reopen the store")
-                if self.syncing:
-                    cond.wait()
-                    continue
-                self.syncing = True
-                break
-            else:
-                return
+                if not self.syncing:
+                    self.syncing = True
+                    break
+                # Wait for the round under way on a lock of our own, which its syncer releases after
+                # it has left `sync_lock`: woken waiters do not crowd back onto one lock.
+                w = threading.Lock()
+                w.acquire()
+                self.sync_waiters.append(w)
+            w.acquire()
         try:
             with core.wlock:
                 target = self.written_seq
@@ -180,13 +201,14 @@ class GroupCommit:
                     self.unindexed_seq = target
                     self.add_to_overlay(batches)
         finally:  # whatever interrupts this thread, the next waiter can sync
-            with cond:
+            with lock:
                 self.syncing = False
                 if err is None and interrupted is None:
                     self.durable_seq = max(self.durable_seq, target)
                 elif err is not None:
                     self.failed = err
-                cond.notify_all()
+                waiters, self.sync_waiters = self.sync_waiters, []
+            release_all(waiters)
         if interrupted is not None:
             raise interrupted
         if err is not None:
@@ -203,7 +225,7 @@ class GroupCommit:
         try:
             os.fdatasync(fd)
         except OSError as e:
-            with self.sync_cond:
+            with self.sync_lock:
                 self.failed = e
             raise StoreFailed(f"the log could not be synced ({e}); reopen the store") from e
         finally:
