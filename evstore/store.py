@@ -29,6 +29,7 @@ from evstore.engine.checks import (
     check_position,
     check_snapshot,
     check_stream,
+    checked_stream_key,
     check_timeout,
     query_items,
     tracking_name,
@@ -37,7 +38,7 @@ from evstore.engine.checks import (
 )
 from evstore.engine.core import Core, lmdb_error, open_core, registry
 from evstore.engine.maintenance import Maintenance
-from evstore.engine.reader import Chunk, new_record
+from evstore.engine.reader import Chunk, StreamChunk, new_record
 from evstore.errors import (
     ReadOnlyStore,
     StoreClosed,
@@ -309,10 +310,14 @@ class EventStore:
         at most `limit` of them. An absent stream reads as empty.
 
         Raises: StreamDeleted for a tombstoned stream; CorruptedError when a record is damaged."""
-        out: list[RecordedEvent] = []
+        chunks = self._stream_regions(stream, gt, lte, desc, limit)
         up = self._up
-        for buf, offsets, start, end in self._stream_regions(stream, gt, lte, desc, limit):
-            recs = [new_record(RecordedEvent, (buf, o, stream)) for o in offsets]
+        if len(chunks) == 1 and up is None and not desc:  # the common read: one extent, no upcasters
+            buf, offsets, _s, _e = chunks[0]
+            return [RecordedEvent((buf, o, stream)) for o in offsets]
+        out: list[RecordedEvent] = []
+        for buf, offsets, start, end in chunks:
+            recs = [RecordedEvent((buf, o, stream)) for o in offsets]
             if up is not None and up.region_needs(buf, start, end):
                 recs = up.apply_list(recs)
             out.extend(recs)
@@ -326,18 +331,18 @@ class EventStore:
         """`read_stream` in raw form, for adapters that build their own objects (zero-copy): (mapping,
         record offsets) pairs in read order. Records are as stored (upcasters are not applied); the
         layout is docs/log_format.md's."""
-        chunks = [(buf, offs) for buf, offs, _s, _e in self._stream_regions(stream, gt, lte, desc, limit)]
+        chunks = [(buf, list(offs)) for buf, offs, _s, _e in self._stream_regions(stream, gt, lte, desc, limit)]
         if desc:
             chunks = [(buf, offs[::-1]) for buf, offs in reversed(chunks)]
         return chunks
 
     def _stream_regions(self, stream: Stream, gt: int | None, lte: int | None, desc: bool,
-                        limit: int | None) -> list[Chunk]:
+                        limit: int | None) -> list[StreamChunk]:
         core = self._r(True)
-        check_stream(stream)
-        found = core.reader.stream_range(stream, check_position(gt, "gt"), check_position(lte, "lte"), desc,
-                                         check_position(limit, "limit"))
-        return [] if found is None else core.reader.extent_chunks(*found)
+        key = checked_stream_key(stream)
+        if gt is not None or lte is not None or limit is not None:
+            gt, lte, limit = check_position(gt, "gt"), check_position(lte, "lte"), check_position(limit, "limit")
+        return core.reader.stream_chunks(key, stream, gt, lte, desc, limit)
 
     @_index_errors
     def read_all(self, *, gt: int | None = 0, lte: int | None = None, limit: int | None = None,

@@ -33,6 +33,15 @@ def check_stream(stream: Any) -> tuple[bytes, int]:
     raise TypeError(f"a stream id must be a str or uuid.UUID, not {type(stream).__name__}")
 
 
+def checked_stream_key(stream: Any) -> bytes:
+    """The index key of a stream id (`evstore.storage.index.stream_key`); TypeError/ValueError when
+    malformed."""
+    if type(stream) is uuid.UUID:
+        return b"u" + stream.bytes
+    raw, flags = check_stream(stream)
+    return (b"u" if flags else b"s") + raw
+
+
 def check_open_options(path: Any, durability: Any, segment_size: Any, map_size: Any) -> str:
     """The path of `evstore.open` as a str, once it and the options are valid."""
     p = os.fspath(path)

@@ -5,17 +5,19 @@ A read fixes its snapshot — an LMDB read transaction and the checkpoint it nam
 lazy iterators then read only the log, whose sealed segments never change. Damage met in the log is
 reported through `Core.log_damage` (the writer then refuses appends).
 
-Thread-safety: no state of its own; any number of threads read at once.
+Thread-safety: any number of threads read at once; the one state, the cache of small streams read
+before (engine/streamcache.py), has its own lock.
 """
 
 from __future__ import annotations
 
 import mmap
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from evstore.engine import categories
 from evstore.engine.overlay import merge_extents
+from evstore.engine.streamcache import MAX_STREAM, Entry, StreamCache
 from evstore.storage import index as ix
 from evstore.storage import postings
 from evstore.format.layout import HEADER, HEADER_SIZE, LogFormatError
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
 
 new_record = tuple.__new__
 Chunk = tuple[Any, list[int], int, int]  # mapping, record offsets, region start, region end
+StreamChunk = tuple[Any, Sequence[int], int, int]  # a Chunk of a stream read (offsets may be shared: do not change)
 QueryItems = list[tuple["frozenset[bytes] | None", tuple[bytes, ...]]]
 _PAGE = mmap.PAGESIZE
 SCAN_BATCH = 8192  # events per scanned chunk of the log (fewer for a caller that must not hold its thread)
@@ -40,6 +43,7 @@ class Reader:
 
     def __init__(self, core: Core) -> None:
         self.core = core
+        self.cache = StreamCache()  # small streams read before (its own lock)
 
     # -- verified records ------------------------------------------------------------------
 
@@ -94,32 +98,80 @@ class Reader:
 
     # -- streams ---------------------------------------------------------------------------
 
-    def stream_range(self, stream: Stream, gt: int | None, lte: int | None, desc: bool,
-                     limit: int | None) -> tuple[list[Extent], int, int] | None:
-        """(extents, lo, hi) of a read of versions gt < v <= lte of `stream` (at most `limit`, from the
-        end with `desc`), or None when it reads nothing. Raises StreamDeleted when tombstoned."""
-        index = self.core.index
-        key = stream_key(stream)
-        ov = self.core.group.overlay.stream(key)  # copied before the transaction (engine/overlay.py)
-        with index.begin() as txn:
-            head = ix.head(index, txn, key) if ov is None else Head.unpack(ov[0])
-            if head is None:
-                return None
-            if head.flags & HEAD_TOMBSTONE:
+    def stream_chunks(self, key: bytes, stream: Stream, gt: int | None, lte: int | None, desc: bool,
+                      limit: int | None) -> list[StreamChunk]:
+        """The chunks (see `extent_chunks`) of a read of versions gt < v <= lte of `stream` (index key
+        `key`; at most `limit`, from the end with `desc`). Raises StreamDeleted when tombstoned.
+
+        One read transaction, or none for a small stream read before (engine/streamcache.py); the
+        head and extents of commits not indexed yet come from the overlay."""
+        core = self.core
+        index = core.index
+        ov = core.group.overlay.stream(key)  # before the generation and the transaction (streamcache.py)
+        generation = index.generation
+        kept = None
+        if ov is None and gt is None and lte is None and limit is None:
+            kept = self.cache.get(key, index)
+            if kept is not None and kept[1] == generation and not core.readonly:
+                return self.kept_chunks(kept)
+        txn = index.read_begin()
+        try:
+            if ov is None:
+                raw = ix.head_raw(index, txn, key)
+                if raw is None:
+                    return []
+                if kept is not None and raw == kept[2]:  # the head is the one the entry was read under
+                    if not core.readonly:
+                        self.cache.put(key, index, generation, raw, kept[3])
+                    return self.kept_chunks(kept)
+            else:
+                raw = ov[0]
+            num, version, hidden, flags = ix.head_fields(raw)
+            if flags & HEAD_TOMBSTONE:
                 raise StreamDeleted(stream)
-            lo = max(gt or 0, head.hidden) + 1
-            hi = head.version if lte is None else min(lte, head.version)
+            lo = (hidden if gt is None or gt < hidden else gt) + 1
+            hi = version if lte is None or lte > version else lte
             if lo > hi or limit == 0:
-                return None
+                return []
             if limit is not None:  # versions are contiguous: fetch only the records asked for
                 if desc:
                     lo = max(lo, hi - limit + 1)
                 else:
                     hi = min(hi, lo + limit - 1)
-            found = ix.extents(index, txn, head.num, lo, hi)
-        if ov is not None and ov[1]:
-            found = merge_extents(found, ov[1], lo, hi)
-        return found, lo, hi
+            found = ix.extents(index, txn, num, lo, hi)
+        finally:
+            index.read_end(txn)
+        if ov is not None:
+            if ov[1]:
+                found = merge_extents(found, ov[1], lo, hi)
+            return self.extent_chunks(found, lo, hi)  # type: ignore[return-value]
+        if gt is None and lte is None and limit is None and hi - lo < MAX_STREAM:
+            return self.keep(key, index, generation, raw, found, lo, hi)
+        return self.extent_chunks(found, lo, hi)  # type: ignore[return-value]
+
+    def keep(self, key: bytes, index: ix.Index, generation: int, raw: bytes, extents: list[Extent], lo: int,
+             hi: int) -> list[StreamChunk]:
+        """`extent_chunks` of a whole read of a small stream, kept in the cache."""
+        segment = self.core.log.segment
+        parts = []
+        out: list[StreamChunk] = []
+        for v, seg_first, off, count, nbytes in extents:
+            if v + count <= lo:
+                continue
+            seg = segment(seg_first)
+            end = off + nbytes
+            buf = seg.buffer(end)
+            offsets = self.walk(seg_first, buf, off, min(hi - v + 1, count), end)
+            if v < lo:
+                del offsets[: lo - v]
+            parts.append((seg, tuple(offsets), off, end))
+            out.append((buf, offsets, off, end))
+        self.cache.put(key, index, generation, raw, tuple(parts))
+        return out
+
+    def kept_chunks(self, kept: Entry) -> list[StreamChunk]:
+        """The chunks of a cache entry, through each segment's current mapping."""
+        return [(seg.buffer(end), offsets, start, end) for seg, offsets, start, end in kept[3]]
 
     def extents(self, num: int, lo: int, hi: int) -> list[Extent]:
         index = self.core.index

@@ -26,6 +26,7 @@ IMPL = "c"
 
 # Output arrays are written before they are read: skip zeroing them.
 _new_out = ffi.new_allocator(should_clear_after_alloc=False)
+_U64_MAX = (1 << 64) - 1
 
 
 def crc32c(data: Any, crc: int = 0) -> int:
@@ -97,19 +98,22 @@ def scan(
 
 def walk(buf: Any, off: int, count: int, n: int) -> list[int]:
     """Verify `count` consecutive records from `off` and return their offsets (evl_walk)."""
-    check_uint("count", count, 64)
+    if not 0 <= count <= _U64_MAX:
+        check_uint("count", count, 64)  # raises
     with ffi.from_buffer("uint8_t[]", buf) as p:
-        check_buffer(off, n, len(p))
+        if off < 0 or not 0 <= n <= len(p):
+            check_buffer(off, n, len(p))  # raises
         if off <= n:
             # At most (n - off) // 64 records fit, so a larger count fails at the same record as
             # this one: no need for an output array of the size asked.
-            count = min(count, (n - off) // HEADER_SIZE + 1)
-        out = _new_out("uint64_t[]", count)
-        err = ffi.new("size_t *")
-        rc = lib.evl_walk(p, n, off, count, out, err)
+            most = (n - off) // HEADER_SIZE + 1
+            if count > most:
+                count = most
+        out = _new_out("uint64_t[]", count + 1)  # the offsets, then room for the error offset
+        rc = lib.evl_walk(p, n, off, count, out, ffi.cast("size_t *", out + count))
     if rc:
-        raise LogFormatError(rc, err[0])
-    return list(ffi.unpack(out, count))
+        raise LogFormatError(rc, out[count])
+    return ffi.unpack(out, count)  # type: ignore[no-any-return]
 
 
 def walk_runs(buf: Any, runs: Sequence[int], n: int) -> list[int]:

@@ -235,6 +235,7 @@ class Index:
         self.gate = threading.Condition(self.gate_lock)
         self.txns = 0  # GUARDED_BY(gate): transactions of this process open on the environment
         self.resizing = False  # GUARDED_BY(gate)
+        self.generation = 0  # GUARDED_BY(engine index lock) for writes, read freely: +1 as each write ends
         data = os.path.join(path, "data.mdb")
         created = False
         if not readonly:
@@ -276,6 +277,31 @@ class Index:
         """A transaction, as a context manager. LMDB may change the map size only while no transaction
         of this process is open, so transactions pass through a gate that `grow` and
         `adopt_map_size` close while they resize (`gate` guards `txns` and `resizing`)."""
+        self._txn_enter()
+        try:
+            return _Txn(self, self.env.begin(write=write))
+        except BaseException:
+            self._txn_done()
+            raise
+
+    def read_begin(self) -> lmdb.Transaction:
+        """A read transaction without the context manager, for the hot read paths (a stream read):
+        pass through the gate as `begin`, and end it with `read_end` in a `finally`."""
+        self._txn_enter()
+        try:
+            return self.env.begin()
+        except BaseException:
+            self._txn_done()
+            raise
+
+    def read_end(self, txn: lmdb.Transaction) -> None:
+        """End a transaction of `read_begin`."""
+        try:
+            txn.abort()
+        finally:
+            self._txn_done()
+
+    def _txn_enter(self) -> None:
         if self.closed:
             raise StoreClosed(os.path.dirname(self.path))
         lock = self.gate_lock
@@ -289,11 +315,6 @@ class Index:
         else:
             self.txns += 1
             lock.release()
-        try:
-            return _Txn(self, self.env.begin(write=write))
-        except BaseException:
-            self._txn_done()
-            raise
 
     def _txn_done(self) -> None:
         lock = self.gate_lock
@@ -347,6 +368,8 @@ class Index:
                 return
             except lmdb.MapFullError:
                 self.grow()
+            finally:
+                self.generation += 1
 
     def adopt_map_size(self) -> None:
         """Take the map size another process grew the environment to (after `MapResizedError`)."""
@@ -394,9 +417,12 @@ class Index:
 
     def clear(self) -> None:
         """Drop every entry (before a rebuild from the log)."""
-        with self.begin(write=True) as txn:
-            for d in self.db.values():
-                txn.drop(d, delete=False)
+        try:
+            with self.begin(write=True) as txn:
+                for d in self.db.values():
+                    txn.drop(d, delete=False)
+        finally:
+            self.generation += 1
 
     def sync(self) -> None:
         if not self.readonly and not self.closed:
@@ -442,8 +468,14 @@ def heads_from(index: Index, txn: lmdb.Transaction, prefix: bytes) -> list[tuple
 
 def extents(index: Index, txn: lmdb.Transaction, num: int, lo: int, hi: int) -> list[Extent]:
     """Stream `num`'s extents covering versions lo..hi, in version order."""
+    db = index.db["extents"]
+    raw = txn.get(EXTENT_KEY.pack(num, lo), db=db) if lo <= hi else None
+    if raw is not None:  # an extent starts at lo (a whole stream's read): often it holds all of lo..hi
+        seg, off, count, nbytes = EXTENT_VAL.unpack(raw)
+        if lo + count > hi:
+            return [(lo, seg, off, count, nbytes)]
     out: list[Extent] = []
-    cur = txn.cursor(index.db["extents"])
+    cur = txn.cursor(db)
     if not cur.set_range(EXTENT_KEY.pack(num, lo)) and not cur.last():
         return out  # no extents at all (a first commit not indexed yet)
     k = EXTENT_KEY.unpack(cur.key())
@@ -456,6 +488,18 @@ def extents(index: Index, txn: lmdb.Transaction, num: int, lo: int, hi: int) -> 
         if n == num:
             out.append((v, *EXTENT_VAL.unpack(vraw)))
     return out
+
+
+def head_raw(index: Index, txn: lmdb.Transaction, key: bytes) -> bytes | None:
+    """The packed head of the stream with index key `key` (see `Head`), or None."""
+    return txn.get(key, db=index.db["heads"])  # type: ignore[return-value]  # no buffers: bytes
+
+
+def head_fields(raw: bytes) -> tuple[int, int, int, int]:
+    """(stream number, version, hidden-up-to version, flags) of a packed head: `Head.unpack` without
+    the lifecycle state, for the stream read path."""
+    num, version, hidden, flags = HEAD.unpack_from(raw)
+    return num, version, hidden, flags
 
 
 def commit_holding(index: Index, txn: lmdb.Transaction, position: int) -> CommitLoc | None:
