@@ -84,7 +84,7 @@ def w_commit_cpu(ctx: Ctx) -> list[Row]:
 
 def _load_rows(ctx: Ctx, wl: str, native: bool) -> list[Row]:
     """Loading 10-event aggregates one after another: `read_stream` (native) or the recorder's
-    `select_events` (also for the library's recorders)."""
+    `select_events` (also for the library's recorders), each the first time it is read."""
     n_aggs = max(200, ctx.sizes.appends1)
     rows = []
     for b in ("c", "python", "sqlite", "popo"):
@@ -115,9 +115,15 @@ def _load_rows(ctx: Ctx, wl: str, native: bool) -> list[Row]:
             def go() -> int:
                 return sum(len(sel(oid)) for oid in ids)
             what = "select_events"
-        dt, got = best(go, ctx.repeat)
-        assert got == 10 * n_aggs, (b, got)
-        rows.append(events_row(wl, b, got, dt, f"{what}, {dt / n_aggs * 1e6:.1f} us per aggregate"))
+        # The row is the first load of each aggregate after it was written (what a cache of this
+        # process cannot have seen); loading them all again, best of `repeat`, is in the note.
+        t0 = time.perf_counter()
+        got = go()
+        dt = time.perf_counter() - t0
+        again, got2 = best(go, ctx.repeat)
+        assert got == got2 == 10 * n_aggs, (b, got, got2)
+        rows.append(events_row(wl, b, got, dt, f"{what}, {dt / n_aggs * 1e6:.1f} us per aggregate the first "
+                               f"time, {again / n_aggs * 1e6:.1f} us again"))
         if store is not None:
             store.close()
         elif b == "sqlite":
