@@ -22,7 +22,11 @@ def _evs(n: int, tag: str = "e") -> list[NewEvent]:
 
 
 def _versions(store: evstore.EventStore, stream: object, **kw: object) -> list[int]:
-    return [r.version for r in store.read_stream(stream, **kw)]  # type: ignore[arg-type]
+    """The versions a read gives, read twice (a stream is kept from its second whole read on, so
+    that later reads go through the cache) and the same both times."""
+    first = [r.version for r in store.read_stream(stream, **kw)]  # type: ignore[arg-type]
+    assert [r.version for r in store.read_stream(stream, **kw)] == first  # type: ignore[arg-type]
+    return first
 
 
 def _in_other_process(path: str, impl: str, code: str) -> None:
@@ -40,7 +44,9 @@ def test_a_repeated_read_is_served_from_the_cache_and_equals_an_uncached_one(sto
         s.sync()
         first = s.read_stream(sid)
         cache = s._core.reader.cache  # type: ignore[union-attr]
-        assert b"u" + sid.bytes in cache.entries
+        assert b"u" + sid.bytes not in cache.entries  # a stream read once is not kept
+        assert s.read_stream(sid) == first
+        assert b"u" + sid.bytes in cache.entries  # from the second read on it is
         again = s.read_stream(sid)
         assert again == first and [r.data for r in again] == [f"e{i}".encode() for i in range(10)]
         assert [r.version for r in s.read_stream(sid, desc=True)] == list(range(10, 0, -1))
@@ -123,7 +129,7 @@ def test_reads_racing_an_appending_thread_see_every_commit_in_order(store_path: 
         t.start()
         last = 0
         while not done.is_set():
-            vs = _versions(s, "hot")
+            vs = [r.version for r in s.read_stream("hot")]  # once: the appender may move on between two
             assert vs == list(range(1, len(vs) + 1)) and len(vs) >= last
             last = len(vs)
         t.join()
@@ -141,9 +147,26 @@ def test_the_cache_keeps_small_streams_only_and_a_bounded_number_of_records(stor
         s.sync()
         cache = s._core.reader.cache  # type: ignore[union-attr]
         assert len(s.read_stream("big")) == streamcache.MAX_STREAM + 1
+        assert len(s.read_stream("big")) == streamcache.MAX_STREAM + 1
         assert b"sbig" not in cache.entries and b"s" + b"big" == b"sbig"
         for i in range(5):
             assert _versions(s, f"s{i}") == list(range(1, 11))
         assert cache.events <= 25 and list(cache.entries) == [b"ss3", b"ss4"]
         for i in range(5):
             assert _versions(s, f"s{i}") == list(range(1, 11))
+
+
+def test_streams_read_once_are_remembered_up_to_a_bound_and_not_kept(store_path: str, impl: str,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(streamcache, "MAX_SEEN", 3)
+    with evstore.open(store_path, log_impl=impl, durability="os") as s:
+        for i in range(5):
+            s.append(f"s{i}", _evs(2))
+        s.sync()
+        cache = s._core.reader.cache  # type: ignore[union-attr]
+        for i in range(5):
+            assert len(s.read_stream(f"s{i}")) == 2
+            assert len(cache.seen) <= 3
+        assert not cache.entries
+        assert len(s.read_stream("s4")) == 2  # remembered: its second read is kept
+        assert list(cache.entries) == [b"ss4"]

@@ -145,7 +145,7 @@ class Reader:
             if ov[1]:
                 found = merge_extents(found, ov[1], lo, hi)
             return self.extent_chunks(found, lo, hi)  # type: ignore[return-value]
-        if gt is None and lte is None and limit is None and hi - lo < MAX_STREAM:
+        if gt is None and lte is None and limit is None and hi - lo < MAX_STREAM and self.cache.admit(key):
             return self.keep(key, index, generation, raw, found, lo, hi)
         return self.extent_chunks(found, lo, hi)  # type: ignore[return-value]
 

@@ -22,9 +22,11 @@ Log bytes are immutable once a commit is durable, so records verified once are n
 the mapping is taken from the segment at each hit, so an entry pins no old mapping.
 
 An entry found stale by its generation but current by its head is stamped with the new generation.
-At most `MAX_EVENTS` records are kept; the oldest entries go first. `lock` guards `entries`,
-`events` and `index` for writes; lookups read `entries` without it (a dict lookup is
-atomic, and entries are immutable).
+A stream is kept from its second whole read on (`admit`): a store that loads each aggregate once
+pays nothing for the cache, neither the copy of what it read nor the collector's walks over entries
+that would never be used. At most `MAX_EVENTS` records are kept; the oldest entries go first.
+`lock` guards `entries`, `events`, `index` and `seen` for writes; lookups read `entries` without it
+(a dict lookup is atomic, and entries are immutable).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import Any
 
 MAX_STREAM = 256  # visible events of the largest stream kept
 MAX_EVENTS = 1 << 18  # records kept in all (about 10 MB)
+MAX_SEEN = 1 << 16  # streams read once that are remembered (all forgotten when there are more)
 
 Part = tuple[Any, tuple[int, ...], int, int]  # segment, verified record offsets, region start, region end
 Entry = tuple[Any, int, bytes, tuple[Part, ...], int]  # index, generation, packed head, parts, events
@@ -47,6 +50,18 @@ class StreamCache:
         self.entries: dict[bytes, Entry] = {}  # GUARDED_BY(lock) for writes: stream key -> entry
         self.events = 0  # GUARDED_BY(lock): records held by `entries`
         self.index: Any = None  # GUARDED_BY(lock): the index the entries were read from
+        self.seen: set[bytes] = set()  # GUARDED_BY(lock): streams read whole once, not kept yet
+
+    def admit(self, key: bytes) -> bool:
+        """Whether a whole read of stream `key` is to be kept: True from its second read on."""
+        seen = self.seen
+        if key in seen:
+            return True
+        with self.lock:
+            if len(seen) >= MAX_SEEN:
+                seen.clear()
+            seen.add(key)
+        return False
 
     def get(self, key: bytes, index: Any) -> Entry | None:
         """Stream `key`'s entry read from `index`, or None; the caller decides whether it is current."""
@@ -79,6 +94,7 @@ class StreamCache:
             self.entries = {}
             self.events = 0
             self.index = None
+            self.seen = set()
 
 
-__all__ = ["MAX_EVENTS", "MAX_STREAM", "StreamCache"]
+__all__ = ["MAX_EVENTS", "MAX_SEEN", "MAX_STREAM", "StreamCache"]
