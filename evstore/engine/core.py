@@ -57,6 +57,21 @@ from evstore.storage import directory
 from evstore.lifecycle import Binding, Lifecycle, make_binder
 
 
+
+class CommitCondition(threading.Condition):
+    """The condition subscribers wait on, counting them (`waiting`, guarded by the condition's lock;
+    read without it as a hint), so that a commit with no subscriber waiting notifies nobody."""
+
+    waiting = 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waiting += 1
+        try:
+            return super().wait(timeout)
+        finally:
+            self.waiting -= 1
+
+
 class Core:
     """Everything one open store shares between the handles of this process (see the module docstring)."""
 
@@ -78,7 +93,7 @@ class Core:
         self.retired_indexes: list[tuple[float, Index]] = []  # (when, index) replaced under readers
         self.log: Log = None  # type: ignore[assignment]
         self.wlock = threading.RLock()
-        self.commit_cond = threading.Condition(threading.Lock())
+        self.commit_cond = CommitCondition(threading.Lock())
         self.commit_listeners: tuple[Callable[[], None], ...] = ()  # GUARDED_BY(commit_cond)
         self.indexer = Indexer(self)
         self.reader = Reader(self)
@@ -209,7 +224,12 @@ class Core:
         return self.group.log_damage(path, offset, reason)
 
     def notify_commits(self) -> None:
-        """Wake the subscribers of this process: commits became durable or indexed."""
+        """Wake the subscribers of this process: commits became durable or indexed. Nothing to do
+        (no lock taken) when none waits and there is no listener. A subscriber that looked at the
+        head just before such a commit and waits just after it is not woken, as with a notify before
+        its wait; its poll (subscription.py, 50 ms) finds the commit."""
+        if not self.commit_cond.waiting and not self.commit_listeners:
+            return
         with self.commit_cond:
             self.commit_cond.notify_all()
             for fn in self.commit_listeners:

@@ -55,8 +55,8 @@ def write(fd: int, buf: Any, sync: bool) -> None:
 
 def pwrite(fd: int, buf: Any, offset: int) -> None:
     """Write all of `buf` at `offset` of `fd` (evl_pwrite); OSError on failure."""
-    with ffi.from_buffer("uint8_t[]", buf) as p:
-        rc = lib.evl_pwrite(fd, p, len(p), offset)
+    p = ffi.from_buffer("uint8_t[]", buf)  # released when the call returns (no `with`: one per commit)
+    rc = lib.evl_pwrite(fd, p, len(p), offset)
     if rc:
         raise OSError(-rc, os.strerror(-rc))
 
