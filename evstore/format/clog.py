@@ -264,18 +264,28 @@ def encode_plain(stream: Stream, key: bytes, stored: bytes, flags: int, version:
     desc: list[int] = []
     dadd = desc.extend
     types: dict[bytes, None] = {}
+    get = type_names.get
+    last: object = None  # the type name looked up last: a run of events of one type looks it up once
+    tb = b""
     for e in events:
         if type(e) is not NewEvent:
             return None
         t = e.type
-        tb = type_names.get(t) if type(t) is str else None
+        if t is not last:
+            tb = get(t) if type(t) is str else None  # type: ignore[assignment]
+            if tb is None:
+                return None
+            last = t
+            types[tb] = None
         d, m, sc = e.data, e.metadata, e.schema
-        if (tb is None or type(d) is not bytes or type(m) is not bytes or e.id is not None or e.tags
-                or type(sc) is not int or not 0 <= sc <= MAX_SCHEMA or len(d) + len(m) > MAX_EVENT_BYTES):
+        if type(d) is not bytes or type(m) is not bytes or e.id is not None or e.tags or type(sc) is not int:
+            return None
+        ld = len(d)
+        lm = len(m)
+        if ld + lm > MAX_EVENT_BYTES or sc < 0 or sc > MAX_SCHEMA:
             return None
         add((tb, m, d))
-        dadd((len(tb), len(m), 0, len(d), 0, sc))
-        types[tb] = None
+        dadd((len(tb), lm, 0, ld, 0, sc))
     return _encode_run(stream, key, stored, flags, version, chunks, desc, types, first_position, ts)
 
 
@@ -291,13 +301,24 @@ def encode_fields(stream: Stream, key: bytes, stored: bytes, flags: int, version
     desc: list[int] = []
     dadd = desc.extend
     types: dict[bytes, None] = {}
+    get = type_names.get
+    last: object = None  # as in encode_plain: a run of one type name is looked up once
+    tb = b""
     for t, d, m in zip(names, datas, metadatas):
-        tb = type_names.get(t) if type(t) is str else None
-        if tb is None or type(d) is not bytes or type(m) is not bytes or len(d) + len(m) > MAX_EVENT_BYTES:
+        if t is not last:
+            tb = get(t) if type(t) is str else None  # type: ignore[assignment]
+            if tb is None:
+                return None
+            last = t
+            types[tb] = None
+        if type(d) is not bytes or type(m) is not bytes:
+            return None
+        ld = len(d)
+        lm = len(m)
+        if ld + lm > MAX_EVENT_BYTES:
             return None
         add((tb, m, d))
-        dadd((len(tb), len(m), 0, len(d), 0, 1))
-        types[tb] = None
+        dadd((len(tb), lm, 0, ld, 0, 1))
     return _encode_run(stream, key, stored, flags, version, chunks, desc, types, first_position, ts)
 
 
