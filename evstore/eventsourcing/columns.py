@@ -48,10 +48,17 @@ def one_stream(stored_events: Sequence[StoredEvent]) -> Part | None:
     """The columns of a batch of one originator's events with int, strictly increasing
     originator_versions (the usual batch); None for any other batch (then use `per_stream`)."""
     n = len(stored_events)
+    if n == 1:  # a command's one new event: no columns to compare
+        s = stored_events[0]
+        ov = s.originator_version
+        if type(ov) is not int:
+            return None
+        metas = _metas(stored_events, [ov]) if EVENT_EXTRAS else [_pack_ov(ov)]
+        return Part(stream_of(s.originator_id), [s.topic], [s.state], metas, ov, ov, None)
     if not n:
         return None
     oid = stored_events[0].originator_id
-    if n > 1 and [s.originator_id for s in stored_events].count(oid) != n:
+    if [s.originator_id for s in stored_events].count(oid) != n:
         return None
     ovs = [s.originator_version for s in stored_events]
     first, last = ovs[0], ovs[-1]
