@@ -159,11 +159,10 @@ class EvstoreRecorder:
         """Append the events (grouped per originator, each group after its stream's last version) and
         the optional tracking record in one atomic commit; returns each event's position, in the
         order given. Raises IntegrityError, writing nothing, on any version or tracking conflict."""
-        if tracking is None:
-            part = one_stream(stored_events)
-            if part is not None:  # one aggregate's new events (the usual call)
-                return self._insert_part(part)
-        parts = per_stream(stored_events)
+        part = one_stream(stored_events)
+        if part is not None and tracking is None:  # one aggregate's new events (the usual call)
+            return self._insert_part(part)
+        parts = per_stream(stored_events) if part is None else [part]
         trk = None if tracking is None else (tracking_name(tracking), tracking.notification_id)
         if not parts and trk is None:
             return []
@@ -197,7 +196,7 @@ class EvstoreRecorder:
         for p, x, r in zip(parts, expected, results, strict=True):
             self._remember_head(p, x, r.last_version)
             q = r.first_position
-            for i in p.at or ():
+            for i in range(len(stored_events)) if p.at is None else p.at:
                 positions[i] = q
                 q += 1
         return positions
