@@ -17,7 +17,9 @@ from es_helpers import MODULE, TempStoreMixin
 
 from evstore.eventsourcing import EvstoreApplicationRecorder, EvstoreSettingError
 from evstore.eventsourcing import meta
-from evstore.eventsourcing.compat import ES10, OperationalError, oid_of
+from evstore.eventsourcing.columns import one_stream, per_stream
+from evstore.eventsourcing.compat import (ES10, EVENT_EXTRAS, NIL_UUID, OperationalError, ProgrammingError, oid_of,
+                                          stream_of)
 from evstore.records import NewEvent
 
 
@@ -198,3 +200,80 @@ class TestVersionMapping(TempStoreMixin):
                 want = oracle.select_events(oid, gt=gt, lte=lte, desc=desc, limit=limit)
                 got = recorder.select_events(oid, gt=gt, lte=lte, desc=desc, limit=limit)
                 self.assertEqual(list(got), list(want), (gt, lte, desc, limit, versions))
+
+
+class TestInsertColumns(TempStoreMixin):
+    """insert_events makes one aggregate's batch into the store's columns with whole-column checks
+    (`evstore.eventsourcing.columns.one_stream`); any batch they do not vouch for goes event by event."""
+
+    def recorder(self) -> EvstoreApplicationRecorder:
+        r = self.es_factory().application_recorder()
+        assert isinstance(r, EvstoreApplicationRecorder)
+        return r
+
+    def test_a_fresh_recorder_appends_after_the_recorded_head(self) -> None:
+        r = self.recorder()
+        u, w = new_id(), new_id()
+        self.assertEqual(list(r.insert_events([ev(u, 1), ev(u, 2)]) or ()), [1, 2])
+        self.assertEqual(list(r.insert_events([ev(w, 0)]) or ()), [3])
+        r2 = self.recorder()  # no cached heads: a first version of 0 or 1 is tried as a new stream
+        for bad in ([ev(u, 1)], [ev(u, 0), ev(u, 3)], [ev(u, 2)]):
+            with self.assertRaises(IntegrityError):
+                r2.insert_events(bad)
+        self.assertEqual(list(r2.insert_events([ev(w, 1), ev(w, 2)]) or ()), [4, 5])
+        self.assertEqual(list(r2.insert_events([ev(u, 3)]) or ()), [6])
+        self.assertEqual([e.originator_version for e in r.select_events(w)], [0, 1, 2])
+        self.assertEqual([e.originator_version for e in r.select_events(u)], [1, 2, 3])
+
+    def test_versions_that_are_not_ints(self) -> None:
+        r = self.recorder()
+        u = new_id()
+        for bad in ([ev(u, 1), ev(u, 2.0)], [ev(u, True)], [ev(u, 1.0)]):  # type: ignore[arg-type]
+            with self.assertRaises(ProgrammingError):
+                r.insert_events(bad)
+        self.assertEqual(r.store.stream_version(stream_of(u)), 0)
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        versions=st.lists(st.one_of(st.integers(-3, 40), st.just(2**62)), min_size=1, max_size=12),
+        uuids=st.lists(st.sampled_from(["nil", "set", "none"]), min_size=12, max_size=12),
+        dicts=st.lists(st.sampled_from([{}, {}, {"k": "v"}]), min_size=12, max_size=12),
+        other=st.lists(st.booleans(), min_size=12, max_size=12),
+    )
+    def test_columns_equal_the_per_event_encoding(self, versions: list[int], uuids: list[str],
+                                                  dicts: list[dict[str, str]], other: list[bool]) -> None:
+        oid, oid2 = new_id(), new_id()
+        batch = []
+        for i, v in enumerate(versions):
+            e = ev(oid2 if other[i] and i % 3 == 2 else oid, v, topic=f"t{i % 2}")
+            if EVENT_EXTRAS:
+                u = {"nil": NIL_UUID, "set": uuid4(), "none": UUID(int=0)}[uuids[i]]
+                e = StoredEvent(originator_id=e.originator_id, originator_version=v,  # type: ignore[call-arg,unused-ignore]
+                                topic=e.topic, state=e.state, uuid=u, metadata=dicts[i])
+            batch.append(e)
+        part = one_stream(batch)
+        try:
+            parts = per_stream(batch)
+        except IntegrityError:
+            self.assertIsNone(part)
+            return
+        if part is None:
+            self.assertTrue(len(parts) > 1 or versions != sorted(set(versions)))
+            return
+        self.assertEqual(len(parts), 1)
+        self.assertEqual(part._replace(at=None), parts[0]._replace(at=None))
+        self.assertEqual(parts[0].at, list(range(len(batch))))
+
+    def test_columns_of_events_with_uuids(self) -> None:
+        oid = new_id()
+        for make in (uuid4, lambda: NIL_UUID, lambda: UUID(int=0)):
+            batch = [ev(oid, v) for v in range(5, 105)]
+            if EVENT_EXTRAS:
+                batch = [StoredEvent(originator_id=e.originator_id,  # type: ignore[call-arg,unused-ignore]
+                                     originator_version=e.originator_version, topic=e.topic, state=e.state,
+                                     uuid=make()) for e in batch]
+            part = one_stream(batch)
+            assert part is not None
+            self.assertEqual(part.metas, [meta.encode(e.originator_version, getattr(e, "uuid", None),
+                                                      getattr(e, "metadata", None)) for e in batch])
+            self.assertEqual((part.first, part.last, part.at), (5, 104, None))

@@ -18,6 +18,7 @@ from eventsourcing.persistence import (
     TrackingRecorder,
 )
 from evstore.eventsourcing import meta
+from evstore.eventsourcing.columns import Part, one_stream, per_stream
 from evstore.eventsourcing.compat import (
     ES10,
     EVENT_EXTRAS,
@@ -25,7 +26,6 @@ from evstore.eventsourcing.compat import (
     IntegrityError,
     Notification,
     OperationalError,
-    ProgrammingError,
     StoredEvent,
     Tracking,
     oid_of,
@@ -49,8 +49,6 @@ __all__ = [
 
 _unpack = HEADER.unpack_from
 _unpack_ov = struct.Struct("<q").unpack_from
-_pack_ov = struct.Struct("<q").pack
-_encode_meta = meta.encode
 _decode_extras = meta.decode_extras
 # The header fields the hot paths need (see HEADER, the record layout), without the 16-byte id:
 # length, flags, type_len, stream_len, tags_len, position, version, meta_len.
@@ -59,6 +57,22 @@ assert struct.calcsize("<4xIxBHHHQQ8x16x4xI") == HEADER_SIZE
 _new = object.__new__
 _MAX_CACHE = 100_000
 _RETRIES = 8
+# the store's errors an insert reports as the library's: a conflict as IntegrityError, the rest as
+# OperationalError (no event ids are given, so DuplicateEventId cannot happen)
+_STORE_ERRORS = (evstore.TrackingConflict, evstore.DuplicateEventId, evstore.StoreClosed, evstore.StoreFailed,
+                 evstore.StorageError, evstore.ReadOnlyStore)
+
+
+def _translated(e: Exception) -> Exception:
+    if isinstance(e, (evstore.TrackingConflict, evstore.DuplicateEventId)):
+        return IntegrityError(str(e))
+    return OperationalError(str(e))
+
+
+def _stale(part: Part, head: tuple[int, int]) -> IntegrityError:
+    return IntegrityError(
+        f"stored event {part.stream!r} version {part.first} is not after the recorded version {head[1]}"
+    )
 
 
 # -- decoding records ---------------------------------------------------------------------------
@@ -145,96 +159,85 @@ class EvstoreRecorder:
         """Append the events (grouped per originator, each group after its stream's last version) and
         the optional tracking record in one atomic commit; returns each event's position, in the
         order given. Raises IntegrityError, writing nothing, on any version or tracking conflict."""
-        # each part's events as their fields (topics, states, metadata): one stream without tracking
-        # goes to append_fields, which makes no event object (the store's fast path)
-        parts: list[tuple[uuid.UUID | str, tuple[list[str], list[bytes], list[bytes]], int]] = []
-        extras = EVENT_EXTRAS
-        first_id = stored_events[0].originator_id if stored_events else None
-        if first_id is not None and all(s.originator_id is first_id for s in stored_events):
-            # one aggregate's events (the usual call): its fields column by column, no per-event grouping
-            ovs = [s.originator_version for s in stored_events]
-            if set(map(type, ovs)) == {int} and all(a < b for a, b in zip(ovs, ovs[1:])):
-                oid = stream_of(first_id)
-                if extras:  # eventsourcing 10: the uuid and metadata dict too
-                    mds = [_encode_meta(s.originator_version, s.uuid, s.metadata)  # type: ignore[attr-defined,unused-ignore]
-                           for s in stored_events]
-                else:
-                    mds = list(map(_pack_ov, ovs))
-                groups = {oid: list(range(len(stored_events)))}
-                parts.append((oid, ([s.topic for s in stored_events], [s.state for s in stored_events], mds), 0))
-        if not parts:
-            groups = {}
-            for i, s in enumerate(stored_events):
-                groups.setdefault(stream_of(s.originator_id), []).append(i)
-        for oid, idx in groups.items() if not parts else ():
-            prev = None
-            topics: list[str] = []
-            states: list[bytes] = []
-            metas: list[bytes] = []
-            for i in idx:
-                s = stored_events[i]
-                ov = s.originator_version
-                if type(ov) is not int:
-                    raise ProgrammingError(f"originator_version must be an int, not {type(ov).__name__}")
-                if prev is not None and ov <= prev:
-                    raise IntegrityError(
-                        f"stored events of {oid!r} do not have strictly increasing versions ({prev}, then {ov})"
-                    )
-                prev = ov
-                if extras:  # eventsourcing 10: the uuid and metadata dict too
-                    md = _encode_meta(ov, s.uuid, s.metadata)  # type: ignore[attr-defined,unused-ignore]
-                else:
-                    md = _pack_ov(ov)
-                topics.append(s.topic)
-                states.append(s.state)
-                metas.append(md)
-            parts.append((oid, (topics, states, metas), 0))
+        part = one_stream(stored_events)
+        if part is not None and tracking is None:  # one aggregate's new events (the usual call)
+            return self._insert_part(part)
+        parts = per_stream(stored_events) if part is None else [part]
         trk = None if tracking is None else (tracking_name(tracking), tracking.notification_id)
         if not parts and trk is None:
             return []
         heads = self._heads
+        expected = [0] * len(parts)
         for attempt in range(_RETRIES):
-            for n, (oid, events, _) in enumerate(parts):
-                head = heads.get(oid) if attempt == 0 else None
+            for n, p in enumerate(parts):
+                head = heads.get(p.stream) if attempt == 0 else None
                 if head is None:
-                    head = self._read_head(oid)
-                first = stored_events[groups[oid][0]].originator_version
-                if head[0] and first <= head[1]:
-                    raise IntegrityError(
-                        f"stored event {oid!r} version {first} is not after the recorded version {head[1]}"
-                    )
-                parts[n] = (oid, events, head[0])
+                    head = self._read_head(p.stream)
+                if head[0] and p.first <= head[1]:
+                    raise _stale(p, head)
+                expected[n] = head[0]
             try:
                 if trk is None and len(parts) == 1:
-                    oid, (t, d, m), expected = parts[0]
-                    results = [self.store.append_fields(oid, t, d, m, expected_version=expected)]
+                    p = parts[0]
+                    results = [self.store.append_fields(p.stream, p.topics, p.states, p.metas,
+                                                        expected_version=expected[0])]
                 else:
                     results = self.store.append_many(
-                        [(oid, [NewEvent(*e) for e in zip(*f)], x) for oid, f, x in parts], tracking=trk)
+                        [(p.stream, list(map(NewEvent, p.topics, p.states, p.metas)), x)
+                         for p, x in zip(parts, expected)], tracking=trk)
             except evstore.WrongExpectedVersion:
                 continue  # a stale cached head, or a concurrent writer: re-read and re-check
-            except evstore.TrackingConflict as e:
-                raise IntegrityError(str(e)) from e
-            except evstore.DuplicateEventId as e:  # pragma: no cover - no ids are given
-                raise IntegrityError(str(e)) from e
-            except (evstore.StoreClosed, evstore.StoreFailed, evstore.StorageError, evstore.ReadOnlyStore) as e:
-                raise OperationalError(str(e)) from e
+            except _STORE_ERRORS as e:
+                raise _translated(e) from e
             break
         else:
             raise IntegrityError(f"could not append after {_RETRIES} attempts: the streams kept changing")
         positions = [0] * len(stored_events)
+        for p, x, r in zip(parts, expected, results, strict=True):
+            self._remember_head(p, x, r.last_version)
+            q = r.first_position
+            for i in range(len(stored_events)) if p.at is None else p.at:
+                positions[i] = q
+                q += 1
+        return positions
+
+    def _insert_part(self, part: Part) -> list[int]:
+        """`_insert` of one stream's events (all of the batch, in order) without tracking: one
+        `append_fields` call, after the cached head (or, for a stream not cached, the stream's head as
+        read, or none at all for a new aggregate's first events)."""
+        oid = part.stream
+        head = self._heads.get(oid)
+        if head is None and part.first <= 1 and not (ES10 and type(oid) is uuid.UUID):
+            # An aggregate's first events (versions start at 1, or 0): try them as a new stream
+            # without reading first; if the stream has events, the store refuses the append and
+            # the head is read below. (10 reads first: `_absent` looks for a str stream of that id.)
+            head = (0, -1)
+        for _ in range(_RETRIES):
+            if head is None:
+                head = self._read_head(oid)
+            expected = head[0]
+            if expected and part.first <= head[1]:
+                raise _stale(part, head)
+            try:
+                r = self.store.append_fields(oid, part.topics, part.states, part.metas, expected_version=expected)
+            except evstore.WrongExpectedVersion:
+                head = None  # a stale cached head, or a concurrent writer: re-read and re-check
+                continue
+            except _STORE_ERRORS as e:
+                raise _translated(e) from e
+            self._remember_head(part, expected, r.last_version)
+            p = r.first_position
+            return list(range(p, p + len(part.topics)))
+        raise IntegrityError(f"could not append after {_RETRIES} attempts: the stream kept changing")
+
+    def _remember_head(self, part: Part, expected: int, version: int) -> None:
+        """Cache a stream's head after appending `part` at `expected` (and its base, for a new stream)."""
+        heads = self._heads
         if len(heads) >= _MAX_CACHE:
             heads.clear()
-        for (oid, _events, expected), r in zip(parts, results, strict=True):
-            idx = groups[oid]
-            heads[oid] = (r.last_version, stored_events[idx[-1]].originator_version)
-            if expected == 0:
-                self._remember_base(oid, stored_events[idx[0]].originator_version)
-            p = r.first_position
-            for i in idx:
-                positions[i] = p
-                p += 1
-        return positions
+        heads[part.stream] = (version, part.last)
+        if not expected:
+            self._remember_base(part.stream, part.first)
 
     # -- reading -----------------------------------------------------------------------------
 
