@@ -350,13 +350,15 @@ def test_encode_plain_gives_the_commit_of_encode_commit(evs: list[NewEvent], ver
     ("a negative schema", NewEvent("Created", b"x", schema=-1)),
     ("too large", NewEvent("Created", b"x" * (16 << 20), b"m")),
     ("not a NewEvent", ("Created", b"x")),
+    ("no type", NewEvent(None, b"x")),  # type: ignore[arg-type]
+    ("a bytes type", NewEvent(b"Created", b"x")),  # type: ignore[arg-type]
 ])
 def test_encode_plain_declines_what_is_not_plain(log: ModuleType, name: str, event: Any) -> None:
     """An event that is not plain makes both encoders decline the whole commit (the caller then takes
     the general path, which validates and says what is wrong)."""
-    evs = [NewEvent("Created", b"ok"), event]
-    assert encode.plain_events(evs, TYPE_NAMES) is None
-    assert log.encode_plain("s", b"ss", b"s", 0, 0, evs, TYPE_NAMES, 1, 1) is None
+    for evs in ([NewEvent("Created", b"ok"), event], [event], [event, NewEvent("Created", b"ok")]):
+        assert encode.plain_events(evs, TYPE_NAMES) is None
+        assert log.encode_plain("s", b"ss", b"s", 0, 0, evs, TYPE_NAMES, 1, 1) is None
     assert log.encode_plain("s", b"ss", b"s", 0, 0, [], TYPE_NAMES, 1, 1) is None
     assert log.encode_plain("s", b"ss", b"s", 0, MAX_VERSION, [NewEvent("Created", b"x")], TYPE_NAMES, 1, 1) is None
 
@@ -381,5 +383,6 @@ def test_encode_fields_declines_what_is_not_plain(log: ModuleType) -> None:
     assert log.encode_fields("s", b"ss", b"s", 0, 0, *ok, TYPE_NAMES, 1, 1) is not None
     for names, datas, metas in [(["Unseen"], [b"d"], [b"m"]), (["Created"], ["d"], [b"m"]),
                                 (["Created"], [b"d"], [bytearray(b"m")]), (["Created"], [b"d"], []),
-                                ([], [], []), (["Created"], [b"d" * (16 << 20)], [b"m"])]:
+                                ([], [], []), (["Created"], [b"d" * (16 << 20)], [b"m"]), ([None], [b"d"], [b"m"]),
+                                (["Created", None], [b"d", b"d"], [b"m", b"m"])]:
         assert log.encode_fields("s", b"ss", b"s", 0, 0, names, datas, metas, TYPE_NAMES, 1, 1) is None

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from evstore.storage import index as ix
 from evstore.format.layout import KIND_MARK, KIND_TRACKING
+from evstore.engine.combine import Combiner
 from evstore.engine.checks import CheckedCondition, Part, check_expected, check_stream, type_names
 from evstore.engine.indexer import MARK_STATE
 from evstore.errors import (
@@ -53,6 +54,7 @@ class Writer:
         self.core = core
         self.next_position = next_position  # GUARDED_BY(core.wlock): the next global position
         self.closing = False  # GUARDED_BY(core.wlock): close() has begun; appends are refused
+        self.combiner = Combiner(self)  # the queue of fast-path appends waiting for a sync (its own lock)
 
     def commit(self, parts: list[Part], controls: Sequence[ControlRecord] = (), binder: Binder | None = None,
                ts: int | None = None, condition: CheckedCondition | None = None) -> list[AppendResult]:
@@ -123,6 +125,8 @@ class Writer:
         of `commit` that apply, one encoder call and the write. None, with nothing written, when an
         event is not plain (or not valid): the caller then takes `commit`, which says what is wrong.
         `fields`: the events as (type names, data, metadata) instead (`events` is then ignored)."""
+        if not self.core.group.os_mode:  # appends that wait for a sync are combined (engine/combine.py)
+            return self.combiner.append(stream, events, expected, fields)
         done = self.append_plain_once(stream, events, expected, fields)
         if done is None:
             return None

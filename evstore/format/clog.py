@@ -254,6 +254,9 @@ def _encode(parts: Sequence[PartToEncode], controls: Sequence[ControlRecord], fi
     return EncodedCommit(buf, first_position, n_events, results, runs, types, ids, tagged, control_offsets)
 
 
+_UNSET = object()  # no type name looked up yet (None is a type name to refuse, so not that)
+
+
 def encode_plain(stream: Stream, key: bytes, stored: bytes, flags: int, version: int, events: Sequence[object],
                  type_names: dict[str, bytes], first_position: int, ts: int) -> EncodedCommit | None:
     """The commit of one stream's *plain* events (see evstore.format.encode's `plain_events`, whose
@@ -265,7 +268,7 @@ def encode_plain(stream: Stream, key: bytes, stored: bytes, flags: int, version:
     dadd = desc.extend
     types: dict[bytes, None] = {}
     get = type_names.get
-    last: object = None  # the type name looked up last: a run of events of one type looks it up once
+    last: object = _UNSET  # the type name looked up last: a run of events of one type looks it up once
     tb = b""
     for e in events:
         if type(e) is not NewEvent:
@@ -302,7 +305,7 @@ def encode_fields(stream: Stream, key: bytes, stored: bytes, flags: int, version
     dadd = desc.extend
     types: dict[bytes, None] = {}
     get = type_names.get
-    last: object = None  # as in encode_plain: a run of one type name is looked up once
+    last: object = _UNSET  # as in encode_plain: a run of one type name is looked up once
     tb = b""
     for t, d, m in zip(names, datas, metadatas):
         if t is not last:
