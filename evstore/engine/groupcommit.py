@@ -41,8 +41,8 @@ if TYPE_CHECKING:
 
 # Seconds the indexer waits after a commit before it writes the index, batching the commits of that
 # time into one durable transaction. With "fsync", 20 ms rather than 5: each index transaction's
-# fdatasync shares the device with the log's, and at 5 ms they cost appends of 100 events ~20% and
-# of one event ~7% (side by side, one loaded machine); other processes see commits that much later.
+# fdatasync shares the device with the log's (measured side by side: appends of 100 events 4-20%
+# slower at 5 ms, of one event ~7%); other processes see commits that much later.
 INDEX_DELAY = {"fsync": 0.02, "os": 0.02}
 
 
