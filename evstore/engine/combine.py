@@ -12,7 +12,8 @@ that queued meanwhile: the next batch gathers while this one syncs. (Handing the
 sync, to write the next batch during it, was measured to give batches of one: each new front found
 one thread queued.)
 
-A lone appender finds the front free, writes its own append and syncs: it wakes nobody. After a
+A lone appender finds the front free and nobody queued: it writes and syncs its own append, with no
+queue entry, and wakes nobody. After a
 batch of several, the next front thread first lets the other woken threads run (`time.sleep(0)`), so
 that they queue behind it instead of each taking the front alone in turn (measured: batches of one
 and of eight in alternation, without it).
@@ -56,6 +57,9 @@ class Request:
         self.error: Exception | None = None
 
 
+_ALONE = Request(("", [], None, None))  # the front held by a thread that found nobody queued
+
+
 class Combiner:
     """The queue of one store's fast-path appends (see the module docstring)."""
 
@@ -68,14 +72,26 @@ class Combiner:
 
     def append(self, stream: Stream, events: list[Any], expected: Any, fields: Fields | None) -> AppendResult | None:
         """`Writer.append_plain`, combined with the other threads' (see the module docstring)."""
-        r = Request((stream, events, expected, fields))
         with self.lock:
-            self.queue.append(r)
-            if self.front is None:
-                self.front = r
+            alone = self.front is None and not self.queue and self.crowd <= 1
+            if alone:
+                self.front = r = _ALONE
             else:
-                w = r.wait = threading.Lock()
-                w.acquire()
+                r = Request((stream, events, expected, fields))
+                self.queue.append(r)
+                if self.front is None:
+                    self.front = r
+                else:
+                    w = r.wait = threading.Lock()
+                    w.acquire()
+        if alone:  # nobody queued: write and sync this append as an append of its own
+            try:
+                done = self.writer.append_plain_once(stream, events, expected, fields)
+                if done is not None:
+                    self.writer.core.group.await_durable(done[1])
+            finally:
+                self.hand_on([], r)
+            return None if done is None else done[0]
         try:
             if r.wait is not None:
                 r.wait.acquire()  # woken once written, or given the front
