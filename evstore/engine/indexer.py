@@ -177,7 +177,7 @@ class Indexer:
         batch.checkpoint = CHECKPOINT.pack(seg, end, enc.first_position + enc.n_events)
 
     def index_run(self, batch: IndexBatch, seg: int, off: int, enc: EncodedCommit, head: Head | None) -> None:
-        """`index_encoded` of a commit of one stream's events and nothing else (the append fast path),
+        """`index_encoded` of a commit of one stream's events and nothing else (no ids, tags or control records),
         whose head the writer's checks found (`head`; None: a new stream): the same entries, made
         without the general loops (tests/test_index_differential.py compares them)."""
         key, v0, v1, o, nbytes = enc.runs[0]

@@ -89,12 +89,5 @@ class StreamCache:
             entries[key] = (index, generation, head, parts, n)
             self.events += n
 
-    def clear(self) -> None:
-        with self.lock:
-            self.entries = {}
-            self.events = 0
-            self.index = None
-            self.seen = set()
-
 
 __all__ = ["MAX_EVENTS", "MAX_SEEN", "MAX_STREAM", "StreamCache"]

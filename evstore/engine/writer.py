@@ -169,13 +169,8 @@ class Writer:
                                               self.next_position, time.time_ns())
             if enc is None:
                 return None
-            seg, off = core.log.append(enc.buf, enc.first_position, enc.n_events)
-            # The commit is in the log: from here on, state changes are installed (as `install`).
-            batch = IndexBatch()
-            core.indexer.index_run(batch, seg.first, off, enc, h)
-            self.next_position = enc.first_position + enc.n_events
-            seq = core.group.add_written(batch, enc.ids)
-        return enc.results[0], seq
+            results, seq = self.install(enc, (), {key: h})
+        return results[0], seq
 
     def check_state(self, p: Part, h: Head | None, binder: Binder | None) -> ControlRecord | None:
         """Check expected_state and the lifecycle of one part; the `$state` mark to write, if any."""
@@ -305,7 +300,10 @@ class Writer:
         seg, off = core.log.append(enc.buf, enc.first_position, enc.n_events)
         # The commit is in the log: from here on, state changes are installed.
         batch = IndexBatch()
-        core.indexer.index_encoded(batch, seg.first, off, enc, controls, heads)
+        if not controls and len(enc.runs) == 1 and not enc.ids and not enc.tagged:  # one stream's events
+            core.indexer.index_run(batch, seg.first, off, enc, heads[enc.runs[0][0]])
+        else:
+            core.indexer.index_encoded(batch, seg.first, off, enc, controls, heads)
         self.next_position = enc.first_position + enc.n_events
         return enc.results, core.group.add_written(batch, enc.ids)
 
