@@ -406,6 +406,85 @@ long long evl_encode_run(const uint8_t *in, size_t in_len, uint32_t stream_len, 
     return (long long)size;
 }
 
+long long evl_encode_cols(const uint8_t *stream, uint32_t stream_len, uint32_t flags, uint64_t version,
+                          size_t n_events, const uint8_t *types, const uint32_t *type_lens, size_t n_types,
+                          const uint32_t *type_of, const uint8_t *data, size_t data_len,
+                          const uint32_t *data_lens, const uint8_t *meta, size_t meta_len,
+                          const uint32_t *meta_lens, uint32_t schema, const uint32_t *schemas,
+                          const uint8_t *random_ids,
+                          uint64_t first_position, uint64_t recorded_at, uint8_t *out, size_t out_cap)
+{
+    if (n_events == 0 || n_events > UINT32_MAX || n_types == 0 || type_lens == NULL || data_lens == NULL
+        || stream_len > 0xFFFF || (flags & ~(uint32_t)EVL_FLAG_UUID_STREAM) != 0
+        || version > (uint64_t)EVL_MAX_VERSION || n_events > (uint64_t)EVL_MAX_VERSION - version
+        || first_position == 0 || n_events > UINT64_MAX - first_position || (n_types > 1 && type_of == NULL)
+        || (meta_lens == NULL && meta_len != 0) || n_types > EVL_COLS_MAX_TYPES)
+        return EVL_EINVAL;
+    /* The type names: each within its limit, and their offsets in `types`. */
+    size_t types_len = 0, type_off[EVL_COLS_MAX_TYPES];
+    for (size_t t = 0; t < n_types; t++) {
+        if (type_lens[t] > 0xFFFF)
+            return EVL_EINVAL;
+        type_off[t] = types_len;
+        types_len += type_lens[t];
+    }
+    /* Sizes: every record under 4 GiB, the lengths adding up to the columns, the commit's size. */
+    size_t size = COMMIT_SIZE, d_sum = 0, m_sum = 0;
+    for (size_t i = 0; i < n_events; i++) {
+        uint32_t t = type_of != NULL ? type_of[i] : 0;
+        if (t >= n_types)
+            return EVL_EINVAL;
+        uint64_t ml = meta_lens != NULL ? meta_lens[i] : 0;
+        uint64_t len = EVL_HEADER_SIZE + (uint64_t)stream_len + type_lens[t] + ml + data_lens[i];
+        if (len > UINT32_MAX || !add_size(&size, len) || !add_size(&d_sum, data_lens[i])
+            || !add_size(&m_sum, ml))
+            return EVL_EINVAL;
+    }
+    if (d_sum != data_len || m_sum != meta_len || (d_sum != 0 && data == NULL) || (m_sum != 0 && meta == NULL)
+        || (stream_len != 0 && stream == NULL) || (types_len != 0 && types == NULL) || random_ids == NULL)
+        return EVL_EINVAL;
+    if (out == NULL || out_cap < size)
+        return EVL_EFULL;
+
+    size_t off = 0;
+    uint64_t position = first_position;
+    const uint8_t *d = data, *m = meta;
+    for (size_t i = 0; i < n_events; i++) {
+        uint32_t t = type_of != NULL ? type_of[i] : 0;
+        const uint8_t *tn = types + type_off[t];
+        uint32_t tl = type_lens[t], ml = meta_lens != NULL ? meta_lens[i] : 0, dl = data_lens[i];
+        uint32_t len = (uint32_t)(EVL_HEADER_SIZE + stream_len + tl + ml + dl);
+        uint8_t *r = out + off;
+        put_header(r, len, EVL_KIND_EVENT, flags, tl, stream_len, 0, position++, ++version, recorded_at,
+                   random_ids, schemas != NULL ? schemas[i] : schema, ml);
+        random_ids += EVL_ID_SIZE;
+        r[F_ID + 6] = (uint8_t)((r[F_ID + 6] & 0x0f) | 0x40); /* a version-4 UUID */
+        r[F_ID + 8] = (uint8_t)((r[F_ID + 8] & 0x3f) | 0x80);
+        uint8_t *w = r + EVL_HEADER_SIZE;
+        if (stream_len != 0)
+            memcpy(w, stream, stream_len);
+        w += stream_len;
+        if (tl != 0)
+            memcpy(w, tn, tl);
+        w += tl;
+        if (ml != 0)
+            memcpy(w, m, ml);
+        w += ml;
+        m += ml;
+        if (dl != 0)
+            memcpy(w, d, dl);
+        d += dl;
+        seal_record(r, len);
+        off += len;
+    }
+    uint8_t *c = out + off;
+    put_header(c, COMMIT_SIZE, EVL_KIND_COMMIT, 0, 0, 0, 0, first_position, n_events, recorded_at, NULL,
+               (uint32_t)n_events, 0);
+    put_le64(c + EVL_HEADER_SIZE, off);
+    seal_record(c, COMMIT_SIZE);
+    return (long long)size;
+}
+
 /* Write all n bytes of buf: at the file offset when `at` is 0, else at `off` (pwrite). Retries EINTR
  * and short writes; 0 or -errno (-EIO when no progress is made). */
 static int write_all(int fd, const uint8_t *buf, size_t n, int at, uint64_t off)

@@ -172,6 +172,41 @@ long long evl_encode_run(const uint8_t *in, size_t in_len, uint32_t stream_len, 
                          uint8_t *out, size_t out_cap, uint64_t *offsets);
 
 /*
+ * evl_encode_run() of events given as columns, as a caller holds them without marshalling each
+ * event: the same commit evl_encode_commit() writes for one part of these events (no tags, no
+ * caller ids: each event takes 16 bytes of random_ids), with one schema for all or one each.
+ * @param[in]  stream      the stream id's bytes (stream_len: 0 .. 65535; may be NULL if 0).
+ * @param[in]  flags       0 or EVL_FLAG_UUID_STREAM.
+ * @param[in]  version     the stream's version before the commit.
+ * @param[in]  n_events    at least 1.
+ * @param[in]  types       the commit's distinct type names back to back; type_lens gives their
+ *                         lengths (each 0 .. 65535), n_types of them (1 .. EVL_COLS_MAX_TYPES).
+ * @param[in]  type_of     n_events indexes into type_lens, one per event; may be NULL when n_types
+ *                         is 1 (every event then has that type).
+ * @param[in]  data        the events' data back to back, data_len bytes; data_lens: n_events lengths.
+ * @param[in]  meta        the events' metadata back to back, meta_len bytes; meta_lens: n_events
+ *                         lengths, or NULL when every event's metadata is empty (meta_len 0).
+ * @param[in]  schema      every event's schema, unless `schemas` (n_events of them, one per event)
+ *                         is given (not NULL).
+ * @param[in]  random_ids  16 * n_events random bytes (one id per event, as evl_encode_commit).
+ * @param[in]  first_position, recorded_at  as evl_encode_commit.
+ * @param[out] out         where the commit goes (out_cap bytes of room); must not overlap the inputs.
+ * @return the size of the commit (> 0) when it was written; or, with nothing written, EVL_EFULL
+ *         when out is NULL or out_cap is under that size (the sizing call), EVL_EINVAL when a
+ *         length is over its limit, a type index is not below n_types, the lengths do not add up
+ *         to data_len and meta_len, a version would pass EVL_MAX_VERSION, first_position is 0 or
+ *         the positions would pass 2^64 - 1, or a needed pointer is NULL.
+ */
+#define EVL_COLS_MAX_TYPES 256 /* the most distinct types evl_encode_cols takes in one commit */
+long long evl_encode_cols(const uint8_t *stream, uint32_t stream_len, uint32_t flags, uint64_t version,
+                          size_t n_events, const uint8_t *types, const uint32_t *type_lens, size_t n_types,
+                          const uint32_t *type_of, const uint8_t *data, size_t data_len,
+                          const uint32_t *data_lens, const uint8_t *meta, size_t meta_len,
+                          const uint32_t *meta_lens, uint32_t schema, const uint32_t *schemas,
+                          const uint8_t *random_ids,
+                          uint64_t first_position, uint64_t recorded_at, uint8_t *out, size_t out_cap);
+
+/*
  * Write all n bytes to fd at its current offset (retrying on EINTR and short writes), then,
  * if sync is non-zero, fdatasync(fd). Runs without touching any caller state.
  * @param[in] fd    an open file descriptor (opened O_APPEND or positioned by the caller).

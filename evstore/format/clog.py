@@ -8,6 +8,7 @@ exported, so they cannot be resized or unmapped meanwhile.
 from __future__ import annotations
 
 import functools
+import operator
 import os
 import struct
 from array import array
@@ -254,42 +255,43 @@ def _encode(parts: Sequence[PartToEncode], controls: Sequence[ControlRecord], fi
     return EncodedCommit(buf, first_position, n_events, results, runs, types, ids, tagged, control_offsets)
 
 
-_UNSET = object()  # no type name looked up yet (None is a type name to refuse, so not that)
+_PLAIN_ID_TAGS = {(None, ())}
+_INTS = {int}
+_NEW_EVENTS = {NewEvent}
+_u32s = functools.partial(ffi.from_buffer, "uint32_t[]")
+_BYTES = {bytes}
 
 
 def encode_plain(stream: Stream, key: bytes, stored: bytes, flags: int, version: int, events: Sequence[object],
                  type_names: dict[str, bytes], first_position: int, ts: int) -> EncodedCommit | None:
     """The commit of one stream's *plain* events (see evstore.format.encode's `plain_events`, whose
-    test this loop makes as it marshals them), or None when an event is not plain. The same bytes
-    and offsets as `encode_commit` of that part: the append fast path, one loop and one C call."""
-    chunks: list[bytes] = [stored]
-    add = chunks.extend
-    desc: list[int] = []
-    dadd = desc.extend
-    types: dict[bytes, None] = {}
-    get = type_names.get
-    last: object = _UNSET  # the type name looked up last: a run of events of one type looks it up once
-    tb = b""
-    for e in events:
-        if type(e) is not NewEvent:
+    test this makes, a column at a time), or None when an event is not plain. The same bytes and
+    offsets as `encode_commit` of that part: the append fast path, with no Python loop over the events."""
+    if len(events) == 1:
+        e = events[0]
+        if type(e) is not NewEvent or e.id is not None or e.tags:
             return None
-        t = e.type
-        if t is not last:
-            tb = get(t) if type(t) is str else None  # type: ignore[assignment]
-            if tb is None:
-                return None
-            last = t
-            types[tb] = None
-        d, m, sc = e.data, e.metadata, e.schema
-        if type(d) is not bytes or type(m) is not bytes or e.id is not None or e.tags or type(sc) is not int:
+        return _encode_cols(stream, key, stored, flags, version, [e.type], [e.data], [e.metadata], e.schema,
+                            type_names, first_position, ts)
+    if not events or set(map(type, events)) != _NEW_EVENTS:
+        return None
+    try:
+        if {(e.id, e.tags) for e in events} != _PLAIN_ID_TAGS:  # type: ignore[attr-defined]
             return None
-        ld = len(d)
-        lm = len(m)
-        if ld + lm > MAX_EVENT_BYTES or sc < 0 or sc > MAX_SCHEMA:
-            return None
-        add((tb, m, d))
-        dadd((len(tb), lm, 0, ld, 0, sc))
-    return _encode_run(stream, key, stored, flags, version, chunks, desc, types, first_position, ts)
+    except TypeError:  # unhashable tags: not plain
+        return None
+    schema: object = [e.schema for e in events]  # type: ignore[attr-defined]
+    if set(map(type, schema)) != _INTS:  # type: ignore[call-overload]
+        return None  # (a set of the schemas alone would take True for 1)
+    lo, hi = min(schema), max(schema)  # type: ignore[call-overload]
+    if lo < 0 or hi > MAX_SCHEMA:
+        return None
+    if lo == hi:
+        schema = lo
+    # (comprehensions over the events: faster than map with attrgetter, whose calls are not inlined)
+    return _encode_cols(stream, key, stored, flags, version, [e.type for e in events],  # type: ignore[attr-defined]
+                        [e.data for e in events], [e.metadata for e in events],  # type: ignore[attr-defined]
+                        schema, type_names, first_position, ts)
 
 
 def encode_fields(stream: Stream, key: bytes, stored: bytes, flags: int, version: int, names: Sequence[object],
@@ -299,51 +301,85 @@ def encode_fields(stream: Stream, key: bytes, stored: bytes, flags: int, version
     as adapters hold them: no event object is made. None when a field is not plain."""
     if not len(names) == len(datas) == len(metadatas):
         return None
-    chunks: list[bytes] = [stored]
-    add = chunks.extend
-    desc: list[int] = []
-    dadd = desc.extend
-    types: dict[bytes, None] = {}
+    return _encode_cols(stream, key, stored, flags, version, names, datas, metadatas, 1, type_names,
+                        first_position, ts)
+
+
+def _encode_cols(stream: Stream, key: bytes, stored: bytes, flags: int, version: int, names: Sequence[object],
+                 datas: Sequence[object], metas: Sequence[object], schema: object, type_names: dict[str, bytes],
+                 first_position: int, ts: int) -> EncodedCommit | None:
+    """One C call (evl_encode_cols) over the events' columns; every check of `plain_events` made
+    with C-speed builtins over a column (types of the columns, names looked up once each).
+    `schema`: every event's, or a list of one per event (checked by the caller)."""
+    n = len(names)
+    if type(schema) is list:
+        schemas, schema = schema, 0
+    else:
+        schemas = ffi.NULL
+        if type(schema) is not int or not 0 <= schema <= MAX_SCHEMA:
+            return None
+    if not n or version + n > MAX_VERSION \
+            or len(stored) > 0xFFFF or flags not in (0, 1) or first_position + n > _U64_MAX:
+        return None
     get = type_names.get
-    last: object = _UNSET  # as in encode_plain: a run of one type name is looked up once
-    tb = b""
-    for t, d, m in zip(names, datas, metadatas):
-        if t is not last:
-            tb = get(t) if type(t) is str else None  # type: ignore[assignment]
+    try:
+        uniq = dict.fromkeys(names) if n > 1 else None
+    except TypeError:  # an unhashable type name: not plain
+        return None
+    if uniq is None or len(uniq) == 1:
+        t = names[0]
+        tb = get(t) if type(t) is str else None
+        if tb is None:
+            return None
+        tbs = [tb]
+        tlens = [len(tb)]
+        type_of = ffi.NULL
+        types_total = len(tb) * n
+    else:
+        if len(uniq) > lib.EVL_COLS_MAX_TYPES:
+            return None
+        tbs = []
+        for i, t in enumerate(uniq):
+            tb = get(t) if type(t) is str else None  # type: ignore[arg-type]
             if tb is None:
                 return None
-            last = t
-            types[tb] = None
-        if type(d) is not bytes or type(m) is not bytes:
+            tbs.append(tb)
+            uniq[t] = i  # type: ignore[assignment]
+        tlens = list(map(len, tbs))
+        type_of = _u32s(array("I", map(uniq.__getitem__, names)))
+        types_total = sum(map(tlens.__getitem__, map(uniq.__getitem__, names)))
+    if n == 1:
+        if type(datas[0]) is not bytes or type(metas[0]) is not bytes:
             return None
-        ld = len(d)
-        lm = len(m)
-        if ld + lm > MAX_EVENT_BYTES:
-            return None
-        add((tb, m, d))
-        dadd((len(tb), lm, 0, ld, 0, 1))
-    return _encode_run(stream, key, stored, flags, version, chunks, desc, types, first_position, ts)
-
-
-def _encode_run(stream: Stream, key: bytes, stored: bytes, flags: int, version: int, chunks: list[bytes],
-                desc: list[int], types: dict[bytes, None], first_position: int, ts: int) -> EncodedCommit | None:
-    n = len(desc) // 6
-    if not n or version + n > MAX_VERSION or len(stored) > 0xFFFF or flags not in (0, 1):
+    elif set(map(type, datas)) != _BYTES or set(map(type, metas)) != _BYTES:
         return None
-    inb = b"".join(chunks)
-    size = COMMIT_SIZE + HEADER_SIZE * n + len(inb) + len(stored) * (n - 1)
-    if size - COMMIT_SIZE > MAX_COMMIT_BYTES or first_position + n > 0xFFFF_FFFF_FFFF_FFFF:
+    data = b"".join(datas)  # type: ignore[arg-type]
+    meta = b"".join(metas)  # type: ignore[arg-type]
+    # Lengths as arrays passed by address (cffi converts a list item by item, an array not at all);
+    # one event's as a list of one.
+    if n == 1:
+        dlens: Any = [len(data)]
+        mlens: Any = [len(meta)] if meta else None
+    else:
+        dlens = array("I", map(len, datas))  # type: ignore[arg-type]
+        mlens = array("I", map(len, metas)) if meta else None  # type: ignore[arg-type]
+    if len(data) + len(meta) > MAX_EVENT_BYTES and (
+            max(dlens) if not meta else max(map(operator.add, dlens, mlens))) > MAX_EVENT_BYTES:
+        return None
+    size = COMMIT_SIZE + (HEADER_SIZE + len(stored)) * n + types_total + len(meta) + len(data)
+    if size - COMMIT_SIZE > MAX_COMMIT_BYTES:
         return None
     buf = bytearray(size)
-    # evl_encode_run takes the descriptors as a list (cffi passes it as a temporary array) and the
-    # buffer without a `with`: nothing resizes it while the call runs.
-    if lib.evl_encode_run(inb, len(inb), len(stored), flags, version, desc, n, random_bytes(16 * n),
-                          first_position, ts, ffi.from_buffer("uint8_t[]", buf, require_writable=True), size,
-                          ffi.NULL) != size:
-        return None
+    # The lists go to C as temporary arrays; the buffer without a `with`: nothing resizes it meanwhile.
+    if lib.evl_encode_cols(stored, len(stored), flags, version, n, b"".join(tbs), tlens, len(tbs), type_of, data,
+                           len(data), dlens if n == 1 else _u32s(dlens), meta, len(meta),
+                           ffi.NULL if mlens is None else mlens if n == 1 else _u32s(mlens), schema,
+                           schemas, random_bytes(16 * n), first_position,
+                           ts, ffi.from_buffer("uint8_t[]", buf, require_writable=True), size) != size:
+        return None  # pragma: no cover - every input evl_encode_cols refuses is declined above
     last = first_position + n - 1
     return _commit((buf, first_position, n, [_result((stream, version + 1, version + n, first_position, last))],
-                    [(key, version + 1, version + n, 0, size - COMMIT_SIZE)], types, [], [], []))
+                    [(key, version + 1, version + n, 0, size - COMMIT_SIZE)], dict.fromkeys(tbs), [], [], []))
 
 
 # The named tuples built from whole tuples (C speed), not through their keyword-taking __new__.
