@@ -323,7 +323,7 @@ def _encode_cols(stream: Stream, key: bytes, stored: bytes, flags: int, version:
         return None
     get = type_names.get
     try:
-        uniq = dict.fromkeys(names) if n > 1 else None
+        uniq: dict[Any, int] | None = dict.fromkeys(names, 0) if n > 1 else None
     except TypeError:  # an unhashable type name: not plain
         return None
     if uniq is None or len(uniq) == 1:
@@ -340,11 +340,11 @@ def _encode_cols(stream: Stream, key: bytes, stored: bytes, flags: int, version:
             return None
         tbs = []
         for i, t in enumerate(uniq):
-            tb = get(t) if type(t) is str else None  # type: ignore[arg-type]
+            tb = get(t) if type(t) is str else None
             if tb is None:
                 return None
             tbs.append(tb)
-            uniq[t] = i  # type: ignore[assignment]
+            uniq[t] = i
         tlens = list(map(len, tbs))
         type_of = _u32s(array("I", map(uniq.__getitem__, names)))
         types_total = sum(map(tlens.__getitem__, map(uniq.__getitem__, names)))
