@@ -132,3 +132,101 @@ def test_an_interrupted_waiter_gives_up_its_place_and_the_front() -> None:
     assert c.queue == [b] and c.front is b
     c.give_up(b)
     assert c.queue == [] and c.front is None
+
+
+def _round(s: Any, *args: tuple[Any, list[Any], Any, Any]) -> list[Request]:
+    """Write `args` (stream, events, expected, fields) as one round of queued appends, as a front thread
+    does, and sync it; the requests with their results or errors."""
+    core = s._core
+    reqs = [Request(a) for a in args]
+    with core.wlock:
+        top = core.writer.combiner.write_round(reqs)
+    if top:
+        core.group.await_durable(top)
+    assert all(r.done for r in reqs)
+    return reqs
+
+
+def _commits(s: Any) -> list[list[tuple[str, int]]]:
+    """The store's events grouped by commit: (stream, version) of each."""
+    out: dict[int, list[tuple[str, int]]] = {}
+    for e in s.read_all():
+        out.setdefault(e.recorded_at, []).append((str(e.stream), e.version))
+    return list(out.values())
+
+
+def test_a_round_is_written_as_one_commit_of_its_appends(store_path: str, impl: str) -> None:
+    """A round of appends to different streams is one commit (one recorded_at, consecutive positions):
+    each append gets its own result, a refused one its own error with nothing of it written, one not
+    plain is declined (result None: its thread takes the general path), and the events read back."""
+    with evstore.open(store_path, log_impl=impl) as s:
+        s.append("b", [NewEvent("T", b"b1"), NewEvent("U", b"b1u")])  # (a type is plain once it is known)
+        reqs = _round(s, ("a", [NewEvent("T", b"a1"), NewEvent("U", b"a2", b"m")], evstore.NO_STREAM, None),
+                      ("b", [NewEvent("T", b"b2")], 5, None),  # wrong expected version
+                      ("c", [NewEvent("T", b"c1", tags=("x",))], evstore.ANY, None),  # not plain
+                      ("d", [], evstore.ANY, (["T"], [b"d1"], [b""])),
+                      ("b", [NewEvent("T", b"b2")], 2, None))
+        assert [r.error is not None for r in reqs] == [False, True, False, False, False]
+        assert isinstance(reqs[1].error, evstore.WrongExpectedVersion) and reqs[2].result is None
+        a, d, b = reqs[0].result, reqs[3].result, reqs[4].result
+        assert a is not None and d is not None and b is not None
+        assert (a.first_version, a.last_version, a.first_position, a.last_position) == (1, 2, 3, 4)
+        assert (d.first_version, d.first_position, b.first_version, b.first_position) == (1, 5, 3, 6)
+        assert reqs[0].seq == reqs[3].seq == reqs[4].seq > 0
+        assert _commits(s) == [[("b", 1), ("b", 2)], [("a", 1), ("a", 2), ("d", 1), ("b", 3)]]
+        assert [e.data for e in s.read_stream("b")] == [b"b1", b"b1u", b"b2"]
+        assert [(e.type, e.metadata) for e in s.read_stream("a")] == [("T", b""), ("U", b"m")]
+        assert s.read_stream("c") == []
+    with evstore.open(store_path, log_impl=impl) as s:  # and so it is in the index rebuilt on reopening
+        assert [e.position for e in s.read_all()] == [1, 2, 3, 4, 5, 6]
+        assert [e.data for e in s.read_stream("d")] == [b"d1"]
+
+
+def test_a_stream_met_twice_in_a_round_starts_a_new_commit(store_path: str, impl: str) -> None:
+    """The second append to a stream in one round is checked against the first (written first, as a
+    commit of its own): right expected versions pass, a stale one is refused."""
+    with evstore.open(store_path, log_impl=impl) as s:
+        reqs = _round(s, ("a", [NewEvent("T", b"1")], evstore.NO_STREAM, None),
+                      ("z", [NewEvent("T", b"z")], evstore.NO_STREAM, None),
+                      ("a", [NewEvent("T", b"2")], 1, None),
+                      ("a", [NewEvent("T", b"3")], 1, None))  # stale: a is at 2 by then
+        assert [r.error is None for r in reqs] == [True, True, True, False]
+        assert isinstance(reqs[3].error, evstore.WrongExpectedVersion)
+        assert _commits(s) == [[("a", 1), ("z", 1)], [("a", 2)]]
+        assert [e.data for e in s.read_stream("a")] == [b"1", b"2"]
+
+
+def test_a_round_too_large_for_one_commit_is_written_as_several(store_path: str, impl: str,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import evstore.engine.combine as combine
+    monkeypatch.setattr(combine, "MAX_ROUND_EVENTS", 3)
+    with evstore.open(store_path, log_impl=impl) as s:
+        _round(s, *((f"s{k}", [NewEvent("T", b"x")] * 2, evstore.NO_STREAM, None) for k in range(4)))
+        assert [len(c) for c in _commits(s)] == [2, 2, 2, 2]
+        monkeypatch.setattr(combine, "MAX_ROUND_EVENTS", 4)
+        _round(s, *((f"t{k}", [NewEvent("T", b"x")], evstore.NO_STREAM, None) for k in range(6)))
+        assert [len(c) for c in _commits(s)][4:] == [4, 2]
+
+
+def test_a_round_that_cannot_be_written_fails_every_append_of_it(store_path: str, impl: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk at the round's write: each append of it raises the StorageError, nothing is written,
+    and the next round is written."""
+    with evstore.open(store_path, log_impl=impl) as s:
+        s.append("w", [NewEvent("T", b"")])
+        log = s._core.log  # type: ignore[union-attr]
+        real = log.impl.pwrite
+
+        def full(fd: int, buf: Any, off: int) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(log.impl, "pwrite", full)
+        reqs = _round(s, ("a", [NewEvent("T", b"1")], evstore.ANY, None), ("b", [NewEvent("T", b"2")], evstore.ANY, None))
+        assert all(isinstance(r.error, evstore.StorageError) for r in reqs)
+        monkeypatch.setattr(log.impl, "pwrite", real)
+        assert [e.position for e in s.read_all()] == [1]
+        reqs = _round(s, ("a", [NewEvent("T", b"1")], evstore.ANY, None), ("b", [NewEvent("T", b"2")], evstore.ANY, None))
+        assert all(r.error is None for r in reqs)
+        assert _commits(s)[1:] == [[("a", 1), ("b", 1)]]
+    with evstore.open(store_path, log_impl=impl) as s:
+        assert [str(e.stream) for e in s.read_all()] == ["w", "a", "b"]

@@ -35,6 +35,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from evstore.engine.checks import checked_stream_key
 from evstore.records import AppendResult, Stream
 
 if TYPE_CHECKING:
@@ -57,7 +58,10 @@ class Request:
         self.error: Exception | None = None
 
 
-_ALONE = Request(("", [], None, None))  # the front held by a thread that found nobody queued
+_ALONE = Request(("", [], None, None))
+
+# The most events a round writes in one commit; a larger round is written as several.
+MAX_ROUND_EVENTS = 4096  # the front held by a thread that found nobody queued
 
 
 class Combiner:
@@ -125,16 +129,10 @@ class Combiner:
                 batch, self.queue = self.queue, []
             self.crowd = len(batch)
             with core.wlock:
-                for r in batch:
-                    try:
-                        done = writer.append_plain_once(*r.args)
-                    except Exception as e:  # the append's own error, raised in its own thread
-                        r.error = e
-                    else:
-                        if done is not None:
-                            r.result, r.seq = done
-                            top = done[1]
-                    r.done = True
+                if len(batch) == 1:
+                    top = self.write_one(batch[0])
+                else:
+                    top = self.write_round(batch)
             if top:
                 core.group.await_durable(top)
         finally:  # also when interrupted: what was not written goes back, first; this thread's own
@@ -143,6 +141,87 @@ class Combiner:
             for r in batch:
                 if r.wait is not None and r.done:
                     r.wait.release()
+
+    def write_one(self, r: Request) -> int:
+        """Write one queued append as a commit of its own (`Writer.append_plain_once`); its sequence
+        number (0: not written). Requires the writer lock."""
+        try:
+            done = self.writer.append_plain_once(*r.args)
+        except Exception as e:  # the append's own error, raised in its own thread
+            r.error = e
+            done = None
+        if done is not None:
+            r.result, r.seq = done
+        r.done = True
+        return 0 if done is None else done[1]
+
+    def write_round(self, batch: list[Request]) -> int:
+        """Write a round's appends as one commit: each append checked on its own (a refused one is
+        left out with its error, one not plain is declined), the others written together, so that
+        the round costs one encoding, one write and one set of index entries. A stream met again
+        starts a new commit (its checks see the one before), as does a round over MAX_ROUND_EVENTS.
+        Returns the last commit's sequence number (0: none). Requires the writer lock."""
+        writer = self.writer
+        try:
+            writer.core.group.check_writable()
+        except Exception as e:
+            for r in batch:
+                r.error, r.done = e, True
+            return 0
+        top = 0
+        group: list[tuple[Request, Any]] = []
+        keys: set[bytes] = set()
+        n = 0
+        for r in batch:
+            try:
+                again = checked_stream_key(r.args[0]) in keys
+            except (TypeError, ValueError):
+                again = False  # a bad stream id: `check` raises it
+            if again:  # checked against the commit before it, written first
+                top = self.write_group(group) or top
+                group, keys, n = [], set(), 0
+            part = self.check(r)
+            if part is None:
+                continue
+            if n + len(part[0].events) > MAX_ROUND_EVENTS and group:
+                top = self.write_group(group) or top
+                group, keys, n = [], set(), 0
+            group.append((r, part))
+            keys.add(part[0].key)
+            n += len(part[0].events)
+        return self.write_group(group) or top
+
+    def check(self, r: Request) -> Any:
+        """`Writer.plain_part` of a queued append; None when it is done with (refused: its error
+        set, or declined)."""
+        try:
+            part = self.writer.plain_part(*r.args)
+        except Exception as e:  # the append's own error, raised in its own thread
+            r.error, r.done = e, True
+            return None
+        if part is None:
+            r.done = True
+        return part
+
+    def write_group(self, group: list[tuple[Request, Any]]) -> int:
+        """Write checked appends (`check`) as one commit; its sequence number (0: none written)."""
+        if not group:
+            return 0
+        writer = self.writer
+        try:
+            results, seq = writer.write_parts([part for _r, part in group])
+        except ValueError:  # too large for one commit together: each on its own (nothing was written)
+            top = 0
+            for r, _part in group:
+                top = self.write_one(r) or top
+            return top
+        except Exception as e:  # nothing was written: every append of the commit raises this error
+            for r, _part in group:
+                r.error, r.done = e, True
+            return 0
+        for (r, _part), res in zip(group, results):
+            r.result, r.seq, r.done = res, seq, True
+        return seq
 
     def hand_on(self, unwritten: list[Request], mine: Request) -> None:
         """Give the front to the first queued thread (after `unwritten`, appends taken but not

@@ -32,7 +32,8 @@ from evstore.errors import (
     TrackingConflict,
     WrongExpectedVersion,
 )
-from evstore.format.encode import ControlRecord, EncodedCommit, PartToEncode, encode_commit
+from evstore.format.encode import (ControlRecord, EncodedCommit, PartToEncode, encode_commit, plain_events,
+                                   plain_fields)
 from evstore.storage.index import HEAD_CLOSED, HEAD_TOMBSTONE, Head, IndexBatch, stream_key
 from evstore.lifecycle import Lifecycle
 from evstore.records import ANY, NO_STREAM, STREAM_EXISTS, AppendResult, Stream, encode_tags
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from evstore.engine.core import Core
 
 Binder = Callable[[Any], "Lifecycle | None"]
+Fields = tuple[Sequence[object], Sequence[object], Sequence[object]]  # type names, data, metadata
 
 
 class NeedFlush(Exception):
@@ -118,7 +120,7 @@ class Writer:
             return self.write(parts, controls, ts)
 
     def append_plain(self, stream: Stream, events: list[Any], expected: Any,
-                     fields: tuple[Sequence[object], Sequence[object], Sequence[object]] | None = None
+                     fields: Fields | None = None
                      ) -> AppendResult | None:
         """The fast path of an append to one stream of *plain* events (evstore.format.encode's
         `plain_events`: no ids, no tags) without lifecycles, expected state or condition: the checks
@@ -134,7 +136,7 @@ class Writer:
         return done[0]
 
     def append_plain_once(self, stream: Stream, events: list[Any], expected: Any,
-                          fields: tuple[Sequence[object], Sequence[object], Sequence[object]] | None = None
+                          fields: Fields | None = None
                           ) -> tuple[AppendResult, int] | None:
         """`append_plain` without the durable wait: (result, the commit's sequence number for
         `GroupCommit.await_durable`), or None as `append_plain`. Raises as `append_plain`."""
@@ -171,6 +173,49 @@ class Writer:
                 return None
             results, seq = self.install(enc, (), {key: h})
         return results[0], seq
+
+    def plain_part(self, stream: Stream, events: list[Any], expected: Any, fields: Fields | None
+                   ) -> tuple[PartToEncode, Head | None] | None:
+        """Under the writer lock: the checks `append_plain_once` makes, and the append as one part
+        of a commit written with others (`write_parts`), with the stream's head; None, with nothing
+        checked past the stream's head, when an event is not plain (or, on a refusal, carries an id).
+        Raises as `append_plain_once`."""
+        if fields is None:
+            if not events:
+                return None
+        elif not fields[0]:
+            raise ValueError("an append needs at least one event")
+        sb, sflag = check_stream(stream)
+        key = stream_key(stream)
+        expected = check_expected(expected)
+        core = self.core
+        if self.closing:
+            raise StoreClosed(core.path)
+        h = core.indexer.head_of(key)
+        actual = 0 if h is None else h.version
+        try:
+            check_appendable(stream, h)
+            check_version(stream, expected, actual)
+        except (WrongExpectedVersion, StreamClosed, StreamDeleted):
+            if fields is None and any(getattr(e, "id", None) is not None for e in events):
+                return None  # perhaps a retry of a committed append: `commit` answers it
+            raise
+        if fields is None:
+            valid = plain_events(events, type_names)
+        elif len(fields[0]) == len(fields[1]) == len(fields[2]):
+            valid = plain_fields(*fields, type_names)
+        else:
+            valid = None
+        if valid is None:
+            return None
+        return PartToEncode(stream, key, sb, sflag, actual, valid), h
+
+    def write_parts(self, parts: list[tuple[PartToEncode, Head | None]]) -> tuple[list[AppendResult], int]:
+        """Write checked parts (`plain_part`, each of another stream) as one commit; (their results,
+        the commit's sequence number). Requires the writer lock. Raises ValueError, with nothing
+        written, when they do not fit in one commit, and as `install`."""
+        enc = encode_commit(self.core.impl, [p for p, _h in parts], (), self.next_position, time.time_ns())
+        return self.install(enc, (), {p.key: h for p, h in parts})
 
     def check_state(self, p: Part, h: Head | None, binder: Binder | None) -> ControlRecord | None:
         """Check expected_state and the lifecycle of one part; the `$state` mark to write, if any."""
