@@ -185,7 +185,7 @@ class Indexer:
         n = enc.n_events
         size = len(enc.buf)
         end = off + size
-        h = self.head_or_new(batch, key, {key: head})
+        h = head if head is not None else self.head_or_new(batch, key, {key: None})
         h.version = v1
         where = EXTENT_VAL.pack(seg, off, n, size)
         pk = COMMIT_KEY.pack(fp)

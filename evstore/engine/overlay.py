@@ -63,8 +63,9 @@ class Overlay:
                         e = streams[key] = _Entry(packed, b)
                     else:
                         e.head, e.batch = packed, b
-                    num = packed[7::-1]
-                    e.extents += [(b, k, v) for k, v in b.extents if k[:8] == num]
+                    # Every extent of a batch is of a stream whose head it holds: here, this one's.
+                    for k, v in b.extents:
+                        e.extents.append((b, k, v))
                     continue
                 by_num: dict[bytes, _Entry] = {}
                 for key, packed in heads.items():

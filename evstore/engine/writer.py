@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from evstore.storage import index as ix
+from evstore.format.encode import MAX_VERSION
 from evstore.format.layout import KIND_MARK, KIND_TRACKING
 from evstore.engine.combine import Combiner
 from evstore.engine.checks import CheckedCondition, Part, check_expected, check_stream, type_names
@@ -45,6 +46,9 @@ Binder = Callable[[Any], "Lifecycle | None"]
 Fields = tuple[Sequence[object], Sequence[object], Sequence[object]]  # type names, data, metadata
 
 
+MAX_STREAM_IDS = 65536  # checked stream ids the writer keeps (then it starts again)
+
+
 class NeedFlush(Exception):
     """Raised under the writer lock when a check needs commits that are written but not yet indexed."""
 
@@ -57,6 +61,10 @@ class Writer:
         self.next_position = next_position  # GUARDED_BY(core.wlock): the next global position
         self.closing = False  # GUARDED_BY(core.wlock): close() has begun; appends are refused
         self.combiner = Combiner(self)  # the queue of fast-path appends waiting for a sync (its own lock)
+        # Stream id -> (stored bytes, flags, index key), of ids checked before. Read and written with
+        # no lock (dict operations are atomic under the GIL): an entry is a function of its id alone,
+        # so an insert lost to a concurrent clear() only costs a check.
+        self.stream_ids: dict[Stream, tuple[bytes, int, bytes]] = {}
 
     def commit(self, parts: list[Part], controls: Sequence[ControlRecord] = (), binder: Binder | None = None,
                ts: int | None = None, condition: CheckedCondition | None = None) -> list[AppendResult]:
@@ -145,9 +153,9 @@ class Writer:
                 return None  # `commit` says what is wrong, in its order of checks
         elif not fields[0]:
             raise ValueError("an append needs at least one event")
-        sb, sflag = check_stream(stream)
-        key = stream_key(stream)
-        expected = check_expected(expected)
+        sb, sflag, key = self.stream_ids_of(stream)
+        if type(expected) is not int or not 0 <= expected <= MAX_VERSION:
+            expected = check_expected(expected)
         core = self.core
         group = core.group
         group.check_writable()
@@ -185,9 +193,9 @@ class Writer:
                 return None
         elif not fields[0]:
             raise ValueError("an append needs at least one event")
-        sb, sflag = check_stream(stream)
-        key = stream_key(stream)
-        expected = check_expected(expected)
+        sb, sflag, key = self.stream_ids_of(stream)
+        if type(expected) is not int or not 0 <= expected <= MAX_VERSION:
+            expected = check_expected(expected)
         core = self.core
         if self.closing:
             raise StoreClosed(core.path)
@@ -216,6 +224,24 @@ class Writer:
         written, when they do not fit in one commit, and as `install`."""
         enc = encode_commit(self.core.impl, [p for p, _h in parts], (), self.next_position, time.time_ns())
         return self.install(enc, (), {p.key: h for p, h in parts})
+
+    def stream_ids_of(self, stream: Stream) -> tuple[bytes, int, bytes]:
+        """(stored bytes, flags, index key) of a stream id; TypeError/ValueError when malformed."""
+        try:
+            ids = self.stream_ids.get(stream)
+        except TypeError:  # unhashable: not a stream id (check_stream says so)
+            ids = None
+        return ids if ids is not None else self.check_stream(stream)
+
+    def check_stream(self, stream: Stream) -> tuple[bytes, int, bytes]:
+        """`stream_ids_of` of an id not kept: checked, then kept for the next append to it."""
+        sb, sflag = check_stream(stream)
+        ids = (sb, sflag, stream_key(stream))
+        if type(stream) is str or type(stream) is uuid.UUID:  # (not a subclass: its hash may differ)
+            if len(self.stream_ids) >= MAX_STREAM_IDS:
+                self.stream_ids.clear()
+            self.stream_ids[stream] = ids
+        return ids
 
     def check_state(self, p: Part, h: Head | None, binder: Binder | None) -> ControlRecord | None:
         """Check expected_state and the lifecycle of one part; the `$state` mark to write, if any."""
