@@ -35,7 +35,6 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from evstore.engine.checks import checked_stream_key
 from evstore.records import AppendResult, Stream
 
 if TYPE_CHECKING:
@@ -174,7 +173,7 @@ class Combiner:
         n = 0
         for r in batch:
             try:
-                again = checked_stream_key(r.args[0]) in keys
+                again = writer.stream_ids_of(r.args[0])[2] in keys
             except (TypeError, ValueError):
                 again = False  # a bad stream id: `check` raises it
             if again:  # checked against the commit before it, written first
