@@ -60,7 +60,9 @@ class Request:
 _ALONE = Request(("", [], None, None))
 
 # The most events a round writes in one commit; a larger round is written as several.
-MAX_ROUND_EVENTS = 4096  # the front held by a thread that found nobody queued
+MAX_ROUND_EVENTS = 4096
+# The longest a front thread waits for the threads of its last batch to queue again.
+GATHER = 0.0003  # the front held by a thread that found nobody queued
 
 
 class Combiner:
@@ -121,9 +123,15 @@ class Combiner:
         top = 0
         try:
             if self.crowd > 1:
-                # The threads of the last batch are waking now; let them queue behind this one (one
-                # switch of the GIL) so that they share this sync rather than wait for the next.
-                time.sleep(0)
+                # The threads of the last batch are waking now; let them queue behind this one, so
+                # that they share this sync rather than wait for the next: yield the GIL until as
+                # many are queued as the last batch held, or for at most GATHER seconds (the
+                # queue's length read without the lock: a hint).
+                deadline = time.perf_counter() + GATHER
+                while True:
+                    time.sleep(0)
+                    if len(self.queue) >= self.crowd or time.perf_counter() > deadline:
+                        break
             with self.lock:
                 batch, self.queue = self.queue, []
             self.crowd = len(batch)
