@@ -44,6 +44,7 @@ class Spec:
     recover: bool = False  # a damaged store: a state may need `evstore recover` until it is acknowledged
     prune: bool = False  # snapshots are pruned from the index (older ones may come back after a rebuild)
     claims: str | None = None  # the durability the checker holds the store to (default: `durability`)
+    concurrent: bool = False  # appends from several threads: a commit may carry several of them, in any order
 
 
 class Ctx:
@@ -409,10 +410,50 @@ def w_compact(ctx: Ctx, phase: str) -> None:
         ctx.done("prune", dropped=n)
 
 
+def w_threads(ctx: Ctx, phase: str) -> None:
+    """Plain appends (no ids, no tags: the fast path) from four threads at once, each to a stream of
+    its own with expected versions, with fsync: the appends that meet in one sync round are written
+    as one commit by the thread at the front (engine/combine.py) and each acknowledged after it."""
+    if phase == "setup":
+        _base(ctx)  # (and the types T0..T2 known, so that the appends below are plain)
+        return
+    import threading
+
+    lock = threading.Lock()  # the random source, the keys and the acknowledgement file
+    with ctx.open() as s:
+        def work(t: int) -> None:
+            version = 0
+            for _i in range(8):
+                with lock:
+                    k = ctx.key()
+                    stream = f"t{t}"
+                    evs = [NewEvent(e.type, e.data, e.metadata, schema=e.schema)
+                           for e in ctx.events(k, ctx.rng.randint(1, 2))]
+                    ctx.line(t="intent", k=k, op="append", parts=[{"stream": stream, "events": [_ev(e) for e in evs]}],
+                             tracking=None)
+                r = s.append(stream, evs, expected_version=version or evstore.NO_STREAM)
+                version = r.last_version
+                with lock:
+                    ctx.line(t="ack", k=k, results=[[stream, r.first_version, r.last_version, r.first_position,
+                                                     r.last_position]])
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        # The point of the workload: some commit carries the appends of several threads.
+        streams_at: dict[int, set[str]] = {}
+        for e in s.read_all():
+            streams_at.setdefault(e.recorded_at, set()).add(str(e.stream))
+        if not any(len(v) > 1 for v in streams_at.values()):
+            raise SystemExit("threads: no commit carried the appends of two threads")
+
+
 _FUNCS: dict[str, Callable[[Ctx, str], None]] = {
     "create": w_create, "append-roll": w_append_roll, "marks": w_marks, "kill-reopen": w_kill_reopen,
     "os-close": w_os_close, "recover": w_recover, "backup": w_backup, "import": w_import, "reindex": w_reindex,
-    "compact": w_compact,
+    "compact": w_compact, "threads": w_threads,
 }
 
 SPECS: dict[str, Spec] = {s.name: s for s in [
@@ -430,6 +471,7 @@ SPECS: dict[str, Spec] = {s.name: s for s in [
     Spec("import-c", "c", segment_size=16384),
     Spec("reindex-c", "c", segment_size=4096),
     Spec("compact-c", "c", segment_size=4096, prune=True),
+    Spec("threads-c", "c", segment_size=4096, concurrent=True),
 ]}
 
 
