@@ -346,8 +346,9 @@ def _encode_cols(stream: Stream, key: bytes, stored: bytes, flags: int, version:
             tbs.append(tb)
             uniq[t] = i
         tlens = list(map(len, tbs))
-        type_of = _u32s(array("I", map(uniq.__getitem__, names)))
-        types_total = sum(map(tlens.__getitem__, map(uniq.__getitem__, names)))
+        tix = array("I", map(uniq.__getitem__, names))
+        type_of = _u32s(tix)
+        types_total = sum(ln * tix.count(i) for i, ln in enumerate(tlens))  # a count per type, in C
     if n == 1:
         if type(datas[0]) is not bytes or type(metas[0]) is not bytes:
             return None
