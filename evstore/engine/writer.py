@@ -148,29 +148,17 @@ class Writer:
                           ) -> tuple[AppendResult, int] | None:
         """`append_plain` without the durable wait: (result, the commit's sequence number for
         `GroupCommit.await_durable`), or None as `append_plain`. Raises as `append_plain`."""
-        if fields is None:
-            if not events:
-                return None  # `commit` says what is wrong, in its order of checks
-        elif not fields[0]:
-            raise ValueError("an append needs at least one event")
-        sb, sflag, key = self.stream_ids_of(stream)
-        if type(expected) is not int or not 0 <= expected <= MAX_VERSION:
-            expected = check_expected(expected)
+        args = self.plain_args(stream, events, expected, fields)
+        if args is None:
+            return None  # `commit` says what is wrong, in its order of checks
+        sb, sflag, key, expected = args
         core = self.core
-        group = core.group
-        group.check_writable()
+        core.group.check_writable()
         with core.wlock:
-            if self.closing:
-                raise StoreClosed(core.path)
-            h = core.indexer.head_of(key)
-            actual = 0 if h is None else h.version
-            try:
-                check_appendable(stream, h)
-                check_version(stream, expected, actual)
-            except (WrongExpectedVersion, StreamClosed, StreamDeleted):
-                if fields is None and any(getattr(e, "id", None) is not None for e in events):
-                    return None  # perhaps a retry of a committed append: `commit` answers it
-                raise
+            checked = self.plain_head(stream, key, events, expected, fields)
+            if checked is None:
+                return None
+            h, actual = checked
             if fields is None:
                 enc = core.impl.encode_plain(stream, key, sb, sflag, actual, events, type_names,
                                              self.next_position, time.time_ns())
@@ -188,26 +176,14 @@ class Writer:
         of a commit written with others (`write_parts`), with the stream's head; None, with nothing
         checked past the stream's head, when an event is not plain (or, on a refusal, carries an id).
         Raises as `append_plain_once`."""
-        if fields is None:
-            if not events:
-                return None
-        elif not fields[0]:
-            raise ValueError("an append needs at least one event")
-        sb, sflag, key = self.stream_ids_of(stream)
-        if type(expected) is not int or not 0 <= expected <= MAX_VERSION:
-            expected = check_expected(expected)
-        core = self.core
-        if self.closing:
-            raise StoreClosed(core.path)
-        h = core.indexer.head_of(key)
-        actual = 0 if h is None else h.version
-        try:
-            check_appendable(stream, h)
-            check_version(stream, expected, actual)
-        except (WrongExpectedVersion, StreamClosed, StreamDeleted):
-            if fields is None and any(getattr(e, "id", None) is not None for e in events):
-                return None  # perhaps a retry of a committed append: `commit` answers it
-            raise
+        args = self.plain_args(stream, events, expected, fields)
+        if args is None:
+            return None
+        sb, sflag, key, expected = args
+        checked = self.plain_head(stream, key, events, expected, fields)
+        if checked is None:
+            return None
+        h, actual = checked
         if fields is None:
             valid = plain_events(events, type_names)
         elif len(fields[0]) == len(fields[1]) == len(fields[2]):
@@ -217,6 +193,38 @@ class Writer:
         if valid is None:
             return None
         return PartToEncode(stream, key, sb, sflag, actual, valid), h
+
+    def plain_args(self, stream: Stream, events: list[Any], expected: Any, fields: Fields | None
+                   ) -> tuple[bytes, int, bytes, Any] | None:
+        """The fast path's checks of its arguments (no lock): (stored stream bytes, flags, key, the
+        expected version checked), or None for no events given (`commit` says what is wrong)."""
+        if fields is None:
+            if not events:
+                return None
+        elif not fields[0]:
+            raise ValueError("an append needs at least one event")
+        sb, sflag, key = self.stream_ids_of(stream)
+        if type(expected) is not int or not 0 <= expected <= MAX_VERSION:
+            expected = check_expected(expected)
+        return sb, sflag, key, expected
+
+    def plain_head(self, stream: Stream, key: bytes, events: list[Any], expected: Any, fields: Fields | None
+                   ) -> tuple[Head | None, int] | None:
+        """Under the writer lock: the fast path's checks of the stream (open store, appendable,
+        expected version); (its head, its version). None when refused but an event carries an id:
+        perhaps a retry of a committed append, which `commit` answers."""
+        if self.closing:
+            raise StoreClosed(self.core.path)
+        h = self.core.indexer.head_of(key)
+        actual = 0 if h is None else h.version
+        try:
+            check_appendable(stream, h)
+            check_version(stream, expected, actual)
+        except (WrongExpectedVersion, StreamClosed, StreamDeleted):
+            if fields is None and any(getattr(e, "id", None) is not None for e in events):
+                return None
+            raise
+        return h, actual
 
     def write_parts(self, parts: list[tuple[PartToEncode, Head | None]]) -> tuple[list[AppendResult], int]:
         """Write checked parts (`plain_part`, each of another stream) as one commit; (their results,
