@@ -169,3 +169,30 @@ def test_model_never_keeps_a_later_write_to_a_page_without_the_earlier_ones() ->
         assert not (b and not a)
         seen.add((a, b, c))
     assert (False, False, True) in seen and (True, False, False) in seen and (True, True, False) in seen
+
+
+def test_replay_takes_a_write_cut_off_by_a_kill_as_done(tmp_path: Any) -> None:
+    """`pwrite64(...) = ?` then `+++ killed by SIGKILL +++`: the write is taken as done in full (the
+    kernel finished it, and the processes after read it); an fdatasync cut off so is not a sync."""
+    from powerloss.replay import Replayer
+    from powerloss.strace import parse
+
+    root = tmp_path / "root"
+    root.mkdir()
+    f = str(root / "f")
+
+    def x(s: str | bytes) -> str:
+        return "".join(f"\\x{b:02x}" for b in (s.encode() if isinstance(s, str) else s))
+
+    lines = [
+        f'7 10:00:00.000001 openat(AT_FDCWD<{x(str(root))}>, "{x(f)}", O_RDWR|O_CREAT|O_CLOEXEC, 0644) = 3<{x(f)}>',
+        f'7 10:00:00.000002 pwrite64(3<{x(f)}>, "{x(b"abcd")}", 4, 0) = 4',
+        f'7 10:00:00.000003 fdatasync(3<{x(f)}>) = 0',
+        f'7 10:00:00.000004 pwrite64(3<{x(f)}>, "{x(b"efgh")}", 4, 4) = ?',
+        '7 10:00:00.000005 +++ killed by SIGKILL +++',
+    ]
+    trace = tmp_path / "trace.txt"
+    trace.write_text("\n".join(lines) + "\n")
+    h = Replayer(str(root), str(tmp_path / "acks"), base=None).replay(parse(str(trace)))
+    assert [(d.off, d.data) for d in h.data] == [(0, b"abcd"), (4, b"efgh")]
+    assert len(h.syncs) == 1

@@ -87,6 +87,10 @@ class History:
     end: int = 0  # one past the last seq
 
 
+_WRITES = frozenset({"write", "pwrite64", "writev", "pwritev", "pwritev2"})
+_ALL = 1 << 62  # "every byte given" for a write whose return value the trace does not have
+
+
 class Replayer:
     """Builds a `History`: made before the traced run (it reads the root's base state from disk),
     then fed the parsed trace with `replay`."""
@@ -280,7 +284,10 @@ class Replayer:
     def replay(self, trace: Trace) -> History:
         for call in trace.calls:
             table = self._table(call.tid, trace.clones)
-            if call.ok:
+            # A write cut off by the death of its process (`= ?`, SIGKILL) is taken as done in full:
+            # the kernel finishes the copy of a write already under way (a fatal signal is seen only
+            # between pages), and the processes after it read what it wrote (a reopen finds the commit).
+            if call.ok or (call.ret is None and call.errno is None and call.name in _WRITES):
                 handler = getattr(self, "_do_" + call.name, None)
                 if handler is not None:
                     handler(call, table)
@@ -366,7 +373,7 @@ class Replayer:
     def _do_writev(self, call: Call, table: dict[int, _Ofd]) -> None:
         o = self._ofd(table, call, call.args[0])
         if o is not None:
-            self._write(call, o, self._iov(call.args[1], call.ret or 0), None)
+            self._write(call, o, self._iov(call.args[1], _ALL if call.ret is None else call.ret), None)
 
     def _do_pwrite64(self, call: Call, table: dict[int, _Ofd]) -> None:
         o = self._ofd(table, call, call.args[0])
@@ -378,7 +385,8 @@ class Replayer:
         if o is not None:
             off = int(call.args[3])
             flags = call.args[4] if len(call.args) > 4 else ""
-            self._write(call, o, self._iov(call.args[1], call.ret or 0), None if off == -1 else off,
+            self._write(call, o, self._iov(call.args[1], _ALL if call.ret is None else call.ret),
+                        None if off == -1 else off,
                         dsync="RWF_DSYNC" in flags or "RWF_SYNC" in flags)
 
     _do_pwritev2 = _do_pwritev
