@@ -192,7 +192,8 @@ long long evl_encode_run(const uint8_t *in, size_t in_len, uint32_t stream_len, 
  * @param[in]  first_position, recorded_at  as evl_encode_commit.
  * @param[out] out         where the commit goes (out_cap bytes of room); must not overlap the inputs.
  * @return the size of the commit (> 0) when it was written; or, with nothing written, EVL_EFULL
- *         when out is NULL or out_cap is under that size (the sizing call), EVL_EINVAL when a
+ *         when out is NULL or out_cap is under that size (the caller computes the size: see the
+ *         formula of evl_encode_commit, with each event's type taken from the table), EVL_EINVAL when a
  *         length is over its limit, a type index is not below n_types, the lengths do not add up
  *         to data_len and meta_len, a version would pass EVL_MAX_VERSION, first_position is 0 or
  *         the positions would pass 2^64 - 1, or a needed pointer is NULL.

@@ -57,12 +57,12 @@ class Request:
         self.error: Exception | None = None
 
 
-_ALONE = Request(("", [], None, None))
+_ALONE = Request(("", [], None, None))  # the front held by a thread that found nobody queued
 
 # The most events a round writes in one commit; a larger round is written as several.
 MAX_ROUND_EVENTS = 4096
 # The longest a front thread waits for the threads of its last batch to queue again.
-GATHER = 0.0003  # the front held by a thread that found nobody queued
+GATHER = 0.0003
 
 
 class Combiner:

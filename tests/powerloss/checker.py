@@ -220,17 +220,7 @@ def match_commits(commits: list[LogCommit], intents: list[dict[str, Any]], acked
         present.add(intent["k"])
         ptr = j + 1
         ack = acked.get(intent["k"])
-        if ack is not None and "results" in ack:
-            ev = [r for r in c.records if r.kind == KIND_EVENT]
-            by_stream: dict[str, list[Rec]] = defaultdict(list)
-            for r in ev:
-                by_stream[r.stream].append(r)
-            for stream, v0, v1, p0, p1 in ack["results"]:
-                rs = by_stream.get(stream, [])
-                if not rs or (rs[0].version, rs[-1].version, rs[0].position, rs[-1].position) != (v0, v1, p0, p1):
-                    fails.append(("lost-ack", f"intent {intent['k']}: acknowledged {stream} v{v0}-{v1} at "
-                                              f"{p0}-{p1}, the log has " + (f"v{rs[0].version}-{rs[-1].version} at "
-                                              f"{rs[0].position}-{rs[-1].position}" if rs else "nothing")))
+        fails += ack_fails(intent, ack, c.records)
         if ack is not None and intent["op"] == "mark" and c.records[0].version != ack["version"]:
             fails.append(("lost-ack", f"mark {intent['k']} acknowledged at version {ack['version']}, "
                                       f"logged at {c.records[0].version}"))
@@ -257,6 +247,25 @@ def match_commits(commits: list[LogCommit], intents: list[dict[str, Any]], acked
     return fails
 
 
+def ack_fails(intent: dict[str, Any], ack: dict[str, Any] | None, records: list[Rec]) -> list[tuple[str, str]]:
+    """Whether the records an intent was found in hold, per stream, the versions and positions its
+    ack gave (nothing to check without an ack with results)."""
+    if ack is None or "results" not in ack:
+        return []
+    by_stream: dict[str, list[Rec]] = defaultdict(list)
+    for r in records:
+        if r.kind == KIND_EVENT:
+            by_stream[r.stream].append(r)
+    fails = []
+    for stream, v0, v1, p0, p1 in ack["results"]:
+        rs = by_stream.get(stream, [])
+        if not rs or (rs[0].version, rs[-1].version, rs[0].position, rs[-1].position) != (v0, v1, p0, p1):
+            fails.append(("lost-ack", f"intent {intent['k']}: acknowledged {stream} v{v0}-{v1} at "
+                                      f"{p0}-{p1}, the log has " + (f"v{rs[0].version}-{rs[-1].version} at "
+                                      f"{rs[0].position}-{rs[-1].position}" if rs else "nothing")))
+    return fails
+
+
 def match_concurrent(commits: list[LogCommit], intents: list[dict[str, Any]], acked: dict[str, dict[str, Any]],
                      expect_lost: set[str]) -> list[tuple[str, str]]:
     """`match_commits` of appends made by several threads (durability="fsync"): each commit is one or
@@ -278,13 +287,7 @@ def match_concurrent(commits: list[LogCommit], intents: list[dict[str, Any]], ac
             present.add(intent["k"])
             recs = c.records[at : at + len(s)]
             at += len(s)
-            ack = acked.get(intent["k"])
-            if ack is not None and "results" in ack:
-                for stream, v0, v1, p0, p1 in ack["results"]:
-                    ev = [r for r in recs if r.kind == KIND_EVENT and r.stream == stream]
-                    if not ev or (ev[0].version, ev[-1].version, ev[0].position, ev[-1].position) != (v0, v1, p0, p1):
-                        fails.append(("lost-ack", f"intent {intent['k']}: acknowledged {stream} v{v0}-{v1} at "
-                                                  f"{p0}-{p1}, its commit has something else"))
+            fails += ack_fails(intent, acked.get(intent["k"]), recs)
     missing = [i["k"] for i in intents if shape(i) and i["k"] in acked and i["k"] not in expect_lost
                and i["k"] not in present]
     if missing:

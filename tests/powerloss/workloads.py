@@ -415,7 +415,9 @@ def w_threads(ctx: Ctx, phase: str) -> None:
     its own with expected versions, with fsync: the appends that meet in one sync round are written
     as one commit by the thread at the front (engine/combine.py) and each acknowledged after it."""
     if phase == "setup":
-        _base(ctx)  # (and the types T0..T2 known, so that the appends below are plain)
+        _base(ctx)
+        # (In the run's process each type's first append takes the general path, which registers the
+        # type; the appends after it are plain.)
         return
     import threading
 
