@@ -255,7 +255,6 @@ def _encode(parts: Sequence[PartToEncode], controls: Sequence[ControlRecord], fi
     return EncodedCommit(buf, first_position, n_events, results, runs, types, ids, tagged, control_offsets)
 
 
-_PLAIN_ID_TAGS = {(None, ())}
 _INTS = {int}
 _NEW_EVENTS = {NewEvent}
 _u32s = functools.partial(ffi.from_buffer, "uint32_t[]")
@@ -273,21 +272,24 @@ def encode_plain(stream: Stream, key: bytes, stored: bytes, flags: int, version:
             return None
         return _encode_cols(stream, key, stored, flags, version, [e.type], [e.data], [e.metadata], e.schema,
                             type_names, first_position, ts)
-    if not events or set(map(type, events)) != _NEW_EVENTS:
+    n = len(events)
+    if not n or set(map(type, events)) != _NEW_EVENTS:
         return None
-    try:
-        if {(e.id, e.tags) for e in events} != _PLAIN_ID_TAGS:  # type: ignore[attr-defined]
-            return None
-    except TypeError:  # unhashable tags: not plain
+    # No ids and no tags: counts over two columns (a set of (id, tags) pairs costs twice as much:
+    # a tuple and a hash per event). `count` compares as `==` does, as that set did.
+    if [e.id for e in events].count(None) != n or [e.tags for e in events].count(()) != n:  # type: ignore[attr-defined]
         return None
     schema: object = [e.schema for e in events]  # type: ignore[attr-defined]
     if set(map(type, schema)) != _INTS:  # type: ignore[call-overload]
-        return None  # (a set of the schemas alone would take True for 1)
-    lo, hi = min(schema), max(schema)  # type: ignore[call-overload]
-    if lo < 0 or hi > MAX_SCHEMA:
-        return None
-    if lo == hi:
-        schema = lo
+        return None  # (a count or a set of the schemas alone would take True for 1)
+    if schema.count(1) == n:  # type: ignore[attr-defined]
+        schema = 1  # the usual: every event at schema 1, no bounds to find
+    else:
+        lo, hi = min(schema), max(schema)  # type: ignore[call-overload]
+        if lo < 0 or hi > MAX_SCHEMA:
+            return None
+        if lo == hi:
+            schema = lo
     # (comprehensions over the events: faster than map with attrgetter, whose calls are not inlined)
     return _encode_cols(stream, key, stored, flags, version, [e.type for e in events],  # type: ignore[attr-defined]
                         [e.data for e in events], [e.metadata for e in events],  # type: ignore[attr-defined]
