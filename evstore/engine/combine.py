@@ -152,11 +152,15 @@ class Combiner:
     def write_one(self, r: Request) -> int:
         """Write one queued append as a commit of its own (`Writer.append_plain_once`); its sequence
         number (0: not written). Requires the writer lock."""
+        recorded = self.writer.core.group.written_seq
         try:
             done = self.writer.append_plain_once(*r.args)
         except Exception as e:  # the append's own error, raised in its own thread
             r.error = e
             done = None
+        except BaseException:  # interrupted: whether it was written decides if it goes back
+            self.settle_interrupted([r], recorded)
+            raise
         if done is not None:
             r.result, r.seq = done
         r.done = True
@@ -215,6 +219,7 @@ class Combiner:
         if not group:
             return 0
         writer = self.writer
+        recorded = writer.core.group.written_seq
         try:
             results, seq = writer.write_parts([part for _r, part in group])
         except ValueError:  # too large for one commit together: each on its own (nothing was written)
@@ -226,9 +231,25 @@ class Combiner:
             for r, _part in group:
                 r.error, r.done = e, True
             return 0
+        except BaseException:  # interrupted: whether it was written decides if they go back
+            self.settle_interrupted([r for r, _part in group], recorded)
+            raise
         for (r, _part), res in zip(group, results):
             r.result, r.seq, r.done = res, seq, True
         return seq
+
+    def settle_interrupted(self, reqs: list[Request], recorded: int) -> None:
+        """After an interrupt in the write of `reqs` (one commit), with `recorded` the group commit's
+        `written_seq` before it: recorded since, they are committed and get their results (their
+        threads wait for the sync themselves); written but not recorded (the store latched), they
+        get its refusal; otherwise they stay not done and go back to the queue. Under the writer lock."""
+        group = self.writer.core.group
+        if group.written_seq > recorded:
+            for r, res in zip(reqs, self.writer.last_results):
+                r.result, r.seq, r.done = res, recorded + 1, True
+        elif group.failed is not None:
+            for r in reqs:
+                r.error, r.done = group.refusal(), True
 
     def hand_on(self, unwritten: list[Request], mine: Request) -> None:
         """Give the front to the first queued thread (after `unwritten`, appends taken but not

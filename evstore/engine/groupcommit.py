@@ -46,6 +46,10 @@ if TYPE_CHECKING:
 INDEX_DELAY = {"fsync": 0.02, "os": 0.02}
 
 
+class UnrecordedCommit(Exception):
+    """Why a handle refuses writes after a commit's recording was interrupted (`latch_unrecorded`)."""
+
+
 def release_all(locks: list[threading.Lock]) -> None:
     """Release every lock of `locks` (each held for a waiter blocked on it), even when an exception
     (a KeyboardInterrupt) interrupts the loop. A woken waiter holds its lock again and never
@@ -121,6 +125,16 @@ class GroupCommit:
             self.overlay.invalidate()
             raise
 
+    def latch_unrecorded(self, cause: BaseException) -> None:
+        """A commit reached the log but its recording (`add_written`) was interrupted (a Ctrl-C, a
+        MemoryError): this handle's heads and index no longer match the log, so it refuses every
+        later write (the commit is the log's last; reopening indexes it). Requires the writer lock."""
+        err = UnrecordedCommit(f"a commit was interrupted ({type(cause).__name__}) after it reached the log "
+                               "and before it was recorded")
+        with self.sync_lock:
+            if self.failed is None:
+                self.failed = err
+
     def check_writable(self) -> None:
         """Raise `StoreFailed` once a failure is latched."""
         if self.failed is not None:
@@ -130,6 +144,8 @@ class GroupCommit:
         """The error every write raises once the store has latched a failure."""
         if isinstance(self.failed, CorruptedError):
             return StoreFailed(f"the store refuses writes: a read found the log damaged ({self.failed})")
+        if isinstance(self.failed, UnrecordedCommit):
+            return StoreFailed(f"the store refuses writes: {self.failed}; reopen it (the commit is kept)")
         return StoreFailed(f"the store stopped accepting writes after an I/O failure ({self.failed}); reopen it")
 
     def log_damage(self, path: str, offset: int, reason: str) -> CorruptedError:

@@ -60,6 +60,9 @@ class Writer:
         self.core = core
         self.next_position = next_position  # GUARDED_BY(core.wlock): the next global position
         self.closing = False  # GUARDED_BY(core.wlock): close() has begun; appends are refused
+        # GUARDED_BY(core.wlock): the results of the last commit written, set before it is recorded
+        # (`GroupCommit.add_written`): what an interrupted caller's appends got (engine/combine.py)
+        self.last_results: list[AppendResult] = []
         self.combiner = Combiner(self)  # the queue of fast-path appends waiting for a sync (its own lock)
         # Stream id -> (stored bytes, flags, index key), of ids checked before. Read and written with
         # no lock (dict operations are atomic under the GIL): an entry is a function of its id alone,
@@ -376,15 +379,27 @@ class Writer:
         """Write an encoded, checked commit and install its effects; `heads` are the heads of its
         streams as the checks read them (None: a new stream). Requires the writer lock."""
         core = self.core
-        seg, off = core.log.append(enc.buf, enc.first_position, enc.n_events)
-        # The commit is in the log: from here on, state changes are installed.
-        batch = IndexBatch()
-        if not controls and len(enc.runs) == 1 and not enc.ids and not enc.tagged:  # one stream's events
-            core.indexer.index_run(batch, seg.first, off, enc, heads[enc.runs[0][0]])
-        else:
-            core.indexer.index_encoded(batch, seg.first, off, enc, controls, heads)
-        self.next_position = enc.first_position + enc.n_events
-        return enc.results, core.group.add_written(batch, enc.ids)
+        group = core.group
+        recorded, log_end = group.written_seq, core.log.next_position
+        try:
+            seg, off = core.log.append(enc.buf, enc.first_position, enc.n_events)
+            # The commit is in the log: from here on, state changes are installed.
+            self.next_position = enc.first_position + enc.n_events
+            self.last_results = enc.results
+            batch = IndexBatch()
+            if not controls and len(enc.runs) == 1 and not enc.ids and not enc.tagged:  # one stream's events
+                core.indexer.index_run(batch, seg.first, off, enc, heads[enc.runs[0][0]])
+            else:
+                core.indexer.index_encoded(batch, seg.first, off, enc, controls, heads)
+            seq = group.add_written(batch, enc.ids)
+        except BaseException as e:
+            # An interrupt (Ctrl-C) once the log took the commit, before it was recorded: the heads,
+            # the index and the next position miss it. (Interrupted before the log counted it, the
+            # commit was not written, or its bytes lie past the log's end for the next to overwrite.)
+            if group.written_seq == recorded and core.log.next_position != log_end:
+                group.latch_unrecorded(e)
+            raise
+        return enc.results, seq
 
 
 def check_version(stream: Stream, expected: Any, actual: int) -> None:

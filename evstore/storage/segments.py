@@ -400,14 +400,16 @@ class Log:
         except OSError as e:
             raise StorageError(seg.path, e.errno, f"cannot allocate space in {seg.path}: {e.strerror}; nothing "
                                "was written (free space and retry)") from e
+        end, next_position = off + len(buf), first_position + n_events
         try:
             self.impl.pwrite(self._fd, buf, off)
         except OSError as e:
             self._undo(seg, off, len(buf))
             raise StorageError(seg.path, e.errno, f"cannot write to {seg.path}: {e.strerror}; nothing was "
                                "written (free space and retry)") from e
-        seg.end = off + len(buf)
-        self.next_position = first_position + n_events
+        # Two stores and no call between them: an interrupt (Ctrl-C) lands before both or after both.
+        seg.end = end
+        self.next_position = next_position
         return seg, off
 
     def _undo(self, seg: Segment, off: int, n: int) -> None:
