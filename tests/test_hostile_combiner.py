@@ -720,3 +720,31 @@ def test_interrupt_right_after_a_lone_append_reaches_the_log(store_path: str, im
         assert (r.first_position, r.first_version) == (3, 3)
     with evstore.open(store_path, log_impl=impl) as s:
         assert [bytes(e.data) for e in s.read_stream("a")] == [b"1", b"2", b"3"]
+
+
+def test_interrupt_right_after_an_event_less_commit_reaches_the_log(store_path: str, impl: str,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A commit without events (here the mark of `close_stream`) interrupted after its bytes reached
+    the log, before it was recorded: it takes no position, yet the handle's heads miss the close;
+    the handle refuses writes rather than append to a stream the log holds closed. Reopened, the
+    stream is closed."""
+    with evstore.open(store_path, log_impl=impl) as s:
+        s.append("a", [NewEvent("T", b"1")])
+        log = s._core.log  # type: ignore[union-attr]
+        real = log.append
+
+        def append(buf: Any, first_position: int, n_events: int) -> Any:
+            out = real(buf, first_position, n_events)
+            assert n_events == 0
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(log, "append", append)
+        with pytest.raises(KeyboardInterrupt):
+            s.close_stream("a")
+        monkeypatch.undo()
+        with pytest.raises(evstore.StoreFailed, match="interrupted"):
+            s.append("a", [NewEvent("T", b"2")])
+    with evstore.open(store_path, log_impl=impl) as s:
+        with pytest.raises(evstore.StreamClosed):
+            s.append("a", [NewEvent("T", b"2")])
+        assert [bytes(e.data) for e in s.read_stream("a")] == [b"1"]

@@ -380,7 +380,7 @@ class Writer:
         streams as the checks read them (None: a new stream). Requires the writer lock."""
         core = self.core
         group = core.group
-        recorded, log_end = group.written_seq, core.log.next_position
+        recorded, appended = group.written_seq, core.log.appended
         try:
             seg, off = core.log.append(enc.buf, enc.first_position, enc.n_events)
             # The commit is in the log: from here on, state changes are installed.
@@ -393,10 +393,11 @@ class Writer:
                 core.indexer.index_encoded(batch, seg.first, off, enc, controls, heads)
             seq = group.add_written(batch, enc.ids)
         except BaseException as e:
-            # An interrupt (Ctrl-C) once the log took the commit, before it was recorded: the heads,
-            # the index and the next position miss it. (Interrupted before the log counted it, the
-            # commit was not written, or its bytes lie past the log's end for the next to overwrite.)
-            if group.written_seq == recorded and core.log.next_position != log_end:
+            # An interrupt (Ctrl-C) once the log took the commit (an event-less one too: a mark, a
+            # snapshot), before it was recorded: the heads and the index miss it. (Interrupted before
+            # the log counted it, the commit was not written, or its bytes lie past the log's end for
+            # the next to overwrite.)
+            if group.written_seq == recorded and core.log.appended != appended:
                 group.latch_unrecorded(e)
             raise
         return enc.results, seq

@@ -124,8 +124,8 @@ class Log:
     """The segment files of one store. Appends go through one writer (the store serialises them).
 
     `segments` and `by_first` are replaced and extended under `_list_lock` (readers of several threads
-    may list new segments at once); the writer's state (`_fd`, `retired_fds`, `next_position`, the
-    active segment's `end`) is guarded by the engine's writer lock."""
+    may list new segments at once); the writer's state (`_fd`, `retired_fds`, `next_position`,
+    `appended`, the active segment's `end`) is guarded by the engine's writer lock."""
 
     def __init__(self, directory: str, impl: ModuleType, *, segment_size: int, writable: bool,
                  first_position: int = 1) -> None:
@@ -137,6 +137,7 @@ class Log:
         self.segments: list[Segment] = []
         self.by_first: dict[int, Segment] = {}
         self.next_position = first_position
+        self.appended = 0  # commits appended through this object (event-less ones too)
         self.fd_lock = threading.Lock()  # a leaf lock: guards `_fd` and `retired_fds` (no lock is taken under it)
         self._fd = -1  # the active segment, writer only
         self.retired_fds: list[int] = []  # sealed segments' descriptors, closed by the next group sync (the writer, durability="os")
@@ -400,16 +401,17 @@ class Log:
         except OSError as e:
             raise StorageError(seg.path, e.errno, f"cannot allocate space in {seg.path}: {e.strerror}; nothing "
                                "was written (free space and retry)") from e
-        end, next_position = off + len(buf), first_position + n_events
+        end, next_position, appended = off + len(buf), first_position + n_events, self.appended + 1
         try:
             self.impl.pwrite(self._fd, buf, off)
         except OSError as e:
             self._undo(seg, off, len(buf))
             raise StorageError(seg.path, e.errno, f"cannot write to {seg.path}: {e.strerror}; nothing was "
                                "written (free space and retry)") from e
-        # Two stores and no call between them: an interrupt (Ctrl-C) lands before both or after both.
+        # Stores and no call between them: an interrupt (Ctrl-C) lands before them all or after them all.
         seg.end = end
         self.next_position = next_position
+        self.appended = appended
         return seg, off
 
     def _undo(self, seg: Segment, off: int, n: int) -> None:
