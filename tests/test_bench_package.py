@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -228,3 +229,28 @@ def test_crash_writer_is_a_module(tmp_path: Path) -> None:
             p.stdout.close()
     with evstore.open(path) as s:
         assert s.head() == 200
+
+
+def test_timed_threads_times_from_the_release_only() -> None:
+    """What the workers do before `ready()` (building their batches) is not part of the figure."""
+    import time
+
+    from evstore.bench.appends import timed_threads
+
+    def work(ready: Callable[[], None]) -> None:
+        time.sleep(0.3)  # set-up, not timed
+        ready()
+        time.sleep(0.05)  # the timed work
+
+    dt = timed_threads(3, work)
+    assert 0.05 <= dt < 0.25, dt
+
+
+def test_timed_threads_raises_a_worker_error() -> None:
+    from evstore.bench.appends import timed_threads
+
+    def work(ready: Callable[[], None]) -> None:
+        raise ValueError("before ready")
+
+    with pytest.raises(ValueError, match="before ready"):
+        timed_threads(2, work)
