@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import shutil
 import threading
+import functools
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import evstore
@@ -16,6 +17,7 @@ from evstore.bench.context import (PAYLOAD, Ctx, Workload, best, events_row, log
                                    sqlite_recorder, stored)
 from evstore.bench.references import raw_pwrite, raw_write
 from evstore.bench.results import Peers, Row, Target, times_sqlite
+from evstore.bench.rounds import ROUNDS, Chunks, interleave, share
 
 
 def _ev() -> list[evstore.NewEvent]:
@@ -56,81 +58,111 @@ def timed_threads(threads: int, work: Callable[[Callable[[], None]], None]) -> f
     return dt
 
 
-def _append_evstore(ctx: Ctx, impl: str, n: int, per_commit: int, threads: int,
-                    durability: str) -> tuple[float, int]:
-    """(seconds, log bytes written) for n events in commits of per_commit, spread over threads."""
+def _evstore_chunks(ctx: Ctx, impl: str, n: int, per_commit: int, threads: int, durability: str,
+                    written: list[int]) -> Iterator[float]:
+    """Chunks (see evstore.bench.rounds) of n events in commits of per_commit from `threads` threads,
+    a stream per thread and chunk; after each chunk, `written` holds [log bytes, commits] of the chunks so far."""
     path = ctx.path(f"append-{impl}.evs")
-    with evstore.open(path, durability=durability, log_impl=impl) as store:
-        events = [evstore.NewEvent("Ev", PAYLOAD) for _ in range(per_commit)]
-        store.append("warm-up", events)
-        before = log_bytes(path)
-        per_thread = n // per_commit // threads
+    try:
+        with evstore.open(path, durability=durability, log_impl=impl) as store:
+            events = [evstore.NewEvent("Ev", PAYLOAD) for _ in range(per_commit)]
+            store.append("warm-up", events)
+            before = log_bytes(path)
+            done = 0
+            for part in share(n // per_commit // threads):
 
-        def work(ready: Callable[[], None]) -> None:
-            sid = uuid.uuid4()
-            v = 0
-            ready()
-            for _ in range(per_thread):
-                store.append(sid, events, expected_version=v if v else evstore.NO_STREAM)
-                v += per_commit
+                def work(ready: Callable[[], None], part: int = part) -> None:
+                    sid = uuid.uuid4()
+                    v = 0
+                    ready()
+                    for _ in range(part):
+                        store.append(sid, events, expected_version=v if v else evstore.NO_STREAM)
+                        v += per_commit
 
-        dt = timed_threads(threads, work)
-        written = log_bytes(path) - before
-    shutil.rmtree(path, ignore_errors=True)
-    return dt, written
+                dt = timed_threads(threads, work)
+                done += part * threads
+                written[:] = [log_bytes(path) - before, done]
+                yield dt
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
-def _append_recorder(ctx: Ctx, backend: str, n: int, per_commit: int, threads: int) -> float:
+def _recorder_chunks(ctx: Ctx, backend: str, n: int, per_commit: int, threads: int) -> Iterator[float]:
     if backend == "sqlite":
         rec = sqlite_recorder(ctx.path("append.sqlite"), pool_size=max(5, threads + 1))
     else:
         rec = popo_recorder()
-    dt = recorder_appends(rec, n, per_commit, threads)
-    if backend == "sqlite":
-        rec.datastore.close()
-    return dt
+    try:
+        yield from recorder_chunks(rec, n, per_commit, threads)
+    finally:
+        if backend == "sqlite":
+            rec.datastore.close()
 
 
-def recorder_appends(rec: Any, n: int, per_commit: int, threads: int) -> float:
-    """Seconds for `threads` threads to insert n events through an eventsourcing recorder's
-    insert_events, per_commit StoredEvents a call, each thread to an aggregate of its own."""
+def recorder_chunks(rec: Any, n: int, per_commit: int, threads: int) -> Iterator[float]:
+    """Chunks (see evstore.bench.rounds) of `threads` threads inserting n events in all through an
+    eventsourcing recorder's insert_events, per_commit StoredEvents a call, each thread to an
+    aggregate of its own per chunk (its batches built before the clock starts)."""
     rec.insert_events([stored(uuid.uuid4(), v) for v in range(1, per_commit + 1)])
-    per_thread = n // per_commit // threads
+    for part in share(n // per_commit // threads):
 
-    def work(ready: Callable[[], None]) -> None:
-        oid = uuid.uuid4()
-        batches = [[stored(oid, v) for v in range(i * per_commit + 1, (i + 1) * per_commit + 1)]
-                   for i in range(per_thread)]
-        ready()
-        for b in batches:
-            rec.insert_events(b)
+        def work(ready: Callable[[], None], part: int = part) -> None:
+            oid = uuid.uuid4()
+            batches = [[stored(oid, v) for v in range(i * per_commit + 1, (i + 1) * per_commit + 1)]
+                       for i in range(part)]
+            ready()
+            for b in batches:
+                rec.insert_events(b)
 
-    return timed_threads(threads, work)
+        yield timed_threads(threads, work)
 
 
 def _w_append(ctx: Ctx, workload: str, n: int, per_commit: int, threads: int, durability: str) -> list[Row]:
-    rows = []
-    n = (n // (per_commit * threads)) * per_commit * threads
-    commit_bytes = 0
+    """The backends in interleaved rounds (evstore.bench.rounds): evstore's logs, the recorders and,
+    with one thread, the references (of the bytes per commit evstore's first chunk wrote)."""
+    unit = per_commit * threads * ROUNDS
+    n = max(1, n // unit) * unit
+    commits = n // per_commit
+    written: list[int] = []
+    sync = durability == "fsync"
+    runs: dict[str, Chunks] = {}
+    notes: dict[str, str] = {}
     for b in ("c", "python"):
         if ctx.on(b):
-            dt, written = _append_evstore(ctx, b, n, per_commit, threads, durability)
-            commit_bytes = commit_bytes or written // max(1, n // per_commit)
-            rows.append(events_row(workload, b, n, dt, f"{dt / (n // per_commit) * 1e6:.0f} us/commit"))
+            runs[b] = functools.partial(_evstore_chunks, ctx, b, n, per_commit, threads, durability, written)
     for b in ("sqlite", "popo"):
         if ctx.on(b):
-            dt = _append_recorder(ctx, b, n, per_commit, threads)
-            rows.append(events_row(workload, b, n, dt, "insert_events" + (" (no durability)" if b == "popo" else "")))
-    if ctx.on("ref") and threads == 1 and commit_bytes:
-        sync = durability == "fsync"
+            runs[b] = functools.partial(_recorder_chunks, ctx, b, n, per_commit, threads)
+            notes[b] = "insert_events" + (" (no durability)" if b == "popo" else "")
+    refs = ctx.on("ref") and threads == 1 and bool(runs.keys() & {"c", "python"})
+    if refs:
+        def commit_bytes() -> int:  # an evstore run comes first in the first round
+            return max(1, round(written[0] / written[1]))
+
         if sync:  # first: the reference the targets are judged against
-            dt = raw_pwrite(ctx, n // per_commit, commit_bytes)
-            rows.append(events_row(workload, "ref", n, dt, f"pwrite+fdatasync of the same {commit_bytes} B per "
-                                   "commit into a preallocated file"))
-        dt = raw_write(ctx, n // per_commit, commit_bytes, sync)
+            runs["ref-pwrite"] = lambda: _ref_chunks(lambda k: raw_pwrite(ctx, k, commit_bytes()), commits)
+        runs["ref-write"] = lambda: _ref_chunks(lambda k: raw_write(ctx, k, commit_bytes(), sync), commits)
+    totals = interleave(runs)
+    rows = []
+    for b, dt in totals.items():
+        if b in ("c", "python"):
+            rows.append(events_row(workload, b, n, dt, f"{dt / commits * 1e6:.0f} us/commit"))
+        elif b in notes:
+            rows.append(events_row(workload, b, n, dt, notes[b]))
+    if refs:
+        size = commit_bytes()
+        if sync:
+            rows.append(events_row(workload, "ref", n, totals["ref-pwrite"], f"pwrite+fdatasync of the same {size} B "
+                                   "per commit into a preallocated file"))
         what = "write+fdatasync" if sync else "write, no sync"
-        rows.append(events_row(workload, "ref", n, dt, f"{what} of the same {commit_bytes} B per commit, appending"))
+        rows.append(events_row(workload, "ref", n, totals["ref-write"],
+                               f"{what} of the same {size} B per commit, appending"))
     return rows
+
+
+def _ref_chunks(run: Callable[[int], float], commits: int) -> Iterator[float]:
+    for part in share(commits):
+        yield run(part)
 
 
 def w_append1_fsync(ctx: Ctx) -> list[Row]:

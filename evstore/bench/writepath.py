@@ -4,36 +4,49 @@ aggregate natively and through the recorder; beside the library's SQLite and in-
 
 from __future__ import annotations
 
+import functools
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import evstore
-from evstore.bench.appends import recorder_appends
+from evstore.bench.appends import recorder_chunks
 from evstore.bench.context import PAYLOAD, Ctx, Workload, best, events_row, popo_recorder, sqlite_recorder, stored
 from evstore.bench.results import BACKEND_NAME, Peers, Row, Target, times_sqlite
+from evstore.bench.rounds import ROUNDS, interleave
 
 
 def _recorder_rows(ctx: Ctx, wl: str, n: int, per_commit: int, threads: int) -> list[Row]:
-    n = (n // (per_commit * threads)) * per_commit * threads
+    """insert_events through each backend's recorder, the backends in interleaved rounds
+    (evstore.bench.rounds)."""
+    unit = per_commit * threads * ROUNDS
+    n = max(1, n // unit) * unit
+    runs = {b: functools.partial(_recorder_run, ctx, b, n, per_commit, threads)
+            for b in ("c", "python", "sqlite", "popo") if ctx.on(b)}
     rows = []
-    for b in ("c", "python", "sqlite", "popo"):
-        if not ctx.on(b):
-            continue
-        if b in ("c", "python"):
-            path = ctx.path(f"es-append-{b}.evs")
-            with evstore.open(path, log_impl=b) as store:
-                dt = recorder_appends(ctx.es.EvstoreApplicationRecorder(store), n, per_commit, threads)
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            rec = sqlite_recorder(ctx.path("es-append.sqlite"), pool_size=max(5, threads + 1)) if b == "sqlite" \
-                else popo_recorder()
-            dt = recorder_appends(rec, n, per_commit, threads)
-            if b == "sqlite":
-                rec.datastore.close()
+    for b, dt in interleave(runs).items():
         rows.append(events_row(wl, b, n, dt, f"insert_events, {dt / (n // per_commit) * 1e6:.0f} us/commit"))
     return rows
+
+
+def _recorder_run(ctx: Ctx, b: str, n: int, per_commit: int, threads: int) -> Iterator[float]:
+    if b in ("c", "python"):
+        path = ctx.path(f"es-append-{b}.evs")
+        try:
+            with evstore.open(path, log_impl=b) as store:
+                yield from recorder_chunks(ctx.es.EvstoreApplicationRecorder(store), n, per_commit, threads)
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+        return
+    rec = sqlite_recorder(ctx.path("es-append.sqlite"), pool_size=max(5, threads + 1)) if b == "sqlite" \
+        else popo_recorder()
+    try:
+        yield from recorder_chunks(rec, n, per_commit, threads)
+    finally:
+        if b == "sqlite":
+            rec.datastore.close()
 
 
 def w_es_append1_threads(ctx: Ctx) -> list[Row]:
