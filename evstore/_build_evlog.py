@@ -16,6 +16,7 @@ from cffi import FFI
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HEADER = os.path.join(ROOT, "src_c", "evlog.h")
+SOURCES = ("evlog.c", "encode.c", "crc32c.c")  # the reader, the encoder and writer, the checksum
 
 
 def declarations(header_text: str) -> str:
@@ -42,7 +43,7 @@ def make_ffi(root: str) -> FFI:
     ffi.set_source(
         "evstore._evlog_c",
         '#include "evlog.h"',
-        sources=[os.path.normpath(os.path.join(root, "src_c", "evlog.c"))],
+        sources=[os.path.normpath(os.path.join(root, "src_c", name)) for name in SOURCES],
         include_dirs=[os.path.normpath(os.path.join(root, "src_c"))],
         extra_compile_args=["-O2", "-Wall", "-Wextra", "-std=c11"],
     )

@@ -1,4 +1,4 @@
-"""src_c/evlog.c under AddressSanitizer and UndefinedBehaviorSanitizer, driven by the harness
+"""The C log library (src_c/*.c) under AddressSanitizer and UndefinedBehaviorSanitizer, driven by the harness
 src_c/tests/evlog_fuzz.c: over logs written here (its verdicts must match evstore.format.pylog's), then over
 mutations of them and of 20,000 logs it generates itself, and over 20,000 commits it encodes with
 evl_encode_commit and scans back (with broken inputs, which must be refused without writing). Built
@@ -17,11 +17,13 @@ from typing import Any
 
 import pytest
 
+from evstore._build_evlog import SOURCES
 from evstore.format import pylog as _pylog
 from evstore.format.layout import HEADER, HEADER_SIZE, KIND_AUX, KIND_COMMIT, KIND_EVENT, KIND_MARK, KIND_SNAPSHOT, \
     KIND_TRACKING, U64, LogFormatError
 
 SRC = Path(__file__).resolve().parent.parent / "src_c"
+LIBRARY = [str(SRC / name) for name in SOURCES]
 GCC = shutil.which("gcc")
 CLANG = shutil.which("clang")
 ALL = 0b1111110
@@ -96,7 +98,7 @@ def test_evlog_under_sanitizers(tmp_path: Path, crc: str, iterations: int) -> No
     exe = tmp_path / "evlog_fuzz"
     build = [GCC, "-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-g", "-O1", "-Wall", "-Wextra",
              "-Werror", "-std=c11", *(["-DEVL_NO_HWCRC"] if crc == "table" else []), f"-I{SRC}",
-             str(SRC / "evlog.c"), str(SRC / "tests" / "evlog_fuzz.c"), "-o", str(exe)]
+             *LIBRARY, str(SRC / "tests" / "evlog_fuzz.c"), "-o", str(exe)]
     done = subprocess.run(build, capture_output=True, text=True)
     assert done.returncode == 0 and not done.stderr, done.stderr
 
@@ -117,7 +119,7 @@ def test_evlog_under_sanitizers(tmp_path: Path, crc: str, iterations: int) -> No
 def test_evlog_libfuzzer(tmp_path: Path) -> None:
     exe = tmp_path / "evlog_libfuzzer"
     build = [CLANG, "-g", "-O1", "-fsanitize=fuzzer,address,undefined", "-fno-sanitize-recover=all", "-Wall",
-             "-Wextra", "-Werror", "-DEVL_LIBFUZZER", f"-I{SRC}", str(SRC / "evlog.c"),
+             "-Wextra", "-Werror", "-DEVL_LIBFUZZER", f"-I{SRC}", *LIBRARY,
              str(SRC / "tests" / "evlog_fuzz.c"), "-o", str(exe)]
     done = subprocess.run(build, capture_output=True, text=True)
     if done.returncode != 0 and "libclang_rt.fuzzer" in done.stderr:

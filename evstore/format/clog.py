@@ -1,4 +1,4 @@
-"""The log functions over the C library (src_c/evlog.c, built as evstore._evlog_c by
+"""The log functions over the C library (src_c/, built as evstore._evlog_c by
 _build_evlog.py), with the same API and results as the pure-Python twin evstore.format.pylog.
 
 Every C call runs without the GIL (cffi's API mode releases it); the buffers passed stay

@@ -1,4 +1,4 @@
-"""The log functions in pure Python: a twin of src_c/evlog.c with the same API and results as
+"""The log functions in pure Python: a twin of the C library (src_c/) with the same API and results as
 evstore.format.clog on every input, for where the C module is not built (EVSTORE_PURE=1) and as a
 reference for it. The order of the checks is documented at the top of evlog.c.
 

@@ -1,5 +1,5 @@
 /*
- * evlog_fuzz.c -- drives src_c/evlog.c over valid and damaged logs under AddressSanitizer and
+ * evlog_fuzz.c -- drives the log library (src_c) over valid and damaged logs under AddressSanitizer and
  * UndefinedBehaviorSanitizer (tests/test_evlog_sanitized.py), or as a libFuzzer target.
  *
  * Every input is copied to a heap block of exactly its size, so that a read past it is caught.
@@ -17,7 +17,7 @@
  *
  * libFuzzer (needs clang):
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -DEVL_LIBFUZZER -Isrc_c \
- *       src_c/evlog.c src_c/tests/evlog_fuzz.c -o evlog_libfuzzer
+ *       src_c/evlog.c src_c/encode.c src_c/crc32c.c src_c/tests/evlog_fuzz.c -o evlog_libfuzzer
  */
 #define _POSIX_C_SOURCE 200809L
 
