@@ -232,7 +232,8 @@ class GroupCommit:
         if err is not None:
             raise StoreFailed(f"the commit may not be durable: {err}; reopen the store") from err
         core.notify_commits()
-        self.kick_indexer()
+        if not self.index_wake.is_set():  # set: the indexer has yet to take the queue, ours included
+            self.kick_indexer()
 
     def sync_log(self) -> None:
         """fdatasync the active segment (sealed ones were synced when they were sealed). A failure
