@@ -51,7 +51,8 @@ from evstore.errors import (
     StorageError,
     StoreClosed,
 )
-from evstore.storage.index import Index, is_resource_error
+from evstore.storage.index import Index
+from evstore.storage.lmdbfiles import is_resource_error
 from evstore.storage.segments import Log
 from evstore.storage import directory
 from evstore.lifecycle import Binding, Lifecycle, make_binder

@@ -22,7 +22,8 @@ from typing import Any
 from evstore.format.layout import FORMAT_VERSION, READABLE_FORMATS
 from evstore.storage.durable import make_dirs, remove, replace_file
 from evstore.errors import CorruptedError, EvstoreError, StorageError, StoreLocked, UnsupportedFormat
-from evstore.storage.index import INDEX_FILES, U32
+from evstore.storage.index import U32
+from evstore.storage.lmdbfiles import INDEX_FILES
 
 META_MAGIC = b"EVSTMETA"
 META_NAME = "evstore.meta"
