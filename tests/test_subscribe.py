@@ -96,12 +96,19 @@ def test_subscription_sees_commits_of_a_writer_process(store_path: str, impl: st
     assert positions == list(range(1, 202))
 
 
-def test_os_durability_commits_are_seen_by_other_threads_and_processes(store_path: str, impl: str) -> None:
+@pytest.mark.parametrize("durability", ["os", "fsync"])
+def test_commits_are_seen_by_other_processes_while_the_writer_stays_open(store_path: str, impl: str,
+                                                                         durability: str) -> None:
+    """The writer's indexer, woken by the commits (a wake already pending is not renewed), indexes
+    them all with nobody reading or closing in the writer: 4 threads x 50 appends."""
     code = (
-        "import evstore, sys, time\n"
-        f"s = evstore.open({store_path!r}, log_impl={impl!r}, durability='os')\n"
-        "for i in range(50):\n"
-        "    s.append('w', [evstore.NewEvent('T', b'x')])\n"
+        "import evstore, threading, time\n"
+        f"s = evstore.open({store_path!r}, log_impl={impl!r}, durability={durability!r})\n"
+        "def work(k):\n"
+        "    for i in range(50):\n"
+        "        s.append(f'w{k}', [evstore.NewEvent('T', b'x')])\n"
+        "ts = [threading.Thread(target=work, args=(k,)) for k in range(4)]\n"
+        "[t.start() for t in ts]; [t.join() for t in ts]\n"
         "print('written', flush=True)\n"
         "time.sleep(30)\n"  # still open: the commits must reach readers without a close
     )
@@ -112,9 +119,10 @@ def test_os_durability_commits_are_seen_by_other_threads_and_processes(store_pat
         assert proc.stdout is not None and proc.stdout.readline().strip() == "written"
         with evstore.open(store_path, readonly=True, log_impl=impl) as r:
             deadline = time.monotonic() + 5
-            while r.head() < 51 and time.monotonic() < deadline:
+            while r.head() < 201 and time.monotonic() < deadline:
                 time.sleep(0.01)
-            assert r.head() == 51  # indexed by the writer's timer, well within a second
+            assert r.head() == 201  # indexed by the writer's timer, well within a second
+            assert [r.stream_version(f"w{k}") for k in range(4)] == [50] * 4
     finally:
         proc.kill()
         proc.wait()
