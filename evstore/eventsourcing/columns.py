@@ -76,7 +76,7 @@ def _metas(stored_events: Sequence[Any], ovs: list[int]) -> list[bytes]:
     set (as 10's aggregate events have them) or all nil."""
     uuids = [s.uuid for s in stored_events]
     dicts = [s.metadata for s in stored_events]
-    if not any(dicts) and list(map(type, uuids)).count(uuid.UUID) == len(uuids):
+    if uuids and not any(dicts) and list(map(type, uuids)).count(uuid.UUID) == len(uuids):
         ints = [u.int for u in uuids]
         if 0 not in ints:
             return list(map(_pack_ov_uuid, repeat(_OV_UUID), ovs, map(int.to_bytes, ints, repeat(16), repeat(_BIG))))
