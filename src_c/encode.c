@@ -2,7 +2,7 @@
  * encode.c -- encoding commits and writing them: evl_encode_commit, evl_encode_run,
  * evl_encode_cols, evl_write and evl_pwrite (evlog.h). The byte format is docs/log_format.md;
  * evstore/format/encode.py and pylog.py are the pure-Python twin, which gives the same bytes for the
- * same input (tests/test_log.py, the sanitized harness and the fuzzer compare them).
+ * same input (tests/test_log_differential.py, the sanitized harness and the fuzzer compare them).
  */
 #define _GNU_SOURCE /* fdatasync */
 

@@ -2,8 +2,8 @@
  * evlog.c -- the evstore log library's reader: checking, sealing, scanning and walking records.
  * encode.c encodes and writes commits, crc32c.c checksums; the contract of all three is evlog.h,
  * the byte format docs/log_format.md. evstore/format/pylog.py is a pure-Python twin of them: any
- * change to what a function returns for some input must be made in both (tests/test_log.py
- * compares them).
+ * change to what a function returns for some input must be made in both
+ * (tests/test_log_differential.py compares them).
  *
  * Checks on one record at offset r (evl_scan, evl_walk); the first failing check decides:
  *   1. fewer than 8 bytes left (crc and length)            EVL_ETRUNC

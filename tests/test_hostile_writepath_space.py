@@ -225,3 +225,85 @@ def test_odd_segment_sizes_and_commits_that_fill_them_exactly(store_path: str, i
         assert [len(e.data) for e in s.read_stream("a")] == sizes
         s.append("a", [ev("T", b"last")])
     assert tools.verify(store_path).ok
+
+
+def _fill_to_a_roll(s: evstore.EventStore) -> None:
+    """Appends to "a" until the next 500-byte event no longer fits the 4,096-byte segment."""
+    for _ in range(6):
+        s.append("a", [ev("T", b"x" * 500)])
+    assert len(seg_files(s.path)) == 1  # (6 commits of 638 bytes fit; the next one rolls)
+
+
+@pytest.mark.parametrize("written", [False, True], ids=["refused", "torn"])
+def test_a_roll_whose_seal_marker_cannot_be_written(store_path: str, impl: str, written: bool) -> None:
+    """The seal marker past the allocated space on a full disk (or a write that fails half-way): the
+    append that rolls gets `StorageError`, nothing of it is written, and the next one rolls."""
+    with evstore.open(store_path, log_impl=impl, segment_size=4096) as s:
+        _fill_to_a_roll(s)
+        core = s._core
+        assert core is not None
+        real_impl = core.log.impl
+        first_seg = seg_files(store_path)[-1]
+        with open(first_seg, "rb") as f:
+            raw_before = f.read()
+
+        class Failing:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real_impl, name)
+
+            @staticmethod
+            def pwrite(fd: int, buf: Any, off: int) -> None:
+                if len(buf) != 64:  # (commits are longer than the 64-byte marker)
+                    return real_impl.pwrite(fd, buf, off)  # type: ignore[no-any-return]
+                if written:
+                    os.pwrite(fd, bytes(buf)[:40], off)
+                    raise OSError(errno.EIO, os.strerror(errno.EIO))
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        before = content(s)
+        core.log.impl = Failing()  # type: ignore[assignment]
+        with pytest.raises(evstore.StorageError, match="cannot seal"):
+            s.append("a", [ev("T", b"y" * 500)], expected_version=6)
+        core.log.impl = real_impl
+        assert content(s) == before and len(seg_files(store_path)) == 1
+        with open(first_seg, "rb") as f:
+            assert f.read() == raw_before  # the torn marker's bytes are zeros again
+        assert s.append("a", [ev("T", b"y" * 500)], expected_version=6).first_position == 7
+        assert len(seg_files(store_path)) == 2
+        after = content(s)
+    assert tools.verify(store_path).ok
+    with evstore.open(store_path, log_impl=impl) as s:
+        assert content(s) == after
+
+
+@pytest.mark.parametrize("durability", ["fsync", "os"])
+def test_a_roll_whose_fsync_fails_latches_the_store(store_path: str, impl: str, durability: str,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fsync of the segment a roll seals fails: its commits may not be durable, so the store
+    refuses every later write (`StoreFailed`) rather than go on past them; a reopen finds every
+    commit acknowledged before."""
+    real_fsync = os.fsync
+    fails: list[int] = []
+
+    def fsync(fd: int) -> None:
+        if fails:
+            raise OSError(fails.pop(), "injected")
+        real_fsync(fd)
+
+    with evstore.open(store_path, log_impl=impl, segment_size=4096, durability=durability) as s:
+        _fill_to_a_roll(s)
+        before = content(s)
+        monkeypatch.setattr(segmod.os, "fsync", fsync)
+        fails.append(errno.EIO)
+        with pytest.raises(evstore.StoreFailed, match="could not be synced when it was sealed"):
+            s.append("a", [ev("T", b"y" * 500)], expected_version=6)
+        monkeypatch.undo()
+        assert not fails
+        for _ in range(2):
+            with pytest.raises(evstore.StoreFailed, match="I/O failure"):
+                s.append("b", [ev("T", b"z")])
+        assert content(s) == before
+    assert tools.verify(store_path).ok
+    with evstore.open(store_path, log_impl=impl, segment_size=4096) as s:
+        assert content(s) == before
+        assert s.append("a", [ev("T", b"y" * 500)], expected_version=6).first_position == 7

@@ -135,6 +135,12 @@ class GroupCommit:
             if self.failed is None:
                 self.failed = err
 
+    def latch(self, err: BaseException) -> None:
+        """Latch `err` (the first failure wins): every later write raises `StoreFailed`."""
+        with self.sync_lock:
+            if self.failed is None:
+                self.failed = err
+
     def check_writable(self) -> None:
         """Raise `StoreFailed` once a failure is latched."""
         if self.failed is not None:

@@ -28,6 +28,7 @@ from evstore.errors import (
     EvstoreError,
     InvalidTransition,
     StoreClosed,
+    StoreFailed,
     StreamClosed,
     StreamDeleted,
     TrackingConflict,
@@ -392,6 +393,9 @@ class Writer:
             else:
                 core.indexer.index_encoded(batch, seg.first, off, enc, controls, heads)
             seq = group.add_written(batch, enc.ids)
+        except StoreFailed as e:  # a roll could not sync the segment it sealed: nothing more is written
+            group.latch(e.__cause__ or e)
+            raise
         except BaseException as e:
             # An interrupt (Ctrl-C) once the log took the commit (an event-less one too: a mark, a
             # snapshot), before it was recorded: the heads and the index miss it. (Interrupted before

@@ -22,7 +22,8 @@ from evstore.format.layout import (
     SEGMENT_MAGIC,
 )
 from evstore.storage.durable import fsync_dir, remove
-from evstore.errors import CorruptedError, IndexAheadOfLog, IndexDamaged, StorageError, UnsupportedFormat
+from evstore.errors import CorruptedError, IndexAheadOfLog, IndexDamaged, StorageError, StoreFailed, \
+    UnsupportedFormat
 from evstore.storage.scan import SegmentScanner, seal_marker
 
 _SEGMENT_NAME = re.compile(r"^(\d{20})\.seg$")
@@ -382,7 +383,8 @@ class Log:
         """Write one sealed commit (no sync) and return (segment, offset). Rolls the segment when full.
 
         On failure the segment is cut back to its previous length and `StorageError` is raised: the
-        commit is not in the log.
+        commit is not in the log. `StoreFailed` when the segment sealed by a roll could not be synced:
+        its commits may not be durable, and the caller must write nothing more (`GroupCommit.latch`).
         """
         seg = self.active
         # Roll only away from a segment that holds an event: a segment is named by its first position,
@@ -437,9 +439,18 @@ class Log:
             self._open_active()  # a roll before this writer's first append to it: seal it all the same
         if self._fd >= 0 and seg is not None:
             if seg.allocated > seg.end:  # allocated space follows: mark where the commits end
-                self.impl.pwrite(self._fd, seal_marker(self.impl, seg.end), seg.end)
+                try:
+                    self.impl.pwrite(self._fd, seal_marker(self.impl, seg.end), seg.end)
+                except OSError as e:  # (a marker past the allocated space, on a full disk)
+                    self._undo(seg, seg.end, SEAL.size)
+                    raise StorageError(seg.path, e.errno, f"cannot seal {seg.path}: {e.strerror}; nothing was "
+                                       "written (free space and retry)") from e
                 seg.allocated = max(seg.allocated, seg.end + SEAL.size)
-            os.fsync(self._fd)
+            try:
+                os.fsync(self._fd)
+            except OSError as e:  # what the segment holds may not be durable, its earlier commits included
+                raise StoreFailed(f"the segment {seg.path} could not be synced when it was sealed ({e}); "
+                                  "reopen the store") from e
             with self.fd_lock:
                 self.retired_fds.append(self._fd)
                 self._fd = -1
