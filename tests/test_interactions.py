@@ -414,18 +414,28 @@ class StoreMachine(StoreMachineBase):
         r = self.reader
         assert r is not None and r.stdin is not None and r.stdout is not None
         req = self.request()
-        r.stdin.write(json.dumps(req) + "\n")
-        r.stdin.flush()
-        line = r.stdout.readline()
-        assert line, f"the reader process died (exit {r.poll()})"
-        got = json.loads(line)
-        assert got["ok"], f"the reader failed: {got['error']}"
+        # The writer's digest first: its reads index every durable commit before they read (read your
+        # writes). The reader may still be behind for a moment: other processes see commits ~20 ms
+        # later, and a reader follows an index rebuilt under it (reindex, recover) at its next look,
+        # at most 100 ms later (`Core.follow_rebuilt_index`). So it is asked again until it agrees,
+        # for at most 2 s: what it must never do is stay on another state.
         mine = json.loads(json.dumps(digest(self.s, req)))
-        if got["digest"] != mine:
-            diff = [k for k in mine if got["digest"].get(k) != mine[k]]
-            raise AssertionError(f"the reader sees something else than the writer in {diff}: "
-                                 f"reader {str({k: got['digest'].get(k) for k in diff})[:1500]} "
-                                 f"writer {str({k: mine[k] for k in diff})[:1500]}")
+        deadline = time.monotonic() + 2.0
+        while True:
+            r.stdin.write(json.dumps(req) + "\n")
+            r.stdin.flush()
+            line = r.stdout.readline()
+            assert line, f"the reader process died (exit {r.poll()})"
+            got = json.loads(line)
+            assert got["ok"], f"the reader failed: {got['error']}"
+            if got["digest"] == mine:
+                return
+            if time.monotonic() > deadline:
+                diff = [k for k in mine if got["digest"].get(k) != mine[k]]
+                raise AssertionError(f"the reader sees something else than the writer in {diff}: "
+                                     f"reader {str({k: got['digest'].get(k) for k in diff})[:1500]} "
+                                     f"writer {str({k: mine[k] for k in diff})[:1500]}")
+            time.sleep(0.05)
 
     # -- the checks after every step ------------------------------------------------------------
 
