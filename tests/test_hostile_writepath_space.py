@@ -19,7 +19,7 @@ from evstore.storage import segments as segmod
 
 from tests.conftest import PY, python_env
 from tests.support import commits_end, ev
-from tests.writepath_helpers import COMMIT_SIZE, commit_ends, content, seg_files
+from tests.writepath_helpers import COMMIT_SIZE, PwriteOf, commit_ends, content, seg_files
 
 
 # -- bugs ---------------------------------------------------------------------------------------------
@@ -116,19 +116,14 @@ def test_a_failed_write_undone_by_cutting_the_file(store_path: str, impl: str, m
         seg = seg_files(store_path)[-1]
         end = commits_end(seg)
 
-        class Failing:
-            def __getattr__(self, name: str) -> Any:
-                return getattr(real_impl, name)
-
-            @staticmethod
-            def pwrite(fd: int, buf: Any, off: int) -> None:
-                os.pwrite(fd, bytes(buf), off)  # all of it reached the file, then an error
-                raise OSError(errno.EIO, os.strerror(errno.EIO))
+        def pwrite(fd: int, buf: Any, off: int) -> None:
+            os.pwrite(fd, bytes(buf), off)  # all of it reached the file, then an error
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
 
         def no_zeros(fd: int, data: Any, off: int) -> int:
             raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-        core.log.impl = Failing()  # type: ignore[assignment]
+        core.log.impl = PwriteOf(real_impl, pwrite)  # type: ignore[assignment]
         monkeypatch.setattr(segmod.os, "pwrite", no_zeros)
         with pytest.raises(evstore.StorageError):
             s.append("s", [ev("T", b"lost" * 100)], expected_version=1)
@@ -152,16 +147,11 @@ def test_a_failed_write_is_zeroed_and_the_next_commit_takes_its_place(store_path
         seg = seg_files(store_path)[-1]
         end = commits_end(seg)
 
-        class Failing:
-            def __getattr__(self, name: str) -> Any:
-                return getattr(real_impl, name)
+        def pwrite(fd: int, buf: Any, off: int) -> None:
+            os.pwrite(fd, bytes(buf), off)
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-            @staticmethod
-            def pwrite(fd: int, buf: Any, off: int) -> None:
-                os.pwrite(fd, bytes(buf), off)
-                raise OSError(errno.EIO, os.strerror(errno.EIO))
-
-        core.log.impl = Failing()  # type: ignore[assignment]
+        core.log.impl = PwriteOf(real_impl, pwrite)  # type: ignore[assignment]
         with pytest.raises(evstore.StorageError):
             s.append("s", [ev("T", b"lost" * 3000)], expected_version=1)
         core.log.impl = real_impl
@@ -247,21 +237,16 @@ def test_a_roll_whose_seal_marker_cannot_be_written(store_path: str, impl: str, 
         with open(first_seg, "rb") as f:
             raw_before = f.read()
 
-        class Failing:
-            def __getattr__(self, name: str) -> Any:
-                return getattr(real_impl, name)
-
-            @staticmethod
-            def pwrite(fd: int, buf: Any, off: int) -> None:
-                if len(buf) != 64:  # (commits are longer than the 64-byte marker)
-                    return real_impl.pwrite(fd, buf, off)  # type: ignore[no-any-return]
-                if written:
-                    os.pwrite(fd, bytes(buf)[:40], off)
-                    raise OSError(errno.EIO, os.strerror(errno.EIO))
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        def pwrite(fd: int, buf: Any, off: int) -> None:
+            if len(buf) != 64:  # (commits are longer than the 64-byte marker)
+                return real_impl.pwrite(fd, buf, off)  # type: ignore[no-any-return]
+            if written:
+                os.pwrite(fd, bytes(buf)[:40], off)
+                raise OSError(errno.EIO, os.strerror(errno.EIO))
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
         before = content(s)
-        core.log.impl = Failing()  # type: ignore[assignment]
+        core.log.impl = PwriteOf(real_impl, pwrite)  # type: ignore[assignment]
         with pytest.raises(evstore.StorageError, match="cannot seal"):
             s.append("a", [ev("T", b"y" * 500)], expected_version=6)
         core.log.impl = real_impl
@@ -307,3 +292,32 @@ def test_a_roll_whose_fsync_fails_latches_the_store(store_path: str, impl: str, 
     with evstore.open(store_path, log_impl=impl, segment_size=4096) as s:
         assert content(s) == before
         assert s.append("a", [ev("T", b"y" * 500)], expected_version=6).first_position == 7
+
+
+def test_a_roll_whose_seal_marker_finds_no_space(store_path: str, impl: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fewer than the marker's 64 bytes allocated after the commits, and a full disk: the roll
+    reserves the marker's space as a commit does, fails cleanly (`StorageError`, nothing written, the
+    file not cut), and the next append rolls."""
+    with evstore.open(store_path, log_impl=impl, segment_size=4096) as s:
+        _fill_to_a_roll(s)
+        core = s._core
+        assert core is not None
+        seg = core.log.active
+        assert seg is not None
+        seg.allocated = seg.end + 16  # (what the log believes: the marker needs more)
+        path = seg_files(store_path)[-1]
+        size, before = os.path.getsize(path), content(s)
+
+        def no_space(fd: int, off: int, n: int) -> None:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(segmod.os, "posix_fallocate", no_space)
+        with pytest.raises(evstore.StorageError, match="cannot seal"):
+            s.append("a", [ev("T", b"y" * 500)], expected_version=6)
+        monkeypatch.undo()
+        assert content(s) == before and os.path.getsize(path) == size and len(seg_files(store_path)) == 1
+        assert s.append("a", [ev("T", b"y" * 500)], expected_version=6).first_position == 7
+        after = content(s)
+    assert tools.verify(store_path).ok
+    with evstore.open(store_path, log_impl=impl) as s:
+        assert content(s) == after

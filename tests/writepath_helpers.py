@@ -1,10 +1,11 @@
 """Helpers of the write path's hostile tests (tests/test_hostile_writepath_*.py): the size of a COMMIT
 record, a store's segment files, the commits of a segment walked from its bytes, zeroing a range of a
-file, a store's content."""
+file, a store's content, a log implementation whose pwrite is replaced."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import evstore
@@ -40,3 +41,14 @@ def zero(seg: str, start: int, end: int) -> None:
 
 def content(s: evstore.EventStore) -> list[tuple[Any, ...]]:
     return [(e.stream, e.version, e.position, e.type, e.data, e.metadata, e.schema) for e in s.read_all()]
+
+
+class PwriteOf:
+    """The log implementation `real` with its `pwrite` replaced by `pwrite` (the rest is real's)."""
+
+    def __init__(self, real: Any, pwrite: Callable[[int, Any, int], Any]) -> None:
+        self.real = real
+        self.pwrite = pwrite
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)

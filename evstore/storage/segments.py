@@ -439,13 +439,20 @@ class Log:
             self._open_active()  # a roll before this writer's first append to it: seal it all the same
         if self._fd >= 0 and seg is not None:
             if seg.allocated > seg.end:  # allocated space follows: mark where the commits end
+                # The marker goes into allocated space, as a commit does (`_reserve`): a failed write is
+                # then undone by zeros, never by cutting the file below what it held.
+                try:
+                    if seg.end + SEAL.size > seg.allocated:
+                        self._reserve(seg, seg.end + SEAL.size)
+                except OSError as e:
+                    raise StorageError(seg.path, e.errno, f"cannot seal {seg.path}: {e.strerror}; nothing was "
+                                       "written (free space and retry)") from e
                 try:
                     self.impl.pwrite(self._fd, seal_marker(self.impl, seg.end), seg.end)
-                except OSError as e:  # (a marker past the allocated space, on a full disk)
+                except OSError as e:
                     self._undo(seg, seg.end, SEAL.size)
                     raise StorageError(seg.path, e.errno, f"cannot seal {seg.path}: {e.strerror}; nothing was "
                                        "written (free space and retry)") from e
-                seg.allocated = max(seg.allocated, seg.end + SEAL.size)
             try:
                 os.fsync(self._fd)
             except OSError as e:  # what the segment holds may not be durable, its earlier commits included
