@@ -199,7 +199,9 @@ class AsyncEventStore:
         if not seq:
             return
         if core.durability == "os":
-            group.await_durable(seq)  # no sync: only the bookkeeping (subscribers told, indexer kicked)
+            # no sync: only the bookkeeping (subscribers told, indexer kicked); the loop's thread
+            # never writes the index (the indexer thread does)
+            group.await_durable(seq, index=False)
         elif group.durable_seq < seq:
             await self._worker.durable(group, seq)
 

@@ -22,6 +22,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -268,6 +269,22 @@ def w_os_close(ctx: Ctx, phase: str) -> None:
     ctx.done("close")
 
 
+def w_os_index(ctx: Ctx, phase: str) -> None:
+    """durability="os" with pauses: the indexer thread fdatasyncs the log, and the appending thread
+    (or, in a longer pause, the indexer thread) writes what that sync covered to the index, between
+    the appends. Promises as os-close; the index on disk must never cover a commit the log lost."""
+    if phase == "setup":
+        _base(ctx, 3)
+        return
+    r = ctx.rng
+    with ctx.open() as s:
+        for i in range(12):
+            ctx.append(s, [(f"o{r.randint(0, 2)}", r.randint(1, 3))], big=r.random() < 0.2)
+            if i % 4 == 3:
+                time.sleep(0.015 if i % 8 == 3 else 0.06)  # a sync, then the next append indexes it; or the thread does
+    ctx.done("close")
+
+
 def w_recover(ctx: Ctx, phase: str) -> None:
     """`evstore.tools.recover` on a store whose sealed segment is damaged, then more appends."""
     from evstore import tools
@@ -454,7 +471,7 @@ def w_threads(ctx: Ctx, phase: str) -> None:
 
 _FUNCS: dict[str, Callable[[Ctx, str], None]] = {
     "create": w_create, "append-roll": w_append_roll, "marks": w_marks, "kill-reopen": w_kill_reopen,
-    "os-close": w_os_close, "recover": w_recover, "backup": w_backup, "import": w_import, "reindex": w_reindex,
+    "os-close": w_os_close, "os-index": w_os_index, "recover": w_recover, "backup": w_backup, "import": w_import, "reindex": w_reindex,
     "compact": w_compact, "threads": w_threads,
 }
 
@@ -468,6 +485,7 @@ SPECS: dict[str, Spec] = {s.name: s for s in [
     Spec("kill-reopen-c", "c"),
     Spec("kill-reopen-py", "python"),
     Spec("os-close-c", "c", durability="os"),
+    Spec("os-index-c", "c", durability="os"),
     Spec("recover-c", "c", segment_size=4096, recover=True),
     Spec("backup-c", "c", backup="backup"),
     Spec("import-c", "c", segment_size=16384),
