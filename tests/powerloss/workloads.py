@@ -256,32 +256,29 @@ def w_kill_reopen(ctx: Ctx, phase: str) -> None:
 def w_os_close(ctx: Ctx, phase: str) -> None:
     """durability="os": appends (with empty commits) and a clean close. Only "never a part of a
     commit, every commit up to a point, and the store opens" is promised."""
-    if phase == "setup":
-        _base(ctx, 3)
-        return
-    r = ctx.rng
-    with ctx.open() as s:
-        for i in range(16):
-            if i % 6 == 5:
-                ctx.track(s, "up", i)
-            else:
-                ctx.append(s, [(f"o{r.randint(0, 2)}", r.randint(1, 3))], big=r.random() < 0.3)
-    ctx.done("close")
+    _os_appends(ctx, phase, pauses=False)
 
 
 def w_os_index(ctx: Ctx, phase: str) -> None:
     """durability="os" with pauses: the indexer thread fdatasyncs the log, and the appending thread
     (or, in a longer pause, the indexer thread) writes what that sync covered to the index, between
     the appends. Promises as os-close; the index on disk must never cover a commit the log lost."""
+    _os_appends(ctx, phase, pauses=True)
+
+
+def _os_appends(ctx: Ctx, phase: str, *, pauses: bool) -> None:
     if phase == "setup":
         _base(ctx, 3)
         return
     r = ctx.rng
     with ctx.open() as s:
-        for i in range(12):
-            ctx.append(s, [(f"o{r.randint(0, 2)}", r.randint(1, 3))], big=r.random() < 0.2)
-            if i % 4 == 3:
-                time.sleep(0.015 if i % 8 == 3 else 0.06)  # a sync, then the next append indexes it; or the thread does
+        for i in range(16):
+            if i % 6 == 5 and not pauses:
+                ctx.track(s, "up", i)
+            else:
+                ctx.append(s, [(f"o{r.randint(0, 2)}", r.randint(1, 3))], big=r.random() < 0.3)
+            if pauses and i % 4 == 3:  # a sync, then the next append indexes what it covered; or the thread does
+                time.sleep(0.015 if i % 8 == 3 else 0.06)
     ctx.done("close")
 
 
