@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import subprocess
 import threading
 import time
 from typing import Any
@@ -22,7 +23,15 @@ import pytest
 import evstore
 import evstore.aio
 from evstore.storage.index import CHECKPOINT, Index
+from evstore.storage.segments import Log
+from tests.conftest import PY, python_env
 from tests.support import ev
+
+
+def other_process_version(path: str, stream: str) -> int:
+    code = f"import evstore; print(evstore.open({path!r}, readonly=True).stream_version({stream!r}))"
+    return int(subprocess.run([PY, "-c", code], env=python_env(), capture_output=True, text=True,
+                              check=True).stdout)
 
 
 class SyncedLog:
@@ -171,3 +180,67 @@ def test_the_event_loop_thread_never_writes_the_index(store_path: str, impl: str
     assert v > 0
     with evstore.open(store_path, log_impl=impl) as store:
         assert store.stream_version("s") == v
+
+
+def test_a_failed_dup_of_the_log_descriptor_does_not_stop_the_indexer(store_path: str,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """EMFILE when the indexer thread duplicates the log's descriptor to sync it: the thread retries
+    (it had ended on the OSError, and with it the log syncs and the index writes until a reopen)."""
+    store = evstore.open(store_path, durability="os")
+    group = store._w().group
+    real_dup, real_sync = os.dup, os.fdatasync
+    state = {"failed": 0, "syncs_after": 0}
+
+    def dup(fd: int) -> int:
+        if threading.current_thread().name.startswith("evstore-indexer") and not state["failed"]:
+            state["failed"] = 1
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_dup(fd)
+
+    def fdatasync(fd: int) -> None:
+        if state["failed"]:
+            state["syncs_after"] += 1
+        real_sync(fd)
+
+    monkeypatch.setattr(os, "dup", dup)
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    v = 0
+    for _ in range(100):
+        v = store.append("s", [ev("T")], expected_version=v).last_version
+        time.sleep(0.002)
+    deadline = time.monotonic() + 5
+    while other_process_version(store_path, "s") != v and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert state["failed"]
+    assert group.indexer is not None and group.indexer.is_alive()
+    assert state["syncs_after"] > 0  # the log is still fdatasynced every INDEX_DELAY
+    assert other_process_version(store_path, "s") == v
+    store.close()
+
+
+def test_commits_sealed_by_a_failed_roll_are_indexed_while_the_writer_is_idle(
+        store_path: str, impl: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A roll that sealed and synced its segment but could not make the next (ENOSPC): no segment is
+    active to sync, and every commit written is in a synced one; the indexer indexes them."""
+    store = evstore.open(store_path, log_impl=impl, durability="os", segment_size=64 * 1024)
+    real_new = Log._new_segment
+    fail = {"on": False}
+
+    def new_segment(self: Log, first: int) -> None:
+        if fail["on"]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_new(self, first)
+
+    monkeypatch.setattr(Log, "_new_segment", new_segment)
+    v = store.append("s", [ev("T", b"x" * 1000)]).last_version
+    time.sleep(0.2)
+    fail["on"] = True
+    with pytest.raises(evstore.StorageError):
+        while True:
+            v = store.append("s", [ev("T", b"x" * 1000)], expected_version=v).last_version
+    deadline = time.monotonic() + 5
+    while other_process_version(store_path, "s") != v and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert other_process_version(store_path, "s") == v > 40
+    fail["on"] = False
+    store.close()

@@ -256,19 +256,23 @@ class GroupCommit:
 
     def sync_log(self) -> None:
         """fdatasync the active segment (sealed ones were synced when they were sealed). A failure
-        latches the store failed, as a failed fsync of an append does."""
+        latches the store failed, as a failed fsync of an append does; OSError when the descriptor
+        cannot be duplicated (EMFILE: nothing was synced, nothing latched)."""
         written = self.written_seq  # read first: every commit up to it is in the log (written before counted)
         fd = self.core.log.dup_sync_fd()  # no writer lock: flush_index holds the index lock (lock order)
-        if fd < 0:
-            return
-        try:
-            os.fdatasync(fd)
-        except OSError as e:
-            with self.sync_lock:
-                self.failed = e
-            raise StoreFailed(f"the log could not be synced ({e}); reopen the store") from e
-        finally:
-            os.close(fd)
+        if fd >= 0:
+            try:
+                os.fdatasync(fd)
+            except OSError as e:
+                with self.sync_lock:
+                    self.failed = e
+                raise StoreFailed(f"the log could not be synced ({e}); reopen the store") from e
+            finally:
+                os.close(fd)
+        elif self.failed is not None:
+            return  # no active segment after a failure (a roll's fsync): what it sealed may not be durable
+        # (No active segment and no failure: a roll sealed and synced the last one, then could not make
+        # the next; every commit written is in a synced segment.)
         with self.queue_lock:
             if written > self.log_synced_seq:
                 self.log_synced_seq = written
@@ -412,7 +416,8 @@ class GroupCommit:
                 else:
                     time.sleep(delay)
                     self.flush_index()
-            except EvstoreError:  # kept queued (or latched in failed); retried on the next wake
+            except (EvstoreError, OSError):  # kept queued (or latched in failed); retried on the next
+                # wake. (OSError: the log's descriptor could not be duplicated to sync it, e.g. EMFILE.)
                 if not self.stopping and self.failed is None:
                     time.sleep(0.2)
                     self.index_wake.set()
