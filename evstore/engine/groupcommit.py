@@ -322,7 +322,7 @@ class GroupCommit:
                 return False
             else:
                 batches, self.unindexed = batches[:-later], batches[-later:]
-                target = upto  # type: ignore[assignment]
+                target -= later  # = upto
             synced = self.log_synced_seq
         if not batches:
             return False

@@ -468,8 +468,8 @@ def w_threads(ctx: Ctx, phase: str) -> None:
 
 _FUNCS: dict[str, Callable[[Ctx, str], None]] = {
     "create": w_create, "append-roll": w_append_roll, "marks": w_marks, "kill-reopen": w_kill_reopen,
-    "os-close": w_os_close, "os-index": w_os_index, "recover": w_recover, "backup": w_backup, "import": w_import, "reindex": w_reindex,
-    "compact": w_compact, "threads": w_threads,
+    "os-close": w_os_close, "os-index": w_os_index, "recover": w_recover, "backup": w_backup, "import": w_import,
+    "reindex": w_reindex, "compact": w_compact, "threads": w_threads,
 }
 
 SPECS: dict[str, Spec] = {s.name: s for s in [
