@@ -244,3 +244,85 @@ def test_commits_sealed_by_a_failed_roll_are_indexed_while_the_writer_is_idle(
     assert other_process_version(store_path, "s") == v > 40
     fail["on"] = False
     store.close()
+
+
+def test_a_loop_of_small_appends_keeps_the_index_within_its_bound(store_path: str, impl: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """evstore.aio with durability="os": one task of 1-event appends, which starved the indexer thread
+    of the GIL (21-34K commits unindexed after 4 s, and growing). Past INDEX_SOFT the worker thread
+    catches the index up, and past INDEX_HARD the append awaits it: after every append the backlog is
+    within INDEX_HARD; the loop's thread writes no index transaction, and none covers a commit no
+    completed log sync covered."""
+    from evstore.aio import store as aio_store
+
+    logs: list[SyncedLog] = []
+    writers: set[str] = set()
+    real = Index.write
+
+    def write(index: Index, batch: Any) -> None:
+        writers.add(threading.current_thread().name)
+        real(index, batch)
+
+    monkeypatch.setattr(Index, "write", write)
+    n = 12_000 if impl == "c" else 4_000
+
+    async def main() -> tuple[int, int]:
+        async with evstore.aio.open(store_path, log_impl=impl, durability="os") as store:
+            logs.append(SyncedLog(monkeypatch, store))  # type: ignore[arg-type]  # (its `_w` is the same)
+            group = store._c().group
+            worst = 0
+            v = 0
+            for _ in range(n):
+                v = (await store.append("s", [ev("T", b"x" * 200)], expected_version=v)).last_version
+                worst = max(worst, group.written_seq - group.indexed_seq)
+            return v, worst
+
+    v, worst = asyncio.run(main())
+    assert v == n
+    assert worst <= aio_store.INDEX_HARD, worst
+    assert "MainThread" not in writers and any(w.startswith("evstore-aio") for w in writers), writers
+    assert logs[0].checked > 0 and logs[0].bad == []
+    with evstore.open(store_path, log_impl=impl) as store:
+        assert store.stream_version("s") == n
+
+
+def test_a_failing_index_under_a_loop_of_appends_fails_no_append(store_path: str, impl: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's catch-up meets a full disk: the appends go on (each past INDEX_HARD awaits a
+    catch-up that fails), and once the disk has room the index takes every commit."""
+    from evstore.aio import store as aio_store
+
+    monkeypatch.setattr(aio_store, "INDEX_SOFT", 20)
+    monkeypatch.setattr(aio_store, "INDEX_HARD", 50)
+    failing = {"on": True, "n": 0}
+    real = Index._write
+
+    def _write(index: Index, batch: Any) -> None:
+        if failing["on"]:
+            failing["n"] += 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(index, batch)
+
+    monkeypatch.setattr(Index, "_write", _write)
+
+    async def main() -> int:
+        async with evstore.aio.open(store_path, log_impl=impl, durability="os") as store:
+            group = store._c().group
+            v = 0
+            for _ in range(400):
+                v = (await store.append("s", [ev("T")], expected_version=v)).last_version
+            assert failing["n"] >= 2 and group.indexed_seq < 400
+            assert await store.stream_version("s") == v  # the overlay serves what is unindexed
+            failing["on"] = False
+            for _ in range(100):
+                v = (await store.append("s", [ev("T")], expected_version=v)).last_version
+            deadline = time.monotonic() + 5
+            while group.indexed_seq < group.written_seq and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            assert group.indexed_seq == group.written_seq
+            return v
+
+    v = asyncio.run(main())
+    assert v == 500
+    with evstore.open(store_path, log_impl=impl) as store:
+        assert sum(1 for _ in store.read_all()) == 500
