@@ -182,39 +182,134 @@ def test_the_event_loop_thread_never_writes_the_index(store_path: str, impl: str
         assert store.stream_version("s") == v
 
 
-def test_a_failed_dup_of_the_log_descriptor_does_not_stop_the_indexer(store_path: str,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    """EMFILE when the indexer thread duplicates the log's descriptor to sync it: the thread retries
-    (it had ended on the OSError, and with it the log syncs and the index writes until a reopen)."""
-    store = evstore.open(store_path, durability="os")
-    group = store._w().group
-    real_dup, real_sync = os.dup, os.fdatasync
-    state = {"failed": 0, "syncs_after": 0}
+class TrustedSyncs(SyncedLog):
+    """SyncedLog for a failing disk: a sync that fails (EIO, once, when `fail` is set) and every sync
+    after it vouch for nothing, as a later fdatasync on Linux succeeds after the kernel dropped the
+    pages whose write-back failed. Every index write is checked against the syncs before it."""
 
-    def dup(fd: int) -> int:
-        if threading.current_thread().name.startswith("evstore-indexer") and not state["failed"]:
-            state["failed"] = 1
-            raise OSError(errno.EMFILE, "Too many open files")
-        return real_dup(fd)
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, store: evstore.EventStore, which: str) -> None:
+        super().__init__(monkeypatch, store)
+        self.fail = False
+        self.failed_at: list[tuple[int, int]] = []
+        real = getattr(os, which)
+        recording = getattr(os, which)  # SyncedLog's recorder
+
+        def sync(fd: int) -> None:
+            if self.fail and not self.failed_at:
+                seg = self.log.active
+                self.failed_at.append((seg.first, seg.end) if seg is not None else (0, 0))
+                raise OSError(errno.EIO, "Input/output error")
+            if self.failed_at:
+                real(fd)  # succeeds, and vouches for nothing
+                return
+            recording(fd)
+
+        monkeypatch.setattr(os, which, sync)
+
+
+def test_no_sync_after_a_failed_one_lets_the_index_cover_more(store_path: str, impl: str,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The indexer thread's fdatasync of the log fails once (EIO) and every later one succeeds: the
+    store refuses appends, the indexer thread lives on, and no index transaction covers a commit
+    written after the last sync that succeeded (the later syncs advanced it before)."""
+    store = evstore.open(store_path, log_impl=impl, durability="os")
+    group = store._w().group
+    syncs = TrustedSyncs(monkeypatch, store, "fdatasync")
+    v = 0
+    for _ in range(50):
+        v = store.append("s", [ev("T")], expected_version=v).last_version
+    time.sleep(0.1)
+    syncs.fail = True
+    with pytest.raises(evstore.StoreFailed):
+        for _ in range(2000):
+            v = store.append("s", [ev("T")], expected_version=v).last_version
+            time.sleep(0.001)
+    assert syncs.failed_at
+    good = group.log_synced_seq
+    time.sleep(0.2)  # the indexer thread's next rounds: a sync that succeeds, an index write
+    with pytest.raises(evstore.StoreFailed):
+        store.sync()
+    sum(1 for _ in store.read_all())  # a read indexes what is durable first
+    assert group.log_synced_seq == good and group.indexed_seq <= good < v
+    assert group.indexer is not None and group.indexer.is_alive()
+    assert syncs.checked > 0 and syncs.bad == [], syncs.bad
+    store.close()
+
+
+def test_a_failed_seal_fsync_stops_the_index_where_the_last_good_sync_left_it(
+        store_path: str, impl: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """durability="os": a roll's fsync of the segment it seals fails (EIO). The later fdatasyncs of
+    the indexer and of a read's flush succeed, and vouch for nothing: the index holds only commits
+    synced before the failure."""
+    store = evstore.open(store_path, log_impl=impl, durability="os", segment_size=64 * 1024)
+    group = store._w().group
+    syncs = TrustedSyncs(monkeypatch, store, "fsync")
+    v = store.append("s", [ev("T", b"x" * 1000)]).last_version
+    time.sleep(0.1)
+    syncs.fail = True
+    with pytest.raises(evstore.StoreFailed):
+        for _ in range(200):
+            v = store.append("s", [ev("T", b"x" * 1000)], expected_version=v).last_version
+    assert syncs.failed_at
+    good = group.log_synced_seq
+    time.sleep(0.2)
+    sum(1 for _ in store.read_all())
+    assert group.log_synced_seq == good and group.indexed_seq <= good < v
+    assert syncs.bad == [], syncs.bad
+    store.close()
+    with evstore.open(store_path, log_impl=impl) as again:  # recovery reads what the log holds
+        assert again.stream_version("s") == v
+
+
+def test_a_group_sync_after_a_seal_took_the_error_fails_its_commit(store_path: str, impl: str,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """durability="fsync": thread A's commit is written and its fdatasync under way when thread B's
+    commit (append_many: not combined with A's) rolls the segment and the seal's fsync meets the
+    write-back error (EIO). A's fdatasync
+    then succeeds (the error was reported once, to the seal): A's append must fail, not be
+    acknowledged."""
+    store = evstore.open(store_path, log_impl=impl, durability="fsync", segment_size=64 * 1024)
+    group = store._w().group
+    store.append("a", [ev("T", b"x" * 30_000)])
+    real_datasync, real_fsync = os.fdatasync, os.fsync
+    b_done = threading.Event()
+    a_syncing = threading.Event()
 
     def fdatasync(fd: int) -> None:
-        if state["failed"]:
-            state["syncs_after"] += 1
-        real_sync(fd)
+        if threading.current_thread().name == "A":
+            a_syncing.set()
+            b_done.wait(5)
+        real_datasync(fd)
 
-    monkeypatch.setattr(os, "dup", dup)
+    def fsync(fd: int) -> None:
+        if threading.current_thread().name == "B":
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+
     monkeypatch.setattr(os, "fdatasync", fdatasync)
-    v = 0
-    for _ in range(100):
-        v = store.append("s", [ev("T")], expected_version=v).last_version
-        time.sleep(0.002)
-    deadline = time.monotonic() + 5
-    while other_process_version(store_path, "s") != v and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert state["failed"]
-    assert group.indexer is not None and group.indexer.is_alive()
-    assert state["syncs_after"] > 0  # the log is still fdatasynced every INDEX_DELAY
-    assert other_process_version(store_path, "s") == v
+    monkeypatch.setattr(os, "fsync", fsync)
+    outcome: dict[str, BaseException | None] = {}
+
+    def run(name: str, fn: Any) -> None:
+        try:
+            fn()
+            outcome[name] = None
+        except BaseException as e:
+            outcome[name] = e
+        finally:
+            if name == "B":
+                b_done.set()
+
+    a = threading.Thread(name="A", target=run, args=("A", lambda: store.append("a", [ev("T")], expected_version=1)))
+    b = threading.Thread(name="B", target=run,
+                         args=("B", lambda: (a_syncing.wait(5), store.append_many([("b", [ev("T", b"y" * 40_000)], evstore.ANY)]))))
+    a.start()
+    b.start()
+    a.join(10)
+    b.join(10)
+    assert isinstance(outcome["B"], evstore.StoreFailed)
+    assert isinstance(outcome["A"], evstore.StoreFailed), outcome["A"]
+    assert group.durable_seq < group.written_seq
     store.close()
 
 

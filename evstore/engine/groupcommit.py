@@ -221,7 +221,16 @@ class GroupCommit:
                 retired = core.log.take_retired()
             try:
                 if core.durability == "fsync" and fd >= 0:
-                    os.fdatasync(fd)
+                    try:
+                        os.fdatasync(fd)
+                    except OSError as e:
+                        core.log.latch_sync_failure(e)
+                        raise
+                    # A roll's seal fsync of this file may have met (and so taken) the write-back
+                    # error this fdatasync would have reported (see Log.sync_active).
+                    earlier = core.log.sync_error()
+                    if earlier is not None:
+                        raise OSError(earlier.errno, f"an earlier sync of the log failed ({earlier.strerror})")
             finally:
                 for rfd in retired:
                     os.close(rfd)
@@ -255,24 +264,22 @@ class GroupCommit:
             self.kick_indexer()
 
     def sync_log(self) -> None:
-        """fdatasync the active segment (sealed ones were synced when they were sealed). A failure
-        latches the store failed, as a failed fsync of an append does; OSError when the descriptor
-        cannot be duplicated (EMFILE: nothing was synced, nothing latched)."""
+        """fdatasync the active segment (sealed ones were synced when they were sealed) and advance
+        `log_synced_seq`. A failure latches the store failed, as a failed fsync of an append does, and
+        once any sync of the log has failed (here, a roll's or an append's) `log_synced_seq` stays
+        where it was: no later sync vouches for the pages the failed one lost (Log.sync_active)."""
         written = self.written_seq  # read first: every commit up to it is in the log (written before counted)
-        fd = self.core.log.dup_sync_fd()  # no writer lock: flush_index holds the index lock (lock order)
-        if fd >= 0:
-            try:
-                os.fdatasync(fd)
-            except OSError as e:
-                with self.sync_lock:
+        try:
+            synced = self.core.log.sync_active()  # no writer lock: flush_index holds the index lock (lock order)
+        except OSError as e:
+            with self.sync_lock:
+                if self.failed is None:
                     self.failed = e
-                raise StoreFailed(f"the log could not be synced ({e}); reopen the store") from e
-            finally:
-                os.close(fd)
-        elif self.failed is not None:
-            return  # no active segment after a failure (a roll's fsync): what it sealed may not be durable
-        # (No active segment and no failure: a roll sealed and synced the last one, then could not make
-        # the next; every commit written is in a synced segment.)
+            raise StoreFailed(f"the log could not be synced ({e}); reopen the store") from e
+        if not synced:
+            return
+        # (No active segment: a roll sealed and synced the last one, then could not make the next;
+        # every commit written is in a synced segment.)
         with self.queue_lock:
             if written > self.log_synced_seq:
                 self.log_synced_seq = written
@@ -329,6 +336,15 @@ class GroupCommit:
         try:
             if core.durability == "os" and target > synced:
                 self.sync_log()
+                with self.queue_lock:
+                    synced = self.log_synced_seq
+                if target > synced:  # a sync of the log failed: index no commit it may have lost
+                    later = target - synced
+                    with self.queue_lock:
+                        self.unindexed[:0] = batches[-later:]
+                    batches, target = batches[:-later], synced
+                    if not batches:
+                        return False
             batch = IndexBatch()
             for b in batches:
                 batch.merge(b)
@@ -416,8 +432,7 @@ class GroupCommit:
                 else:
                     time.sleep(delay)
                     self.flush_index()
-            except (EvstoreError, OSError):  # kept queued (or latched in failed); retried on the next
-                # wake. (OSError: the log's descriptor could not be duplicated to sync it, e.g. EMFILE.)
+            except (EvstoreError, OSError):  # kept queued (or latched in failed); retried on the next wake
                 if not self.stopping and self.failed is None:
                     time.sleep(0.2)
                     self.index_wake.set()

@@ -139,7 +139,10 @@ class Log:
         self.by_first: dict[int, Segment] = {}
         self.next_position = first_position
         self.appended = 0  # commits appended through this object (event-less ones too)
-        self.fd_lock = threading.Lock()  # a leaf lock: guards `_fd` and `retired_fds` (no lock is taken under it)
+        # A leaf lock (no lock is taken under it): guards `_fd`, `retired_fds` and `sync_failed`, and is
+        # held across every sync of the active segment but the group syncer's (see `sync_active`).
+        self.fd_lock = threading.Lock()
+        self.sync_failed: OSError | None = None  # the first failed sync of the log: none after vouches
         self._fd = -1  # the active segment, writer only
         self.retired_fds: list[int] = []  # sealed segments' descriptors, closed by the next group sync (the writer, durability="os")
         self._list_lock = threading.Lock()
@@ -453,12 +456,13 @@ class Log:
                     self._undo(seg, seg.end, SEAL.size)
                     raise StorageError(seg.path, e.errno, f"cannot seal {seg.path}: {e.strerror}; nothing was "
                                        "written (free space and retry)") from e
-            try:
-                os.fsync(self._fd)
-            except OSError as e:  # what the segment holds may not be durable, its earlier commits included
-                raise StoreFailed(f"the segment {seg.path} could not be synced when it was sealed ({e}); "
-                                  "reopen the store") from e
-            with self.fd_lock:
+            with self.fd_lock:  # (see `sync_active`: no other sync of this file runs meanwhile)
+                try:
+                    os.fsync(self._fd)
+                except OSError as e:  # what the segment holds may not be durable, earlier commits included
+                    self.sync_failed = e
+                    raise StoreFailed(f"the segment {seg.path} could not be synced when it was sealed ({e}); "
+                                      "reopen the store") from e
                 self.retired_fds.append(self._fd)
                 self._fd = -1
         try:
@@ -471,12 +475,37 @@ class Log:
         writer lock: a roll may retire it otherwise)."""
         return self._fd
 
-    def dup_sync_fd(self) -> int:
-        """A duplicate of the active segment's descriptor (-1 when none), for a syncer that does not
-        hold the writer lock; the caller closes it. Every commit written before this call is in the
-        active segment or in a sealed one, which was fsynced when it was sealed."""
+    def sync_active(self) -> bool:
+        """fdatasync the active segment, for a syncer that does not hold the writer lock. True when
+        every commit written before the call is durable (synced here, or in a segment that was synced
+        when it was sealed); False once any sync of the log has failed (`sync_failed`): the kernel
+        reports a failed write-back once, so a later sync that succeeds does not vouch for the pages
+        it lost. Raises OSError when this fdatasync fails (and latches it in `sync_failed`).
+
+        Under `fd_lock`, as a roll's seal fsync is, so that the two never overlap: the one that meets
+        a write-back error latches it before the other begins."""
         with self.fd_lock:
-            return os.dup(self._fd) if self._fd >= 0 else -1
+            if self.sync_failed is not None:
+                return False
+            if self._fd >= 0:
+                try:
+                    os.fdatasync(self._fd)
+                except OSError as e:
+                    self.sync_failed = e
+                    raise
+            return True
+
+    def sync_error(self) -> OSError | None:
+        """The failed sync latched by `sync_active` or a roll, if any; the group syncer, whose
+        fdatasync runs outside `fd_lock`, asks after its own: a seal's fsync may have taken the error."""
+        with self.fd_lock:
+            return self.sync_failed
+
+    def latch_sync_failure(self, err: OSError) -> None:
+        """Record the group syncer's failed fdatasync (see `sync_active`)."""
+        with self.fd_lock:
+            if self.sync_failed is None:
+                self.sync_failed = err
 
     def take_retired(self) -> list[int]:
         """The descriptors of segments sealed since the last call, for the group syncer to close."""
