@@ -233,7 +233,8 @@ def test_no_sync_after_a_failed_one_lets_the_index_cover_more(store_path: str, i
     assert group.log_synced_seq == good and group.indexed_seq <= good < v
     assert group.indexer is not None and group.indexer.is_alive()
     assert syncs.checked > 0 and syncs.bad == [], syncs.bad
-    store.close()
+    with pytest.raises(evstore.StoreFailed, match="may not be durable"):  # the commits since `good`
+        store.close()
 
 
 def test_a_failed_seal_fsync_stops_the_index_where_the_last_good_sync_left_it(
@@ -256,7 +257,8 @@ def test_a_failed_seal_fsync_stops_the_index_where_the_last_good_sync_left_it(
     sum(1 for _ in store.read_all())
     assert group.log_synced_seq == good and group.indexed_seq <= good < v
     assert syncs.bad == [], syncs.bad
-    store.close()
+    with pytest.raises(evstore.StoreFailed, match="may not be durable"):
+        store.close()
     with evstore.open(store_path, log_impl=impl) as again:  # recovery reads what the log holds
         assert again.stream_version("s") == v
 
@@ -310,6 +312,42 @@ def test_a_group_sync_after_a_seal_took_the_error_fails_its_commit(store_path: s
     assert isinstance(outcome["B"], evstore.StoreFailed)
     assert isinstance(outcome["A"], evstore.StoreFailed), outcome["A"]
     assert group.durable_seq < group.written_seq
+    store.close()
+
+
+def test_a_failed_dup_of_the_log_descriptor_does_not_stop_the_indexer(store_path: str,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """EMFILE when the indexer thread duplicates the log's descriptor to sync it: the thread retries
+    (it had ended on the OSError, and with it the log syncs and the index writes until a reopen)."""
+    store = evstore.open(store_path, durability="os")
+    group = store._w().group
+    real_dup, real_sync = os.dup, os.fdatasync
+    state = {"failed": 0, "syncs_after": 0}
+
+    def dup(fd: int) -> int:
+        if threading.current_thread().name.startswith("evstore-indexer") and not state["failed"]:
+            state["failed"] = 1
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real_dup(fd)
+
+    def fdatasync(fd: int) -> None:
+        if state["failed"]:
+            state["syncs_after"] += 1
+        real_sync(fd)
+
+    monkeypatch.setattr(os, "dup", dup)
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    v = 0
+    for _ in range(100):
+        v = store.append("s", [ev("T")], expected_version=v).last_version
+        time.sleep(0.002)
+    deadline = time.monotonic() + 5
+    while other_process_version(store_path, "s") != v and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert state["failed"]
+    assert group.indexer is not None and group.indexer.is_alive()
+    assert state["syncs_after"] > 0  # the log is still fdatasynced every INDEX_DELAY
+    assert other_process_version(store_path, "s") == v
     store.close()
 
 

@@ -267,6 +267,8 @@ class Core:
             except BaseException as e:
                 err = e
             group.stop()
+            if err is None:
+                err = group.unvouched()
             if err is None and group.failed is None:
                 try:
                     self.index.sync()

@@ -31,6 +31,7 @@ Locks (the order in which they may be taken is that of `Core`'s docstring):
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -221,16 +222,10 @@ class GroupCommit:
                 retired = core.log.take_retired()
             try:
                 if core.durability == "fsync" and fd >= 0:
-                    try:
-                        os.fdatasync(fd)
-                    except OSError as e:
-                        core.log.latch_sync_failure(e)
-                        raise
-                    # A roll's seal fsync of this file may have met (and so taken) the write-back
-                    # error this fdatasync would have reported (see Log.sync_active).
-                    earlier = core.log.sync_error()
-                    if earlier is not None:
-                        raise OSError(earlier.errno, f"an earlier sync of the log failed ({earlier.strerror})")
+                    if not core.log.checked_sync(fd):  # another sync may have taken the error
+                        earlier = core.log.sync_error()
+                        raise OSError(getattr(earlier, "errno", None) or errno.EIO,
+                                      f"an earlier sync of the log failed ({earlier})")
             finally:
                 for rfd in retired:
                     os.close(rfd)
@@ -269,14 +264,18 @@ class GroupCommit:
         once any sync of the log has failed (here, a roll's or an append's) `log_synced_seq` stays
         where it was: no later sync vouches for the pages the failed one lost (Log.sync_active)."""
         written = self.written_seq  # read first: every commit up to it is in the log (written before counted)
+        log = self.core.log
         try:
-            synced = self.core.log.sync_active()  # no writer lock: flush_index holds the index lock (lock order)
+            synced = log.sync_active()  # no writer lock: flush_index holds the index lock (lock order)
         except OSError as e:
-            with self.sync_lock:
-                if self.failed is None:
-                    self.failed = e
+            if log.sync_error() is not e:
+                raise  # the descriptor could not be duplicated (EMFILE): nothing synced, nothing latched
+            self.latch(e)
             raise StoreFailed(f"the log could not be synced ({e}); reopen the store") from e
-        if not synced:
+        if not synced:  # a sync of the log failed before (or under) this one: it vouches for nothing
+            err = log.sync_error()
+            if err is not None:
+                self.latch(err)
             return
         # (No active segment: a roll sealed and synced the last one, then could not make the next;
         # every commit written is in a synced segment.)
@@ -289,6 +288,7 @@ class GroupCommit:
         self.check_writable()
         self.await_durable(self.written_seq)
         self.sync_log()
+        self.check_writable()  # a sync of the log failed meanwhile (the indexer's): it vouched for nothing
         self.flush_index()
         try:
             self.core.index.sync()
@@ -446,6 +446,16 @@ class GroupCommit:
             self.await_durable(self.written_seq)
         if self.failed is None:
             self.flush_index()
+
+    def unvouched(self) -> StoreFailed | None:
+        """With durability="os", once a sync of the log has failed: the error for the acknowledged
+        commits that no sync vouched for before it (None when there are none); `close()` raises it."""
+        err = self.core.log.sync_error()
+        lost = self.written_seq - self.log_synced_seq
+        if not self.os_mode or err is None or lost <= 0:
+            return None
+        return StoreFailed(f"a sync of the log failed ({err}): the last {lost} acknowledged commit(s) of this "
+                           "handle may not be durable; reopen the store (recovery keeps what the log holds)")
 
     def stop(self) -> None:
         """Stop the indexer thread (after `flush_all`)."""

@@ -7,7 +7,7 @@ import mmap
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
 
@@ -139,10 +139,13 @@ class Log:
         self.by_first: dict[int, Segment] = {}
         self.next_position = first_position
         self.appended = 0  # commits appended through this object (event-less ones too)
-        # A leaf lock (no lock is taken under it): guards `_fd`, `retired_fds` and `sync_failed`, and is
-        # held across every sync of the active segment but the group syncer's (see `sync_active`).
+        # A leaf lock (no lock is taken under it; `syncs_done` waits on it): guards `_fd`, `retired_fds`,
+        # `sync_failed`, `syncing` and `tickets`. No I/O is done under it.
         self.fd_lock = threading.Lock()
+        self.syncs_done = threading.Condition(self.fd_lock)  # notified as each sync of the log ends
         self.sync_failed: OSError | None = None  # the first failed sync of the log: none after vouches
+        self.syncing: set[int] = set()  # the tickets of the syncs of the log under way (`checked_sync`)
+        self.tickets = 0  # the next ticket
         self._fd = -1  # the active segment, writer only
         self.retired_fds: list[int] = []  # sealed segments' descriptors, closed by the next group sync (the writer, durability="os")
         self._list_lock = threading.Lock()
@@ -456,13 +459,14 @@ class Log:
                     self._undo(seg, seg.end, SEAL.size)
                     raise StorageError(seg.path, e.errno, f"cannot seal {seg.path}: {e.strerror}; nothing was "
                                        "written (free space and retry)") from e
-            with self.fd_lock:  # (see `sync_active`: no other sync of this file runs meanwhile)
-                try:
-                    os.fsync(self._fd)
-                except OSError as e:  # what the segment holds may not be durable, earlier commits included
-                    self.sync_failed = e
-                    raise StoreFailed(f"the segment {seg.path} could not be synced when it was sealed ({e}); "
-                                      "reopen the store") from e
+            try:
+                # Not vouched for here: what the segment holds is acknowledged by the syncs that vouch
+                # (the group syncer's, the indexer's), which wait for this one's outcome.
+                self.checked_sync(self._fd, os.fsync, vouch=False)
+            except OSError as e:  # what the segment holds may not be durable, earlier commits included
+                raise StoreFailed(f"the segment {seg.path} could not be synced when it was sealed ({e}); "
+                                  "reopen the store") from e
+            with self.fd_lock:
                 self.retired_fds.append(self._fd)
                 self._fd = -1
         try:
@@ -476,36 +480,60 @@ class Log:
         return self._fd
 
     def sync_active(self) -> bool:
-        """fdatasync the active segment, for a syncer that does not hold the writer lock. True when
-        every commit written before the call is durable (synced here, or in a segment that was synced
-        when it was sealed); False once any sync of the log has failed (`sync_failed`): the kernel
-        reports a failed write-back once, so a later sync that succeeds does not vouch for the pages
-        it lost. Raises OSError when this fdatasync fails (and latches it in `sync_failed`).
-
-        Under `fd_lock`, as a roll's seal fsync is, so that the two never overlap: the one that meets
-        a write-back error latches it before the other begins."""
+        """fdatasync the active segment, for a syncer that does not hold the writer lock: as
+        `checked_sync`, on a duplicate of its descriptor (a roll may retire and close the segment's
+        meanwhile). No active segment: every commit written is in a segment synced when it was
+        sealed. Raises OSError as `checked_sync` does, or when the descriptor cannot be duplicated
+        (EMFILE: nothing synced, nothing latched: `sync_error()` is not the error)."""
         with self.fd_lock:
             if self.sync_failed is not None:
                 return False
-            if self._fd >= 0:
-                try:
-                    os.fdatasync(self._fd)
-                except OSError as e:
-                    self.sync_failed = e
-                    raise
-            return True
+            fd = os.dup(self._fd) if self._fd >= 0 else -1
+        if fd < 0:
+            return self.vouched()
+        try:
+            return self.checked_sync(fd)
+        finally:
+            os.close(fd)
+
+    def checked_sync(self, fd: int, sync: Callable[[int], None] | None = None, vouch: bool = True) -> bool:
+        """Sync `fd`, a descriptor of the log (`sync`: os.fdatasync by default, a seal's os.fsync),
+        and say whether the sync vouches for what it covered (`vouched`; with vouch=False, True at
+        once: a seal acknowledges nothing, and must not wait for another thread's sync). Raises
+        OSError when it fails, latched first in `sync_failed`: the kernel reports a failed write-back
+        once, to the first sync that asks, and a later sync of the file succeeds though the pages
+        are gone."""
+        with self.fd_lock:
+            ticket = self.tickets
+            self.tickets += 1
+            self.syncing.add(ticket)
+        failed: OSError | None = None
+        try:
+            (os.fdatasync if sync is None else sync)(fd)
+        except OSError as e:
+            failed = e
+            raise
+        finally:
+            with self.fd_lock:
+                self.syncing.discard(ticket)
+                if failed is not None and self.sync_failed is None:
+                    self.sync_failed = failed
+                self.syncs_done.notify_all()
+        return self.vouched() if vouch else True
+
+    def vouched(self) -> bool:
+        """After a sync of the log that succeeded: whether it vouches for what it covered. Another
+        sync of the file that overlapped it may have met (and so taken) the write-back error it would
+        have reported: wait until every sync begun before now has ended, then ask whether any failed."""
+        with self.syncs_done:
+            mark = self.tickets
+            self.syncs_done.wait_for(lambda: not self.syncing or min(self.syncing) >= mark)
+            return self.sync_failed is None
 
     def sync_error(self) -> OSError | None:
-        """The failed sync latched by `sync_active` or a roll, if any; the group syncer, whose
-        fdatasync runs outside `fd_lock`, asks after its own: a seal's fsync may have taken the error."""
+        """The first failed sync of the log, if any (see `checked_sync`)."""
         with self.fd_lock:
             return self.sync_failed
-
-    def latch_sync_failure(self, err: OSError) -> None:
-        """Record the group syncer's failed fdatasync (see `sync_active`)."""
-        with self.fd_lock:
-            if self.sync_failed is None:
-                self.sync_failed = err
 
     def take_retired(self) -> list[int]:
         """The descriptors of segments sealed since the last call, for the group syncer to close."""
