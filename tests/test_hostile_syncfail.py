@@ -175,3 +175,28 @@ def test_a_roll_on_the_event_loop_does_not_wait_for_the_indexers_fdatasync(
 
     took = asyncio.run(main())
     assert took < 1.0, f"the append that rolled blocked the event loop for {took:.2f} s"
+
+
+def test_close_syncs_the_log_of_a_store_failed_by_damage(store_path: str, impl: str,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """durability="os": a read found damage and latched the store failed (no sync failed). close()
+    still makes the acknowledged commits durable (it skipped the log's final sync, and returned as if
+    they were), and raises nothing: every one of them was synced."""
+    store = evstore.open(store_path, log_impl=impl, durability="os")
+    group = store._w().group
+    v = 0
+    for _ in range(20):
+        v = store.append("s", [ev("T")], expected_version=v).last_version
+    group.log_damage(store_path, 0, "a damaged record met by a read")
+    real = os.fdatasync
+    closing: list[int] = []
+
+    def fdatasync(fd: int) -> None:
+        if threading.current_thread().name == "MainThread":
+            closing.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    store.close()
+    assert closing, "close() made no sync of the log"
+    assert group.log_synced_seq == group.written_seq == v

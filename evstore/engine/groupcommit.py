@@ -221,11 +221,14 @@ class GroupCommit:
                 fd = core.log.sync_fd()
                 retired = core.log.take_retired()
             try:
-                if core.durability == "fsync" and fd >= 0:
-                    if not core.log.checked_sync(fd):  # another sync may have taken the error
-                        earlier = core.log.sync_error()
-                        raise OSError(getattr(earlier, "errno", None) or errno.EIO,
-                                      f"an earlier sync of the log failed ({earlier})")
+                # Another sync may have taken the error this one would have met; with no active
+                # segment (a roll sealed it, then could not make the next) the seal's fsync synced it,
+                # and vouched for nothing: ask as a sync would.
+                log = core.log
+                if core.durability == "fsync" and not (log.checked_sync(fd) if fd >= 0 else log.vouched()):
+                    earlier = log.sync_error()
+                    raise OSError(getattr(earlier, "errno", None) or errno.EIO,
+                                  f"an earlier sync of the log failed ({earlier})")
             finally:
                 for rfd in retired:
                     os.close(rfd)
@@ -268,9 +271,10 @@ class GroupCommit:
         try:
             synced = log.sync_active()  # no writer lock: flush_index holds the index lock (lock order)
         except OSError as e:
-            if log.sync_error() is not e:
+            latched = log.sync_error()  # (this sync's failure, or another's that came first)
+            if latched is None:
                 raise  # the descriptor could not be duplicated (EMFILE): nothing synced, nothing latched
-            self.latch(e)
+            self.latch(latched)
             raise StoreFailed(f"the log could not be synced ({e}); reopen the store") from e
         if not synced:  # a sync of the log failed before (or under) this one: it vouches for nothing
             err = log.sync_error()
@@ -446,6 +450,10 @@ class GroupCommit:
             self.await_durable(self.written_seq)
         if self.failed is None:
             self.flush_index()
+        elif self.os_mode and self.core.log.sync_error() is None:
+            # Failed otherwise (a read found damage): the acknowledged commits are still made durable,
+            # though no more is indexed.
+            self.sync_log()
 
     def unvouched(self) -> StoreFailed | None:
         """With durability="os", once a sync of the log has failed: the error for the acknowledged

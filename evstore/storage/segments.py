@@ -503,12 +503,13 @@ class Log:
         OSError when it fails, latched first in `sync_failed`: the kernel reports a failed write-back
         once, to the first sync that asks, and a later sync of the file succeeds though the pages
         are gone."""
-        with self.fd_lock:
-            ticket = self.tickets
-            self.tickets += 1
-            self.syncing.add(ticket)
+        ticket = -1
         failed: OSError | None = None
         try:
+            with self.fd_lock:
+                ticket = self.tickets
+                self.tickets += 1
+                self.syncing.add(ticket)
             (os.fdatasync if sync is None else sync)(fd)
         except OSError as e:
             failed = e
@@ -518,16 +519,19 @@ class Log:
                 self.syncing.discard(ticket)
                 if failed is not None and self.sync_failed is None:
                     self.sync_failed = failed
+                mark = self.tickets  # the syncs begun before this one ended
                 self.syncs_done.notify_all()
-        return self.vouched() if vouch else True
+        return self.vouched(mark) if vouch else True
 
-    def vouched(self) -> bool:
-        """After a sync of the log that succeeded: whether it vouches for what it covered. Another
-        sync of the file that overlapped it may have met (and so taken) the write-back error it would
-        have reported: wait until every sync begun before now has ended, then ask whether any failed."""
+    def vouched(self, mark: int | None = None) -> bool:
+        """After a sync of the log that succeeded (and ended when `mark` tickets had been given; by
+        default, now): whether it vouches for what it covered. Another sync of the file that
+        overlapped it may have met (and so taken) the write-back error it would have reported: wait
+        until every sync begun before the mark has ended, then ask whether any failed. (A waiter holds
+        no ticket, so waiters never wait for each other.)"""
         with self.syncs_done:
-            mark = self.tickets
-            self.syncs_done.wait_for(lambda: not self.syncing or min(self.syncing) >= mark)
+            upto = self.tickets if mark is None else mark
+            self.syncs_done.wait_for(lambda: not self.syncing or min(self.syncing) >= upto)
             return self.sync_failed is None
 
     def sync_error(self) -> OSError | None:
