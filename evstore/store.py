@@ -115,7 +115,8 @@ class EventStore:
 
     def close(self) -> None:
         """Close this handle; the store closes when the last handle in the process does (waiting for
-        the appends under way, then syncing the log and the index). Idempotent."""
+        the appends under way, then syncing the log and the index). Idempotent. Raises: StoreFailed
+        when, with "os", commits acknowledged after a failed sync of the log may be lost."""
         core = self._core
         if core is None:
             return
