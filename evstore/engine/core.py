@@ -14,7 +14,8 @@ Locks, in the order in which they may be taken:
 3. `group.queue_lock` — `group.unindexed`, `group.unindexed_seq`;
 4. `group.sync_lock` — `group.syncing`, `group.sync_waiters`, `group.durable_seq`, `group.failed`.
 Leaf locks, under which no other lock is taken: `group.ids_lock` (`group.pending_ids`) and the log's
-`fd_lock` (its descriptors). No code takes a lock of a lower number while holding a higher one.
+`fd_lock` (its descriptors and the tickets of its syncs; a thread waiting in `Log.vouched` holds no
+ticket, and no ticket holder waits for a lock). No code takes a lock of a lower number while holding a higher one.
 `commit_cond` only wakes subscribers of this process; it also guards `commit_listeners`, which
 `notify_commits` calls under it (a listener must not block and takes no lock: the asyncio handle's
 rings an eventfd). The asyncio handle's `Worker.lock` (evstore/aio/worker.py) is a leaf: it is taken

@@ -19,7 +19,7 @@ came to do it within half a delay (an idle appender).
 
 Locks (the order in which they may be taken is that of `Core`'s docstring):
 - the writer lock (`core.wlock`) guards `written_seq` and `pending`;
-- `ids_lock` (a leaf) guards `pending_ids`; the log's `fd_lock` (a leaf) its descriptors, so that
+- `ids_lock` (a leaf) guards `pending_ids`; the log's `fd_lock` (a leaf) its descriptors and sync tickets, so that
   `flush_index` never takes the writer lock under the index lock;
 - `index_lock` guards `indexed_seq`, `index_error` and every index write transaction;
 - `queue_lock` guards `unindexed`, `unindexed_seq` and `log_synced_seq`; the overlay's leaf lock its entries, added under
@@ -341,12 +341,11 @@ class GroupCommit:
             if core.durability == "os" and target > synced:
                 self.sync_log()
                 with self.queue_lock:
-                    synced = self.log_synced_seq
-                if target > synced:  # a sync of the log failed: index no commit it may have lost
-                    later = target - synced
-                    with self.queue_lock:
+                    later = target - self.log_synced_seq
+                    if later > 0:  # a sync of the log failed: index no commit it may have lost
                         self.unindexed[:0] = batches[-later:]
-                    batches, target = batches[:-later], synced
+                if later > 0:
+                    batches, target = batches[:-later], target - later
                     if not batches:
                         return False
             batch = IndexBatch()
