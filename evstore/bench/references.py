@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 
 from evstore.bench.context import PAYLOAD, Ctx, best, count
@@ -47,6 +48,61 @@ def raw_pwrite(ctx: Ctx, commits: int, commit_bytes: int) -> float:
             os.fdatasync(fd)
         dt = time.perf_counter() - t
     finally:
+        os.close(fd)
+        os.unlink(path)
+    return dt
+
+
+def raw_pwrite_zeroed(ctx: Ctx, commits: int, commit_bytes: int, chunk: int = 1 << 20, ahead: int = 4 << 20) -> float:
+    """pwrite + fdatasync of `commits` buffers of `commit_bytes` into allocated space that a second
+    thread keeps written with zeros `ahead` bytes past the last commit, `chunk` bytes (and one
+    fdatasync) at a time, its work timed with the commits': overwriting written blocks, an
+    fdatasync commits no extent conversion to the journal (multi-block commits are faster so)."""
+    path = ctx.path("raw-zeroed.log")
+    buf = b"r" * commit_bytes
+    size = (commits + 1) * commit_bytes + ahead + chunk
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    zfd = os.open(path, os.O_WRONLY)
+    cond = threading.Condition()
+    state = {"tail": commit_bytes, "zeroed": commit_bytes, "stop": False}
+
+    def zero() -> None:
+        zeros = bytes(chunk)
+        while True:
+            with cond:
+                while not state["stop"] and state["zeroed"] + chunk > state["tail"] + ahead:
+                    cond.wait()
+                if state["stop"]:
+                    return
+                at = max(state["zeroed"], state["tail"] + chunk)
+            os.pwrite(zfd, zeros, at)
+            os.fdatasync(zfd)
+            with cond:
+                state["zeroed"] = at + chunk
+
+    th = threading.Thread(target=zero)
+    try:
+        os.posix_fallocate(fd, 0, size)
+        os.fsync(fd)
+        os.pwrite(fd, buf, 0)
+        os.fdatasync(fd)
+        th.start()
+        t = time.perf_counter()
+        for i in range(1, commits + 1):
+            os.pwrite(fd, buf, i * commit_bytes)
+            os.fdatasync(fd)
+            with cond:
+                state["tail"] = (i + 1) * commit_bytes
+                if state["zeroed"] + chunk <= state["tail"] + ahead:
+                    cond.notify()
+        dt = time.perf_counter() - t
+    finally:
+        with cond:
+            state["stop"] = True
+            cond.notify()
+        if th.is_alive():
+            th.join()
+        os.close(zfd)
         os.close(fd)
         os.unlink(path)
     return dt

@@ -110,7 +110,8 @@ class Core:
             self.unsynced_tail = previous == "os"  # the last writer synced only at checkpoints
             self.meta = directory.load_meta(path, self.impl, segment_size, readonly)
             self.log = Log(os.path.join(path, "log"), self.impl, segment_size=self.meta["segment_size"],
-                           writable=not readonly, first_position=int(self.meta.get("first_position", 1)))
+                           writable=not readonly, first_position=int(self.meta.get("first_position", 1)),
+                           zero_ahead=durability == "fsync")
             self._open_index_and_catch_up(map_size)
             if self.unsynced_tail and durability != "os" and not readonly:
                 directory.record_writer(path, durability)  # the tail is cut: the strict rule again

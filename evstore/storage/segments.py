@@ -24,6 +24,7 @@ from evstore.format.layout import (
 from evstore.storage.durable import fsync_dir, remove
 from evstore.errors import CorruptedError, IndexAheadOfLog, IndexDamaged, StorageError, StoreFailed, \
     UnsupportedFormat
+from evstore.storage import prepare
 from evstore.storage.scan import SegmentScanner, seal_marker
 
 _SEGMENT_NAME = re.compile(r"^(\d{20})\.seg$")
@@ -129,7 +130,7 @@ class Log:
     `appended`, the active segment's `end`) is guarded by the engine's writer lock."""
 
     def __init__(self, directory: str, impl: ModuleType, *, segment_size: int, writable: bool,
-                 first_position: int = 1) -> None:
+                 first_position: int = 1, zero_ahead: bool = False) -> None:
         self.dir = directory
         self.impl = impl
         self.segment_size = segment_size
@@ -150,6 +151,11 @@ class Log:
         self.retired_fds: list[int] = []  # sealed segments' descriptors, closed by the next group sync (the writer, durability="os")
         self._list_lock = threading.Lock()
         self._recovered: list[Segment] = []  # segments the last recover() scanned (to sync before indexing)
+        # Written zeros ahead of the tail (storage/prepare.py), for a writer whose commits each wait for
+        # an fdatasync; None otherwise.
+        self._ahead_refused = -1  # the allocated size at which the last `_reserve_ahead` was refused
+        self.preparer = (prepare.Preparer(self.prepared_sync)
+                         if writable and zero_ahead and prepare.worth_preparing(directory) else None)
         self.load_segments()
 
     # -- discovery -------------------------------------------------------------------------
@@ -338,6 +344,13 @@ class Log:
         seg.allocated = max(seg.end, os.fstat(fd).st_size)  # recovery left zeros only after `end`
         with self.fd_lock:
             self._fd = fd
+        if self.preparer is not None:
+            self.preparer.switch(seg.path, seg.end, seg.allocated)
+
+    def prepared_sync(self, fd: int) -> None:
+        """The preparer's sync of its zeros: a sync of the log that vouches for nothing (a failure is
+        latched: no later sync of the log vouches)."""
+        self.checked_sync(fd, vouch=False)
 
     def _reserve(self, seg: Segment, need: int) -> None:
         """Allocate the active segment up to at least `need` bytes, PREALLOCATE more when the segment
@@ -353,6 +366,8 @@ class Log:
             os.posix_fallocate(self._fd, seg.allocated, need - seg.allocated)  # a nearly full disk
             target = need
         seg.allocated = target
+        if self.preparer is not None:
+            self.preparer.allocated(target)
 
     def _new_segment(self, first: int) -> None:
         """Create the segment named for `first`, durably (header synced, then its entry). A segment's
@@ -410,6 +425,9 @@ class Log:
             raise StorageError(seg.path, e.errno, f"cannot allocate space in {seg.path}: {e.strerror}; nothing "
                                "was written (free space and retry)") from e
         end, next_position, appended = off + len(buf), first_position + n_events, self.appended + 1
+        prep = self.preparer
+        if prep is not None:
+            prep.reserve(off, end)  # no zeros are written there from now on
         try:
             self.impl.pwrite(self._fd, buf, off)
         except OSError as e:
@@ -420,7 +438,25 @@ class Log:
         seg.end = end
         self.next_position = next_position
         self.appended = appended
+        if prep is not None and seg.allocated - end < prepare.AHEAD and seg.allocated < self.segment_size:
+            self._reserve_ahead(seg)
         return seg, off
+
+    def _reserve_ahead(self, seg: Segment) -> None:
+        """Allocate PREALLOCATE more of the active segment before the tail needs it, so that the
+        preparer can zero it first; nothing on a nearly full disk (asked again once an append has
+        allocated what it needed: the append that needs the space says what is wrong)."""
+        if seg.allocated == self._ahead_refused:
+            return
+        target = min(seg.allocated + PREALLOCATE, self.segment_size)
+        try:
+            os.posix_fallocate(self._fd, seg.allocated, target - seg.allocated)
+        except OSError:
+            self._ahead_refused = seg.allocated
+            return
+        seg.allocated = target
+        if self.preparer is not None:
+            self.preparer.allocated(target)
 
     def _undo(self, seg: Segment, off: int, n: int) -> None:
         """After a failed write of `n` bytes at `off`: zeros again where it may have written (only
@@ -430,6 +466,8 @@ class Log:
                 return
         except OSError:
             pass
+        if self.preparer is not None:
+            self.preparer.retire()  # no zeros may land past the cut
         try:
             os.ftruncate(self._fd, off)
             seg.allocated = off
@@ -443,6 +481,8 @@ class Log:
         seg = self.active
         if seg is not None and self._fd < 0:
             self._open_active()  # a roll before this writer's first append to it: seal it all the same
+        if self.preparer is not None:
+            self.preparer.retire()  # no zeros are written to a segment being sealed
         if self._fd >= 0 and seg is not None:
             if seg.allocated > seg.end:  # allocated space follows: mark where the commits end
                 # The marker goes into allocated space, as a commit does (`_reserve`): a failed write is
@@ -546,6 +586,8 @@ class Log:
         return retired
 
     def close(self) -> None:
+        if self.preparer is not None:
+            self.preparer.stop()
         with self.fd_lock:
             fds, self.retired_fds, self._fd = [*self.retired_fds, self._fd], [], -1
         for fd in fds:
