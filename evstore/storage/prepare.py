@@ -109,13 +109,14 @@ class Preparer:
         """Before the writer writes bytes start..end of the active segment: wait while zeros are
         being written over them, and claim no zeros there from now on."""
         with self.lock:
-            claim = self.claim
-            if claim is not None and claim[0] < end and start < claim[1]:
-                self._wait_claim()
-            if end > self.tail:
+            if end > self.tail:  # first: no claim made from now on reaches the range
                 self.tail = end
                 if self.path is not None and self.zeroed + CHUNK <= min(end + AHEAD, self.limit):
                     self.changed.notify_all()  # (a chunk may be due)
+            claim = self.claim
+            while claim is not None and claim[0] < end and start < claim[1]:  # the one under way
+                self.changed.wait()
+                claim = self.claim
 
     def allocated(self, size: int) -> None:
         """The writer allocated the active segment up to `size` bytes."""
