@@ -466,10 +466,34 @@ def w_threads(ctx: Ctx, phase: str) -> None:
             raise SystemExit("threads: no commit carried the appends of two threads")
 
 
+def w_zeros(ctx: Ctx, phase: str) -> None:
+    """With "fsync", commits written into the space the writer's thread zeroes ahead of the tail
+    (evstore/storage/prepare.py), its sizes shrunk (chunks of 16 KiB, 8 KiB a claim, from 4 KiB past
+    the tail, 64 KiB ahead) so that the zero writes, their fdatasyncs and the commits interleave within
+    a few pages: multi-page commits that reach the zeroed space, and rolls of 96 KiB segments."""
+    from evstore.storage import prepare
+
+    prepare.CHUNK, prepare.STEP, prepare.GAP, prepare.AHEAD = 16384, 8192, 4096, 65536
+    if phase == "setup":
+        _base(ctx)
+        return
+    r = ctx.rng
+    zeroed = 0
+    with ctx.open() as s:
+        for i in range(24):
+            ctx.append(s, [(r.choice(["s0", "s1", UUID_STREAM]), r.randint(1, 4))], big=r.random() < 0.6)
+            if i % 6 == 5:
+                time.sleep(0.02)  # the zeros get ahead of the tail
+            p = s._core.log.preparer
+            zeroed = max(zeroed, 0 if p is None else p.zeroed)
+    if not zeroed:
+        raise SystemExit("zeros: no zeros were written ahead of the tail (the file system is not ext4 or XFS?)")
+
+
 _FUNCS: dict[str, Callable[[Ctx, str], None]] = {
     "create": w_create, "append-roll": w_append_roll, "marks": w_marks, "kill-reopen": w_kill_reopen,
     "os-close": w_os_close, "os-index": w_os_index, "recover": w_recover, "backup": w_backup, "import": w_import,
-    "reindex": w_reindex, "compact": w_compact, "threads": w_threads,
+    "reindex": w_reindex, "compact": w_compact, "threads": w_threads, "zeros": w_zeros,
 }
 
 SPECS: dict[str, Spec] = {s.name: s for s in [
@@ -489,6 +513,8 @@ SPECS: dict[str, Spec] = {s.name: s for s in [
     Spec("reindex-c", "c", segment_size=4096),
     Spec("compact-c", "c", segment_size=4096, prune=True),
     Spec("threads-c", "c", segment_size=4096, concurrent=True),
+    Spec("zeros-c", "c", segment_size=96 << 10),
+    Spec("zeros-py", "python", segment_size=96 << 10),
 ]}
 
 
