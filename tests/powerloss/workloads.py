@@ -481,9 +481,9 @@ def w_zeros(ctx: Ctx, phase: str) -> None:
     zeroed = 0
     with ctx.open() as s:
         for i in range(24):
-            ctx.append(s, [(r.choice(["s0", "s1", UUID_STREAM]), r.randint(1, 4))], big=r.random() < 0.6)
-            if i % 6 == 5:
-                time.sleep(0.02)  # the zeros get ahead of the tail
+            if i % 6 == 0:
+                time.sleep(0.02)  # the zeros get ahead of the tail; the burst after it overtakes them
+            ctx.append(s, [(r.choice(["s0", "s1", UUID_STREAM]), r.randint(2, 4))], big=True)
             p = s._core.log.preparer
             zeroed = max(zeroed, 0 if p is None else p.zeroed)
     if not zeroed:
