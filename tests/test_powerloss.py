@@ -16,11 +16,12 @@ import random
 from typing import Any
 
 import pytest
-
 from powerloss.crash import MODELS, PAGE, Prepared
 from powerloss.replay import DataOp, History, MetaOp, Sync
 from powerloss.runner import Result, record, representative, run_states, table
 from powerloss.workloads import SELFTEST, SPECS
+
+from evstore.storage import prepare
 
 DEFAULT_STATES = 8  # per workload and model; each checked in both index modes
 LONG_STATES = 130  # distinct states after duplicates are dropped: >= 5,000 in all
@@ -53,6 +54,8 @@ def powerloss_summary(request: pytest.FixtureRequest) -> _Summary:
 @pytest.mark.parametrize("workload", list(SPECS))
 def test_power_loss_keeps_every_promise(workload: str, tmp_path: Any, long_run: bool,
                                         powerloss_summary: _Summary, record_property: Any) -> None:
+    if workload.startswith("zeros-") and not prepare.worth_preparing(str(tmp_path)):
+        pytest.skip("zeros are written ahead of the tail only on ext4 and XFS; this folder is on neither")
     rec = record(SPECS[workload], str(tmp_path))
     results = run_states(rec, MODELS, LONG_STATES if long_run else DEFAULT_STATES, SEED,
                          workers=os.cpu_count() or 2)
