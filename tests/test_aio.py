@@ -153,7 +153,10 @@ def test_a_hundred_tasks_share_syncs_on_one_thread(store_path: str, monkeypatch:
             # Each woken task does ~0.1 ms of the commit's work on the loop, two tasks per turn of the
             # loop: a tick waits about half a millisecond, a few at the tail (page faults, a loaded
             # machine) longer.
-            lags.sort()
+            # The first tick spans the gather's start, where the loop runs each of the hundred tasks
+            # to its first await: a hundred commits in one turn, by this test's own making (5 to 10
+            # ms here, the largest tick of every run). The store's share begins with the wake-ups.
+            lags = sorted(lags[1:])
             assert lags[len(lags) // 2] < 0.001 and p99(lags) < 0.003, (lags[len(lags) // 2], p99(lags), lags[-1])
             assert await s.head() == 2001
             for n in (0, 57, 99):
