@@ -1,8 +1,11 @@
-"""Helpers shared by the test files: events, sizes on disk, the ORDER lifecycle, segment names."""
+"""Helpers shared by the test files: events, sizes on disk, the ORDER lifecycle, segment names,
+threads run to their end."""
 
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable
 
 import evstore
 from evstore import NewEvent
@@ -45,3 +48,22 @@ def commits_end(seg: str) -> int:
             break
         off += length
     return off
+
+
+def run_threads(work: Callable[[int], object], n: int) -> None:
+    """Run `work(0)` .. `work(n - 1)` each on a thread of its own, all at once, until every one
+    ends; then raise the first exception any of them raised (an AssertionError naming them all)."""
+    errors: list[BaseException] = []
+
+    def run(k: int) -> None:
+        try:
+            work(k)
+        except BaseException as e:  # reported below, in the caller's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors

@@ -19,7 +19,7 @@ import pytest
 import evstore
 from evstore import tools
 from evstore.storage import prepare
-from tests.support import ev
+from tests.support import ev, run_threads
 
 FS_IOC_FIEMAP = 0xC020660B
 FIEMAP_FLAG_SYNC = 1
@@ -131,7 +131,6 @@ def test_zeros_never_land_on_a_commit(tmp_path: Any, impl: str, seed: int, on_ex
     monkeypatch.setattr(prepare.Preparer, "reserve", counted)
     path = str(tmp_path / "s")
     appended: dict[str, list[bytes]] = {}
-    errors: list[BaseException] = []
     with evstore.open(path, durability="fsync", log_impl=impl, segment_size=512 << 10) as s:
         assert s._core.log.preparer is not None
 
@@ -139,22 +138,14 @@ def test_zeros_never_land_on_a_commit(tmp_path: Any, impl: str, seed: int, on_ex
             rnd = random.Random(seed * 100 + k)
             name = f"t{k}"
             mine = appended[name] = []
-            try:
-                for i in range(60):
-                    n = rnd.choice([1, 1, 2, 5, 30])
-                    size = rnd.choice([100, 700, 3000])
-                    evs = [ev("T", bytes([(i * 7 + j) % 255 + 1]) * size) for j in range(n)]
-                    s.append(name, evs)
-                    mine.extend(e.data for e in evs)
-            except BaseException as e:  # pragma: no cover - reported below
-                errors.append(e)
+            for i in range(60):
+                n = rnd.choice([1, 1, 2, 5, 30])
+                size = rnd.choice([100, 700, 3000])
+                evs = [ev("T", bytes([(i * 7 + j) % 255 + 1]) * size) for j in range(n)]
+                s.append(name, evs)
+                mine.extend(e.data for e in evs)
 
-        threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert not errors, errors
+        run_threads(work, 4)
         segments = len(os.listdir(os.path.join(path, "log")))
     assert segments >= 4, "the run should roll several segments"
     assert waits[0] > 0, "no append met a zero write under way: the race was not run"
