@@ -176,3 +176,49 @@ def test_a_group_sync_with_no_active_segment_waits_for_a_sync_under_way(
             "was written failed")
     finally:
         store.close()
+
+
+class _InterruptedOnce(set):  # type: ignore[type-arg]
+    """A stand-in for the log's set of syncs under way whose first `discard` raises KeyboardInterrupt
+    first: a Ctrl-C delivered inside the bookkeeping that ends a sync."""
+
+    def __init__(self, *a: Any) -> None:
+        super().__init__(*a)
+        self.interrupts = 0
+
+    def discard(self, item: Any) -> None:
+        if self.interrupts == 0:
+            self.interrupts += 1
+            raise KeyboardInterrupt
+        super().discard(item)
+
+
+def test_an_interrupt_inside_a_syncs_bookkeeping_leaves_no_ticket_behind(
+        store_path: str, impl: str) -> None:
+    """durability="os": Ctrl-C lands as `store.sync()`'s sync of the log gives its ticket back. The
+    interrupt reaches the caller, but the ticket must not stay behind: every later sync of the handle
+    waits for the syncs begun before it, and would wait for that one for ever (a store whose next
+    sync, and so its next durable append and its close, never returns)."""
+    store = evstore.open(store_path, log_impl=impl, durability="os")
+    log = store._w().log
+    store.append("s", [ev("T")])
+    with log.fd_lock:
+        log.syncing = _InterruptedOnce(log.syncing)
+    with pytest.raises(KeyboardInterrupt):
+        store.sync()
+    assert log.syncing.interrupts == 1
+    assert not log.syncing, f"tickets left behind: {sorted(log.syncing)}"
+    store.append("s", [ev("T")])
+    t, outcome = _in_thread("later-sync", store.sync)
+    t.join(5)
+    alive = t.is_alive()
+    if alive:  # let the stuck sync go, so that the test run ends
+        with log.fd_lock:
+            log.syncing.clear()
+            log.syncs_done.notify_all()
+        t.join(5)
+    assert not alive, "a later sync waited for the interrupted one's ticket"
+    assert outcome["error"] is None, repr(outcome["error"])
+    store.close()
+    with evstore.open(store_path, log_impl=impl) as again:
+        assert again.stream_version("s") == 2

@@ -555,13 +555,29 @@ class Log:
             failed = e
             raise
         finally:
-            with self.fd_lock:
-                self.syncing.discard(ticket)
-                if failed is not None and self.sync_failed is None:
-                    self.sync_failed = failed
-                mark = self.tickets  # the syncs begun before this one ended
-                self.syncs_done.notify_all()
+            mark = self._end_sync(ticket, failed)
         return self.vouched(mark) if vouch else True
+
+    def _end_sync(self, ticket: int, failed: OSError | None) -> int:
+        """A sync's bookkeeping at its end: its ticket given back, its failure latched; returns the
+        tickets given by then. An interrupt (Ctrl-C) raised inside it does not leave the ticket
+        behind (every later sync would wait for it): the bookkeeping, which can be done twice, is
+        done again, and the interrupt raised once it is complete."""
+        interrupt: BaseException | None = None
+        while True:
+            try:
+                with self.fd_lock:
+                    self.syncing.discard(ticket)
+                    if failed is not None and self.sync_failed is None:
+                        self.sync_failed = failed
+                    mark = self.tickets  # the syncs begun before this one ended
+                    self.syncs_done.notify_all()
+                break
+            except KeyboardInterrupt as e:
+                interrupt = e
+        if interrupt is not None:
+            raise interrupt
+        return mark
 
     def vouched(self, mark: int | None = None) -> bool:
         """After a sync of the log that succeeded (and ended when `mark` tickets had been given; by
