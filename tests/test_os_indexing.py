@@ -95,7 +95,7 @@ def test_the_index_keeps_up_with_one_thread_of_small_appends(store_path: str, im
     every LMDB put and the backlog grew with every append: 39,000 of 60,000 commits, 3.5 s.) Judged on
     the median of the second half's samples, so that one slow fdatasync of a busy machine does not
     decide it; the backlog that grows is a third of the appends or more there."""
-    n = 16_000 if impl == "c" else 4_000
+    n = 16_000 if impl == "c" else 8_000
     store = evstore.open(store_path, log_impl=impl, durability="os")
     group = store._w().group
     backlog = []
