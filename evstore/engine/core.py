@@ -369,18 +369,16 @@ class Registry:
         for core in self.cores.values():
             core.forked = True
             # LMDB refuses to open an environment twice in a process, and the child inherited the
-            # parent's: close the child's copy (this touches neither the parent's reader slots nor its
-            # locks, which belong to the parent's pid) so the child can open the store itself.
+            # parent's: the child's copy is closed (this touches neither the parent's reader slots nor
+            # its locks, which belong to the parent's pid) so the child can open the store itself; by a
+            # thread of its own, as a thread of the parent may have been using it (see the method).
             if core.index is not None:
-                try:
-                    core.index.close()
-                except Exception:  # pragma: no cover - best effort in a child
-                    pass
+                core.index.abandon_after_fork()
             # The writer's flock belongs to the open file description the child shares: were the
             # child to keep its copy, the store would stay locked after the parent closes it.
             core._release_lock()
             if core.log is not None:
-                core.log.close()
+                core.log.close(forked=True)  # no lock taken: the parent's threads may have held one
         self.cores.clear()
         self.lock = threading.Lock()  # the parent may have held it while forking
 

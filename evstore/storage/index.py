@@ -129,6 +129,35 @@ class IndexBatch:
         self.counters.update(other.counters)
 
 
+# The environments a forked child inherited from its parent, each being closed by a thread of the
+# child's (`Index.abandon_after_fork`), by real path: an open of the same index in the child waits for
+# that close first (LMDB refuses an environment open twice in a process). Used in the child alone.
+_inherited: dict[str, threading.Thread] = {}
+INHERITED_CLOSE_WAIT = 5.0  # seconds an open in a forked child waits for the inherited copy's close
+
+
+def _wait_inherited(path: str) -> None:
+    """Before opening the index at `path`: wait for the close of a copy inherited across fork, if any."""
+    real = os.path.realpath(path)
+    t = _inherited.get(real)
+    if t is None:
+        return
+    t.join(INHERITED_CLOSE_WAIT)
+    if t.is_alive():
+        raise IndexUnavailable(path, f"the index {path} cannot be opened in this process: it was forked while "
+                               "another thread of its parent was using the index, and the copy it inherited "
+                               "cannot be closed; open the store in a process that did not inherit it open "
+                               "(multiprocessing's 'spawn' or 'forkserver'), or fork while no thread uses it")
+    _inherited.pop(real, None)
+
+
+def _close_inherited(env: lmdb.Environment) -> None:
+    try:
+        env.close()
+    except Exception:  # noqa: BLE001 - the child's copy: nothing of it is used again  # pragma: no cover
+        pass
+
+
 class Index:
     """One LMDB environment with the sub-databases above.
 
@@ -153,6 +182,7 @@ class Index:
         elif not readonly:
             created = True
         allocate_lock_file(os.path.join(path, "lock.mdb"), readonly)
+        _wait_inherited(path)
         try:
             self.env = lmdb.open(
                 path, map_size=map_size, max_dbs=len(DB_NAMES) + 2, subdir=True, readonly=readonly,
@@ -339,6 +369,18 @@ class Index:
     def close(self) -> None:
         self.closed = True
         self.env.close()
+
+    def abandon_after_fork(self) -> None:
+        """In a forked child: let go of the environment inherited from the parent, without waiting for
+        it here. py-lmdb's close waits until no operation of another thread is under way on it (a
+        cursor's step counts) and no other thread holds a write transaction: a thread of the parent
+        inside one as the process forked does not exist in the child, and that wait would never end.
+        A thread of the child's closes it; an open of the same index in the child waits for that
+        close, and raises IndexUnavailable if it does not end (`INHERITED_CLOSE_WAIT`)."""
+        self.closed = True
+        t = threading.Thread(target=_close_inherited, args=(self.env,), name="evstore-forked-close", daemon=True)
+        _inherited[os.path.realpath(self.path)] = t
+        t.start()
 
     def iter_typenames(self, txn: lmdb.Transaction) -> Iterable[tuple[bytes, int]]:
         for k, v in txn.cursor(self.db["typenames"]):

@@ -87,6 +87,7 @@ class Preparer:
         self.stopped = False
         self.error: OSError | None = None  # why preparing ended, if it did
         self.thread: threading.Thread | None = None
+        self.fd = -1  # written by the thread alone: its descriptor of the segment (-1: none)
 
     # -- the writer's side (under its writer lock) -------------------------------------------
 
@@ -133,8 +134,15 @@ class Preparer:
             self.generation += 1
             self._wait_claim()
 
-    def stop(self) -> None:
-        """End the thread (at the log's close) and wait for it."""
+    def stop(self, forked: bool = False) -> None:
+        """End the thread (at the log's close) and wait for it. `forked`: in a forked child, where the
+        thread does not exist: close the descriptor it had open, with no lock taken (the thread may
+        have held it as the process forked)."""
+        if forked:
+            self.stopped, self.path, fd, self.fd = True, None, self.fd, -1
+            if fd >= 0:
+                os.close(fd)
+            return
         with self.lock:
             self.stopped = True
             self.path = None
@@ -193,9 +201,10 @@ class Preparer:
                 try:
                     if fd_generation != generation:
                         if fd >= 0:
+                            self.fd = -1
                             os.close(fd)
                             fd = -1
-                        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+                        fd = self.fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
                         fd_generation = generation
                     while True:
                         with self.lock:
@@ -228,4 +237,5 @@ class Preparer:
                         self.zeroed = end
         finally:
             if fd >= 0:
+                self.fd = -1
                 os.close(fd)

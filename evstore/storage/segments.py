@@ -601,11 +601,16 @@ class Log:
             retired, self.retired_fds = self.retired_fds, []
         return retired
 
-    def close(self) -> None:
+    def close(self, forked: bool = False) -> None:
+        """Close the log's descriptors. `forked`: in a forked child, with no lock taken (a thread of
+        the parent may have held one as the process forked, and it does not exist in the child)."""
         if self.preparer is not None:
-            self.preparer.stop()
-        with self.fd_lock:
+            self.preparer.stop(forked)
+        if forked:
             fds, self.retired_fds, self._fd = [*self.retired_fds, self._fd], [], -1
+        else:
+            with self.fd_lock:
+                fds, self.retired_fds, self._fd = [*self.retired_fds, self._fd], [], -1
         for fd in fds:
             if fd >= 0:
                 try:
