@@ -95,7 +95,7 @@ def test_the_index_keeps_up_with_one_thread_of_small_appends(store_path: str, im
     every LMDB put and the backlog grew with every append: 39,000 of 60,000 commits, 3.5 s.) Judged on
     the median of the second half's samples, so that one slow fdatasync of a busy machine does not
     decide it; the backlog that grows is a third of the appends or more there."""
-    n = 16_000 if impl == "c" else 8_000
+    n = 16_000  # the steady backlog is a lag in time (here 300-600 commits; 2,000 on a loaded machine)
     store = evstore.open(store_path, log_impl=impl, durability="os")
     group = store._w().group
     backlog = []
@@ -104,7 +104,7 @@ def test_the_index_keeps_up_with_one_thread_of_small_appends(store_path: str, im
         if i % 100 == 0:
             backlog.append(group.written_seq - group.indexed_seq)
     late = sorted(backlog[len(backlog) // 2 :])
-    assert late[len(late) // 2] < n // 8, (late[len(late) // 2], max(backlog), n)
+    assert late[len(late) // 2] < n // 6, (late[len(late) // 2], max(backlog), n)
     store.close()
 
 
