@@ -64,7 +64,8 @@ def _child_reads(store: Any, path: str, wait: float) -> Callable[[], str]:
             out.append("forked")
         try:
             with evstore.open(path, readonly=True) as ro:
-                out.append(f"read {sum(1 for _ in ro.read_all())}")
+                # (a few events: the child of a busy parent must not scan a large log with the Python twin)
+                out.append(f"read {sum(1 for _ in ro.read_all(limit=5))}")
         except evstore.IndexUnavailable as e:
             out.append("unavailable: " + ("forked while" in str(e)) * "says why")
         out.append(f"{time.monotonic() - t0:.1f}s")
@@ -177,8 +178,8 @@ def test_forks_while_a_thread_appends_and_another_reads(store_path: str, impl: s
         stop.set()
         for t in threads:
             t.join(10)
+        s.close()
     assert not errors, errors[:3]
-    bad = [o for o in outcomes if not (o.startswith("forked read ") or o.startswith("forked unavailable: says why"))]
+    bad = [o for o in outcomes if not (o.startswith("forked read 5") or o.startswith("forked unavailable: says why"))]
     assert not bad, bad[:3]
-    s.close()
     assert tools.verify(store_path).ok

@@ -246,5 +246,6 @@ def test_only_fsync_writers_on_ext4_or_xfs_prepare(tmp_path: Any) -> None:
 def test_close_ends_the_thread(tmp_path: Any, on_ext4_or_xfs: None) -> None:
     with evstore.open(str(tmp_path / "s"), durability="fsync") as s:
         s.append("s", [ev()])
-        assert any(t.name == "evstore-prepare" for t in threading.enumerate())
-    assert not any(t.name == "evstore-prepare" for t in threading.enumerate())
+        thread = s._c().log.preparer.thread  # type: ignore[union-attr]
+        assert thread is not None and thread.is_alive() and thread.name == "evstore-prepare"
+    assert not thread.is_alive()
