@@ -1,7 +1,7 @@
 """Attacks on the write path, the space allocated ahead of the tail and written with pwrite: the
 allocation within the segment size, commits larger than the segment and the allocation, a store
 written without allocated space, the tools on a store with allocated space, the undo of a failed write
-(by zeros, or by cutting the file), a failed roll, odd segment sizes filled exactly."""
+(by zeros; by a hole: tests/test_hostile_undo.py), a failed roll, odd segment sizes filled exactly."""
 
 from __future__ import annotations
 
@@ -103,39 +103,6 @@ def test_tools_on_a_store_with_allocated_space(store_path: str, impl: str, tmp_p
     assert cli.returncode == 0, cli.stderr
     with evstore.open(store_path, log_impl=impl) as s:
         assert content(s) == before
-
-
-def test_a_failed_write_undone_by_cutting_the_file(store_path: str, impl: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The undo's zeros cannot be written either: the segment is cut at the commit, and later
-    appends allocate again."""
-    with evstore.open(store_path, log_impl=impl) as s:
-        s.append("s", [ev("T", b"before")])
-        core = s._core
-        assert core is not None
-        real_impl = core.log.impl
-        seg = seg_files(store_path)[-1]
-        end = commits_end(seg)
-
-        def pwrite(fd: int, buf: Any, off: int) -> None:
-            os.pwrite(fd, bytes(buf), off)  # all of it reached the file, then an error
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-
-        def no_zeros(fd: int, data: Any, off: int) -> int:
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-
-        core.log.impl = PwriteOf(real_impl, pwrite)  # type: ignore[assignment]
-        monkeypatch.setattr(segmod.os, "pwrite", no_zeros)
-        with pytest.raises(evstore.StorageError):
-            s.append("s", [ev("T", b"lost" * 100)], expected_version=1)
-        monkeypatch.undo()
-        core.log.impl = real_impl
-        assert os.path.getsize(seg) == end and s.head() == 1
-        for i in range(5):
-            s.append("s", [ev("T", b"after%d" % i)])
-        assert os.path.getsize(seg) > commits_end(seg)
-    with evstore.open(store_path, log_impl=impl) as s:
-        assert [e.data for e in s.read_stream("s")] == [b"before"] + [b"after%d" % i for i in range(5)]
-    assert tools.verify(store_path).ok
 
 
 def test_a_failed_write_is_zeroed_and_the_next_commit_takes_its_place(store_path: str, impl: str) -> None:

@@ -24,7 +24,7 @@ from evstore.format.layout import (
 from evstore.storage.durable import fsync_dir, remove
 from evstore.errors import CorruptedError, IndexAheadOfLog, IndexDamaged, StorageError, StoreFailed, \
     UnsupportedFormat
-from evstore.storage import prepare
+from evstore.storage import holes, prepare
 from evstore.storage.scan import SegmentScanner, seal_marker
 
 _SEGMENT_NAME = re.compile(r"^(\d{20})\.seg$")
@@ -403,9 +403,9 @@ class Log:
     def append(self, buf: bytearray, first_position: int, n_events: int) -> tuple[Segment, int]:
         """Write one sealed commit (no sync) and return (segment, offset). Rolls the segment when full.
 
-        On failure the segment is cut back to its previous length and `StorageError` is raised: the
-        commit is not in the log. `StoreFailed` when the segment sealed by a roll could not be synced:
-        its commits may not be durable, and the caller must write nothing more (`GroupCommit.latch`).
+        On failure what was written is zeroed again (`_undo`) and `StorageError` is raised: the commit
+        is not in the log. `StoreFailed` when the segment sealed by a roll could not be synced, or a
+        failed write could not be undone: the caller must write nothing more (`GroupCommit.latch`).
         """
         seg = self.active
         # Roll only away from a segment that holds an event: a segment is named by its first position,
@@ -460,19 +460,23 @@ class Log:
 
     def _undo(self, seg: Segment, off: int, n: int) -> None:
         """After a failed write of `n` bytes at `off`: zeros again where it may have written (only
-        zeros follow the log's end), or, failing that, the segment cut at `off`."""
+        zeros follow the log's end), written or, failing that, punched (storage/holes.py: no space
+        needed). The file is never cut: another process may have it mapped past `off`. Raises
+        `StoreFailed` when neither can be done: the bytes may stay there, and the caller must write
+        nothing more (`GroupCommit.latch`); the next open's recovery reads what they are."""
         try:
             if off + n <= seg.allocated and os.pwrite(self._fd, bytes(n), off) == n:
                 return
         except OSError:
             pass
         if self.preparer is not None:
-            self.preparer.retire()  # no zeros may land past the cut
+            self.preparer.retire()  # no zeros written from now on into space the hole frees
         try:
-            os.ftruncate(self._fd, off)
-            seg.allocated = off
-        except OSError:  # pragma: no cover - the descriptor itself is broken; the next open recovers
-            pass
+            holes.punch_zeros(self._fd, off, n)
+        except OSError as e:
+            raise StoreFailed(f"a failed write to {seg.path} could not be undone ({e}): what it wrote may be "
+                              "found there when the store is reopened; reopen the store") from e
+        seg.allocated = min(seg.allocated, off)  # the hole's blocks are allocated again before a write there
 
     def roll(self, first_position: int) -> None:
         """Seal the active segment (durably) and start a new one at `first_position`. The sealed file
