@@ -31,7 +31,7 @@ from evstore.storage import durable
 from evstore.format.layout import SEGMENT_HEADER_SIZE
 from evstore.storage.logfiles import SegFile, first_position, list_segments, read_meta, scan_segment
 from evstore.errors import EvstoreError, StoreLocked
-from evstore.storage.segments import segment_name
+from evstore.storage.segfile import segment_name
 
 Progress = Callable[[int], None]
 

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from typing import Any
 
 import pytest
@@ -149,3 +150,73 @@ def test_punch_zeros_makes_a_range_read_zeros_and_keeps_the_size(tmp_path: Any) 
     with open(p, "rb") as f:
         got = f.read()
     assert got == b"\xff" * 1000 + bytes(9000) + b"\xff" * 10000
+
+
+@pytest.mark.parametrize("durability", ["fsync", "os"])
+def test_the_undo_is_synced_before_the_append_raises(store_path: str, impl: str, durability: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the kernel wrote back of the failed write before its zeros must not come back after a
+    power cut: the appending thread syncs the zeros before it says nothing was written."""
+    with evstore.open(store_path, log_impl=impl, durability=durability) as s:
+        s.append("s", [ev("T", b"before")])
+        core = s._core
+        assert core is not None
+        real = core.log.impl
+        me = threading.get_ident()
+        seen: list[str] = []
+        real_sync = os.fdatasync
+
+        def pwrite(fd: int, buf: Any, off: int) -> None:
+            seen.append("write")
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+        def zeros(fd: int, data: Any, off: int) -> int:
+            if threading.get_ident() == me:
+                seen.append("zeros")
+            return REAL_PWRITE(fd, data, off)
+
+        def sync(fd: int) -> None:
+            if threading.get_ident() == me:
+                seen.append("sync")
+            real_sync(fd)
+
+        core.log.impl = PwriteOf(real, pwrite)  # type: ignore[assignment]
+        monkeypatch.setattr(segmod.os, "pwrite", zeros)
+        monkeypatch.setattr(segmod.os, "fdatasync", sync)
+        with pytest.raises(evstore.StorageError, match="nothing was"):
+            s.append("s", [ev("T", b"lost")], expected_version=1)
+        monkeypatch.undo()
+        core.log.impl = real
+        assert seen == ["write", "zeros", "sync"]
+        s.append("s", [ev("T", b"after")], expected_version=1)
+    with evstore.open(store_path, log_impl=impl) as s:
+        assert [e.data for e in s.read_stream("s")] == [b"before", b"after"]
+
+
+def test_an_undo_whose_sync_fails_refuses_writes_until_reopened(store_path: str, impl: str,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    with evstore.open(store_path, log_impl=impl, durability="os") as s:
+        s.append("s", [ev("T", b"before")])
+        s.sync()
+        core = s._core
+        assert core is not None
+        real = core.log.impl
+
+        def pwrite(fd: int, buf: Any, off: int) -> None:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+        def sync(fd: int) -> None:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+        core.log.impl = PwriteOf(real, pwrite)  # type: ignore[assignment]
+        monkeypatch.setattr(segmod.os, "fdatasync", sync)
+        with pytest.raises(evstore.StoreFailed, match="could not be undone"):
+            s.append("s", [ev("T", b"lost")], expected_version=1)
+        monkeypatch.undo()
+        core.log.impl = real
+        with pytest.raises(evstore.StoreFailed):
+            s.append("s", [ev("T", b"refused")])
+    with evstore.open(store_path, log_impl=impl) as s:
+        assert [e.data for e in s.read_stream("s")] == [b"before"]
+        s.append("s", [ev("T", b"after")], expected_version=1)
+    assert tools.verify(store_path).ok

@@ -41,7 +41,8 @@ from evstore.storage.index import (
     max_tracking,
 )
 from evstore.storage.postings import CATEGORY_VAL, category_of_key, category_postings_of, category_prefix, stream_hash
-from evstore.storage.segments import Commit, Log
+from evstore.storage.segfile import Commit
+from evstore.storage.segments import Log
 
 if TYPE_CHECKING:
     from evstore.engine.core import Core

@@ -24,7 +24,7 @@ from evstore.format.layout import (
     SEGMENT_MAGIC,
 )
 from evstore.errors import UnsupportedFormat
-from evstore.storage.segments import segment_name
+from evstore.storage.segfile import segment_name
 from evstore.storage.scan import SegmentScanner
 
 _NUMBERED = re.compile(r"^(\d+)\.seg$")
